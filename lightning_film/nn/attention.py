@@ -1,0 +1,90 @@
+"""Multi-head attention on ``F.scaled_dot_product_attention`` (fused kernels, no hand loops).
+
+Legend: B batch, S query tokens, M key/value tokens, D width, H heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SelfAttention", "CrossAttention", "check_heads"]
+
+
+def check_heads(dim: int, num_heads: int, who: str) -> None:
+    if not isinstance(num_heads, int) or num_heads <= 0 or dim % num_heads:
+        raise ValueError(f"{who}: num_heads must be a positive divisor of dim={dim}, got {num_heads!r}")
+
+
+def _split_heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, S, D) -> (B, H, S, D / H)."""
+    b, s, d = t.shape
+    return t.view(b, s, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, S, D / H) -> (B, S, D)."""
+    b, h, s, dh = t.shape
+    return t.transpose(1, 2).reshape(b, s, h * dh)
+
+
+class SelfAttention(nn.Module):
+    """Causal or bidirectional multi-head self-attention.
+
+    Args:
+        dim: D. num_heads: H (divides D). causal: mask future positions.
+    """
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False, qkv_bias: bool = True) -> None:
+        super().__init__()
+        check_heads(dim, num_heads, "SelfAttention")
+        self.num_heads, self.causal = num_heads, causal
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, S, D); key_mask: (B, S) bool, True = may be attended to -> (B, S, D)."""
+        q, k, v = (_split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, S, Dh)
+        if key_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, S, Dh)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(key_mask, x.shape[1]))
+        return self.proj(_merge_heads(out))  # (B, S, D)
+
+    def _mask(self, key_mask: torch.Tensor, s: int) -> torch.Tensor:
+        """(B, S) key mask -> (B, 1, S, S) bool attention mask (causal if asked)."""
+        mask = key_mask[:, None, None, :].expand(-1, 1, s, s)
+        if self.causal:
+            mask = mask & torch.ones(s, s, dtype=torch.bool, device=key_mask.device).tril()
+        # Every query may see itself, so a padded token's row is never empty (no NaN).
+        return mask | torch.eye(s, dtype=torch.bool, device=key_mask.device)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the sequence, keys and values from conditioning tokens.
+
+    The output projection starts at zero, so a residual cross-attention branch adds
+    nothing at init.
+
+    Args:
+        dim: D of the queries and output. context_dim: width of the tokens. num_heads: H.
+    """
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int) -> None:
+        super().__init__()
+        check_heads(dim, num_heads, "CrossAttention")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, S, D); context: (B, M, Dc); mask: (B, M) bool, True = real token -> (B, S, D)."""
+        q = _split_heads(self.q(x), self.num_heads)  # (B, H, S, Dh)
+        k, v = (_split_heads(t, self.num_heads) for t in self.kv(context).chunk(2, dim=-1))  # (B, H, M, Dh)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, S, Dh)
+        return self.proj(_merge_heads(out))  # (B, S, D)

@@ -1,0 +1,29 @@
+"""The two simplest conditioners: none (the unconditioned baseline) and additive."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_film.nn.conditioners.base import Conditioner, ProjectedConditioner
+from lightning_film.nn.conditioning import Conditioning
+from lightning_film.registry import register_conditioner
+
+__all__ = ["NoConditioning", "Additive"]
+
+
+@register_conditioner("none")
+class NoConditioning(Conditioner):
+    """No conditioning at all: the unconditioned baseline."""
+
+
+@register_conditioner("additive")
+class Additive(ProjectedConditioner):
+    """Additive: h + W c (shift only, no scale); W starts at zero."""
+
+    def build(self) -> None:
+        self.shift = self.project(self.dim)
+
+    def modulate(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        beta = self.shift(self.signal(h, cond))  # (B, 1 | N, D)
+        self.observe(beta=beta)
+        return h + beta  # (B, N, D)
