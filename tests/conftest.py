@@ -1,0 +1,41 @@
+"""Shared fixtures: the repository root, and configs/example.yaml shrunk to a few seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def tiny_cli_args(tmp_path: Path) -> list[str]:
+    """Arguments after ``fit``/``validate``/... that run configs/example.yaml in seconds on CPU.
+
+    Everything it writes goes under ``tmp_path``; ``last.ckpt`` to ``tmp_path / "checkpoints"``.
+    """
+    overrides = {
+        "trainer.default_root_dir": tmp_path,
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "trainer.limit_val_batches": 1,
+        "trainer.limit_test_batches": 1,
+        "trainer.limit_predict_batches": 1,
+        "trainer.log_every_n_steps": 1,
+        "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false",
+        "model.dim": 16,
+        "model.num_heads": 2,
+        "model.seq_len": 16,
+        "data.seq_len": 16,
+        "data.batch_size": 4,
+        "data.val_windows": 8,
+    }
+    config = REPO / "configs" / "example.yaml"
+    return ["--config", str(config)] + [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
