@@ -27,11 +27,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_film.callbacks  # noqa: F401  (so configs can name our callbacks by class name)
 from lightning_film.registry import Registry, RegistryError
@@ -108,6 +109,13 @@ def _epilog() -> str:
     )
 
 
+class _QuietParser(LightningArgumentParser):
+    """On a parse error, print the error and a tip, without jsonargparse's 50-line usage."""
+
+    def print_usage(self, file: Any = None) -> None:
+        pass
+
+
 class FilmCLI(LightningCLI):
     """LightningCLI whose checkpoints stay in one place across runs, so ``--ckpt_path last`` resumes."""
 
@@ -134,6 +142,7 @@ def run_lightning_cli(args: list[str]) -> LightningCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_class=_QuietParser,
             parser_kwargs={
                 "prog": PROG,
                 "description": "Train, evaluate and compare conditioned transformers (LightningCLI).",

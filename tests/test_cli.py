@@ -128,6 +128,17 @@ def test_bad_value_from_our_constructor_is_one_message(
     assert "no_such_pkg" in err and "asyncio" in err and "json" in err  # names the bad one and the choices
 
 
+def test_misspelled_key_names_it_without_the_usage_dump(
+    tiny_cli_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_cli_args, "--model.dimm", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'dimm' is not accepted" in err and "Traceback" not in err
+    assert "usage:" not in err and "--trainer.accelerator" not in err
+
+
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _fail(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
     assert "nope.yaml" in err and "does not exist" in err
