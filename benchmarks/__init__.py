@@ -1,0 +1,1 @@
+"""Benchmarks for lightning_film (commands, not tests): ``python -m benchmarks.overhead``."""

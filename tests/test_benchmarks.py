@@ -1,0 +1,103 @@
+"""Smoke test of the overhead benchmark at a tiny shape: files and bookkeeping, never speeds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import lightning_film
+
+# benchmarks/ lives beside tests/ at the repository root and is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import overhead  # noqa: E402
+
+TINY = ["--dim", "16", "--depth", "1", "--heads", "2", "--seq", "8", "--batch", "2", "--cond-dim", "16",
+        "--repeats", "2", "--steps-per-repeat", "1", "--warmup", "0"]
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    argv = TINY + ["--out", str(out)] + ([] if _has("x_transformers") else ["--no-x-transformers"])
+    cfg, parsed_out = overhead.parse_args(argv)
+    command = "python -m benchmarks.overhead " + " ".join(argv)
+    result = overhead.run_benchmark(cfg, parsed_out, command)
+    return out, result, command
+
+
+def test_writes_all_three_files(tiny_run: tuple[Path, dict, str]) -> None:
+    out, _, _ = tiny_run
+    assert sorted(p.name for p in out.iterdir()) == ["overhead.json", "overhead.md", "overhead.png"]
+    assert (out / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_row_for_every_registered_conditioner(tiny_run: tuple[Path, dict, str]) -> None:
+    out, _, _ = tiny_run
+    rows = json.loads((out / "overhead.json").read_text())["conditioners"]["rows"]
+    vector_rows = [r["conditioner"] for r in rows if r["conditioning"] != "per_token"]
+    assert sorted(vector_rows) == lightning_film.list_conditioners()
+    markdown = (out / "overhead.md").read_text()
+    for name in lightning_film.list_conditioners():
+        assert f"| `{name}` |" in markdown
+
+
+def test_per_token_rows_are_the_modulating_conditioners(tiny_run: tuple[Path, dict, str]) -> None:
+    _, result, _ = tiny_run
+    rows = result["conditioners"]["rows"]
+    per_token = {r["conditioner"] for r in rows if r["conditioning"] == "per_token"}
+    assert per_token == {r["conditioner"] for r in rows if r["conditioning"] == "vector"}
+    assert {"film", "adaln"} <= per_token and not per_token & {"none", "concat", "cross_attention"}
+
+
+def test_baseline_is_one_and_adds_nothing(tiny_run: tuple[Path, dict, str]) -> None:
+    _, result, _ = tiny_run
+    none = next(r for r in result["conditioners"]["rows"] if r["id"] == "none")
+    assert none["params_added"] == 0 and none["params_added_pct"] == 0
+    assert all(none["ratio"][k] == pytest.approx(1.0) for k in ("median", "q1", "q3", "min", "max"))
+    cfg = result["config"]
+    raw = result["conditioners"]["raw_step_s"]["film"]
+    assert len(raw) == cfg["repeats"] and all(len(r) == cfg["steps_per_repeat"] for r in raw)
+
+
+def test_markdown_records_command_and_machine(tiny_run: tuple[Path, dict, str]) -> None:
+    out, result, command = tiny_run
+    markdown = (out / "overhead.md").read_text()
+    assert command in markdown and result["resolved_command"] in markdown
+    assert result["machine"]["torch"] in markdown and result["date"] in markdown
+
+
+@pytest.mark.skipif(not _has("x_transformers"), reason="x-transformers (the bench extra) is not installed")
+def test_x_transformers_rows_compare_equal_shapes(tiny_run: tuple[Path, dict, str]) -> None:
+    _, result, _ = tiny_run
+    rows = result["x_transformers"]["rows"]
+    assert [r["norm"] for r in rows][0] == "layernorm"
+    for r in rows:
+        ours, theirs = r["params"]["ours"], r["params"]["x_transformers"]
+        assert abs(ours - theirs) / theirs < 0.1  # same size up to biases
+        assert r["tokens_per_s"]["ours"] > 0 and r["tokens_per_s"]["x_transformers"] > 0
+
+
+def test_missing_x_transformers_names_the_bench_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "x_transformers", None)  # makes `import x_transformers` fail
+    with pytest.raises(ImportError, match=r"lightning_film\[bench\]"):
+        overhead.x_transformers_cases(overhead.BenchConfig(dim=16, heads=2))
+
+
+def test_cli_rejects_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        overhead.parse_args(["--repeats", "0"])
+    assert "--repeats" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        overhead.parse_args(["--dim", "10", "--heads", "4"])
+    assert "--heads must divide --dim" in capsys.readouterr().err
