@@ -81,3 +81,13 @@ def test_causal_stack_never_reads_the_future(conditioner):
     y[:, -1] += 1.0
     cond = make_cond("vector")
     torch.testing.assert_close(model(x, cond)[:, :-1], model(y, cond)[:, :-1])
+
+
+@pytest.mark.parametrize("conditioner", list_conditioners())
+def test_exports_with_conditioning_input(conditioner):
+    """torch.export takes a Conditioning (quantization and Core ML export build on this)."""
+    model = build("rmsnorm", conditioner).eval()
+    perturb_(model)
+    x, cond = torch.randn(B, N, D), make_cond("vector")
+    exported = torch.export.export(model, (x, cond))
+    torch.testing.assert_close(exported.module()(x, cond), model(x, cond))

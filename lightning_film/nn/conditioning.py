@@ -85,6 +85,11 @@ class Conditioning:
         return Conditioning(*(None if t is None else fn(t) for t in (self.vector, self.per_token, self.tokens, self.mask)))
 
 
+# A pytree node, so torch.export / torch.compile take a Conditioning as a model input (Core ML
+# export and quantization go through torch.export).
+torch.export.register_dataclass(Conditioning, serialized_type_name="lightning_film.Conditioning")
+
+
 def combine_signals(signals: Sequence[torch.Tensor], combine: Combine = "sum") -> torch.Tensor:
     """(B, Dc_i) signals -> (B, Dc): their sum, or their concatenation on the last dim."""
     if not signals:
