@@ -230,3 +230,12 @@ def test_custom_conditioner_example_runs() -> None:
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "lowrank_film: val/bpb" in proc.stdout
+
+
+def test_our_callbacks_by_short_name_from_the_command_line(tiny_cli_args: list[str], tmp_path: Path) -> None:
+    """Configs name our callbacks by class name; diagnostics log per-layer gamma to the CSV logger."""
+    main(["fit", *tiny_cli_args,
+          "--trainer.callbacks+=ConditioningDiagnostics", "--trainer.callbacks.every_n_steps=1",
+          "--trainer.callbacks+=ConditioningAblation", "--trainer.callbacks.stages=[test]"])  # fmt: skip
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()[0]
+    assert "cond/transformer.blocks.0.cond1/gamma_mean" in metrics
