@@ -34,7 +34,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import lightning_film.callbacks  # noqa: F401  (so configs can name our callbacks by class name)
+import lightning_film.callbacks  # noqa: F401  (so configs name our callbacks and DataModules by class name)
+import lightning_film.data.bytes  # noqa: F401
 from lightning_film.registry import Registry, RegistryError
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
@@ -68,18 +69,19 @@ def registries() -> list[Registry]:
 
 def list_command(argv: list[str]) -> None:
     """``lightning-film list [KIND ...]``: print registered names with their one-line docs."""
-    regs = {f"{r.kind}s": r for r in registries()}
+    regs = {r.plural: r for r in registries()}
     parser = argparse.ArgumentParser(prog=f"{PROG} list", description=EXTRA_COMMANDS["list"][0])
     parser.add_argument("kinds", nargs="*", metavar="KIND", help=f"only these: {', '.join(regs)}")
-    kinds = parser.parse_args(argv).kinds or list(regs)
-    unknown = [k for k in kinds if k not in regs and f"{k}s" not in regs]
+    kinds = [k.replace("_", " ") for k in parser.parse_args(argv).kinds] or list(regs)
+    by_kind = {r.kind: r for r in regs.values()}
+    unknown = [k for k in kinds if k not in regs and k not in by_kind]
     if unknown:
         raise UsageError(f"list: unknown kind(s) {unknown}; known kinds: {', '.join(regs)}")
     for i, kind in enumerate(kinds):
-        registry = regs.get(kind) or regs[f"{kind}s"]
+        registry = regs.get(kind) or by_kind[kind]
         entries = registry.entries()
         group = f" (plugins: entry-point group {registry.group!r})" if registry.group else ""
-        print(("\n" if i else "") + f"{registry.kind}s{group}:")
+        print(("\n" if i else "") + f"{registry.plural}{group}:")
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
             print(f"  {entry.name:<{width}}  {entry.doc}".rstrip())

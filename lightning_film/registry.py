@@ -67,10 +67,12 @@ class Registry:
     Args:
         kind: singular noun used in messages, e.g. ``"conditioner"``.
         group: entry-point group third-party packages register under, or ``None``.
+        plural: the plural of ``kind`` when it is not ``kind + "s"`` (``"corpora"``).
     """
 
-    def __init__(self, kind: str, group: str | None = None) -> None:
+    def __init__(self, kind: str, group: str | None = None, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self.group = group
         self._entries: dict[str, Entry] = {}
         self._plugins_loaded = group is None
@@ -147,7 +149,7 @@ class Registry:
         raise RegistryError(
             f"a {self.kind} spec must be a registered name, 'package.module:Class', "
             f"a mapping with 'name', or a class; got {spec!r} ({type(spec).__name__}). "
-            f"Registered {self.kind}s: {', '.join(self.names())}"
+            f"Registered {self.plural}: {', '.join(self.names())}"
         )
 
     def build(self, spec: Any, *args: Any, **kwargs: Any) -> Any:
@@ -180,7 +182,7 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return (
-            f"unknown {self.kind} {name!r}{hint} Registered {self.kind}s: {', '.join(names)}. "
+            f"unknown {self.kind} {name!r}{hint} Registered {self.plural}: {', '.join(names)}. "
             f"A 'package.module:Class' path also works."
         )
 

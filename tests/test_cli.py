@@ -50,7 +50,7 @@ def test_list_prints_every_registered_name_with_its_doc(capsys: pytest.CaptureFi
     found = registries()
     assert NORMALIZERS in found and CONDITIONERS in found
     for registry in found:  # later registries are checked without touching this test
-        assert any(line.startswith(f"{registry.kind}s") for line in lines)
+        assert any(line.startswith(f"{registry.plural} (") for line in lines)
         for entry in registry.entries():
             assert any(line.split()[:1] == [entry.name] and entry.doc in line for line in lines), entry.name
     assert set(list_normalizers() + list_conditioners()) <= {line.split()[0] for line in lines if line}

@@ -34,13 +34,17 @@ def test_import_alone_fills_every_registry():
     import sys
 
     code = (
-        "import lightning_film as lf;"
-        "print(','.join(lf.list_normalizers()));"
-        "print(','.join(lf.list_conditioners()))"
+        "import sys, lightning_film as lf, lightning_film.registry as r;"
+        "from lightning_film.data import nibbles, corpora;"
+        "[print(','.join(reg.names())) for reg in (r.NORMALIZERS, r.CONDITIONERS, nibbles.NIBBLE_SCHEMES, corpora.CORPORA)];"
+        "print('lightning.pytorch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(out[0].split(",")) >= BUILT_IN_NORMALIZERS
     assert set(out[1].split(",")) >= BUILT_IN_CONDITIONERS
+    assert set(out[2].split(",")) >= {"high_nibble", "low_nibble", "utf8"}
+    assert set(out[3].split(",")) >= {"shakespeare", "udhr"}
+    assert out[4] == "False", "import lightning_film must not import Lightning (nn/ and the registries do not need it)"
 
 
 def test_every_entry_has_a_one_line_doc():
