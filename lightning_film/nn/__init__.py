@@ -22,6 +22,7 @@ from lightning_film.nn.conditioners import (
 )
 from lightning_film.nn.conditioning import Conditioning, combine_signals, combined_dim
 from lightning_film.nn.diagnostics import ablate_conditioning, named_conditioners, observe_conditioning
+from lightning_film.nn.embedding import DualModulatedEmbedding
 from lightning_film.nn.mlp import MLP
 from lightning_film.nn.norms import DyT, Identity, LayerNorm, RMSNorm
 from lightning_film.nn.transformer import Transformer, TransformerBlock
@@ -36,6 +37,7 @@ __all__ = [
     "Conditioning",
     "CrossAttention",
     "CrossAttentionConditioner",
+    "DualModulatedEmbedding",
     "DyT",
     "FiLM",
     "FiLMExp",

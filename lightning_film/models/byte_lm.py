@@ -1,0 +1,437 @@
+"""``ByteLM``: a causal byte-level language model whose byte embedding is nibble/acc-modulated.
+
+    x = DualModulatedEmbedding(bytes, nibbles, acc) + pos      # (B, N, D)
+    h = Transformer(x, Conditioning(per_token=c))              # (B, N, D), causal
+    logits = head(h)                                           # (B, N, 256)
+
+Variants (``variant``): ``byte`` (plain byte embedding, the baseline), ``nibble`` and
+``nibble_acc`` (see :mod:`lightning_film.nn.embedding`). ``block_conditioner`` optionally lets the
+same per-token signal c condition every block too (``"none"``: unconditioned blocks).
+
+Positions are learned absolute embeddings over ``seq_len`` (nanoGPT's): training windows start at
+arbitrary offsets, so a position says "how much context there is", which is also what a
+truncated inference window means. Generation has no KV cache: every new byte re-runs the last
+``seq_len`` bytes (fine for sampling a few hundred bytes on CPU; not a serving path).
+
+The rare-pair table of the dead-energy accumulator is a buffer (``rare_table``, bool (16, 16)),
+filled from the DataModule in :meth:`ByteLM.setup`, so a checkpoint carries it and generation
+computes the accumulator exactly as training did. If a checkpoint's table differs from the data's
+(other sources, another ``rare_fraction``), **the checkpoint wins**: a warning is issued and the
+data's ``acc`` is recomputed with the checkpoint's table, since that is what the weights learned.
+
+Metrics are exact per byte: summed nats and counted targets per source (a torchmetrics
+``Metric`` with ``sum`` reduction, so they also reduce correctly across DDP ranks), logged as
+``{val,test}/bpb`` and ``{val,test}/bpb/<source>``.
+
+Legend: B batch, N bytes per window (``seq_len``), D width (``dim``), Dc conditioning width,
+S sources, V = 256 byte values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lightning_film.data.accumulator import StreamingAccumulator
+from lightning_film.data.nibbles import build_nibble_scheme
+from lightning_film.nn import Conditioning, Transformer
+from lightning_film.nn.conditioning import Combine
+from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
+from lightning_film.registry import Spec
+
+__all__ = ["BitsPerByte", "ByteLM", "ByteStream", "source_log_names"]
+
+_LN2 = math.log(2.0)
+
+
+class BitsPerByte(Metric):
+    """Exact bits per byte over a split, in total and per source (sums of nats and of targets)."""
+
+    full_state_update = False
+
+    def __init__(self, num_sources: int) -> None:
+        super().__init__()
+        self.add_state("nats", torch.zeros(num_sources, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(num_sources, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, nll: Tensor, mask: Tensor, source: Tensor) -> None:
+        """nll: (B, N) nats, mask: (B, N) bool real targets, source: (B,) source ids."""
+        self.nats.index_add_(0, source, (nll * mask).sum(1).to(self.nats.dtype))
+        self.count.index_add_(0, source, mask.sum(1).to(self.count.dtype))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """(bpb over all sources (), bpb per source (S,)); NaN for a source without targets."""
+        total = self.nats.sum() / self.count.sum().clamp_min(1) / _LN2
+        return total, self.nats / self.count / _LN2
+
+
+def source_log_names(sources: list[str]) -> list[str]:
+    """Metric-safe names for sources: a corpus name as is, a path by its file name (deduplicated)."""
+    names: list[str] = []
+    for spec in sources:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).name or spec).strip("_") or "source"
+        base, k = name, 1
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.append(name)
+    return names
+
+
+class ByteStream:
+    """A growing byte document with its nibbles and ``acc``, computed as the DataModule does.
+
+    Feeding bytes in any chunks gives the values of the whole stream
+    (:class:`~lightning_film.data.accumulator.StreamingAccumulator`).
+    """
+
+    def __init__(self, scheme: Spec, table: Tensor) -> None:
+        self._acc = StreamingAccumulator(build_nibble_scheme(scheme), table.cpu())
+        self._parts: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def extend(self, data: bytes | bytearray | Tensor) -> None:
+        """Append raw bytes (any values, valid UTF-8 or not)."""
+        chunk = (
+            torch.as_tensor(data, dtype=torch.uint8)
+            if isinstance(data, Tensor)
+            else (
+                torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) else torch.zeros(0, dtype=torch.uint8)
+            )
+        )
+        if chunk.numel():
+            nibbles, acc = self._acc(chunk)
+            self._parts = [self._cat(self._parts + [(chunk, nibbles, acc)])]
+
+    @staticmethod
+    def _cat(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(self._parts[0][0].numel()) if self._parts else 0
+
+    @property
+    def bytes(self) -> Tensor:
+        """(L,) uint8."""
+        return self._parts[0][0] if self._parts else torch.zeros(0, dtype=torch.uint8)
+
+    @property
+    def nibbles(self) -> Tensor:
+        """(L,) uint8, 0..15."""
+        return self._parts[0][1] if self._parts else torch.zeros(0, dtype=torch.uint8)
+
+    @property
+    def acc(self) -> Tensor:
+        """(L,) uint8."""
+        return self._parts[0][2] if self._parts else torch.zeros(0, dtype=torch.uint8)
+
+    def window(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The last ``n`` bytes, nibbles and acc as long (1, <= n) model inputs."""
+        return tuple(t[-n:].long().unsqueeze(0) for t in (self.bytes, self.nibbles, self.acc))  # type: ignore[return-value]
+
+
+class ByteLM(LightningModule):
+    """Causal byte LM with a nibble/acc-modulated byte embedding (see the module docstring).
+
+    Args:
+        dim: D, the width. depth: blocks. num_heads: attention heads (divides ``dim``).
+        seq_len: the context: the longest window (learned positions cover it).
+        mlp_ratio: MLP width as a multiple of ``dim``.
+        normalizer: a registered normalizer (``lightning-film list normalizers``).
+        variant: ``"byte"`` (baseline), ``"nibble"`` or ``"nibble_acc"``.
+        embed_conditioner: the modulating conditioner of the embedding (FiLM by default).
+        block_conditioner: ``"none"`` (unconditioned blocks), or a modulating conditioner through
+            which the embedding's per-token nibble/acc signal also conditions every block.
+        combine: how nibble and acc signals become one: ``"concat"`` or ``"sum"``.
+        nibble_scheme: the nibble scheme; must be the DataModule's (checked in ``setup``).
+        nibble_dim: d4, nibble embedding width. acc_dim: da, accumulator embedding width.
+        positions: ``"learned"`` absolute positions, or ``"none"`` (causal attention alone).
+        tie_embeddings: the head reuses the byte embedding's weights.
+        lr: peak AdamW learning rate. weight_decay: AdamW decay of matrices (not of biases, norms,
+            embeddings or positions).
+        warmup_steps: linear warmup steps. max_lr_steps: steps of the cosine decay to
+            ``min_lr_ratio * lr`` (then constant); ``None``: the trainer's total steps.
+        min_lr_ratio: the learning rate at the end of the cosine, as a fraction of ``lr``.
+    """
+
+    def __init__(
+        self,
+        dim: int = 256,
+        depth: int = 4,
+        num_heads: int = 4,
+        seq_len: int = 256,
+        mlp_ratio: float = 4.0,
+        normalizer: Spec = "rmsnorm",
+        variant: Variant = "nibble_acc",
+        embed_conditioner: Spec = "film",
+        block_conditioner: Spec = "none",
+        combine: Combine = "concat",
+        nibble_scheme: str = "utf8",
+        nibble_dim: int = 32,
+        acc_dim: int = 16,
+        positions: Literal["learned", "none"] = "learned",
+        tie_embeddings: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 100,
+        max_lr_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        _check_ints(seq_len=(seq_len, 1), warmup_steps=(warmup_steps, 0))
+        if max_lr_steps is not None:
+            _check_ints(max_lr_steps=(max_lr_steps, 1))
+        if positions not in ("learned", "none"):
+            raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'none'")
+        if not lr > 0 or not weight_decay >= 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(
+                f"ByteLM: need lr > 0, weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
+                f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
+            )
+        build_nibble_scheme(nibble_scheme)  # an unknown scheme fails here, naming the registered ones
+        self.save_hyperparameters()
+        self.embed = DualModulatedEmbedding(dim, variant, nibble_dim, acc_dim, embed_conditioner, combine)
+        self.pos = nn.Parameter(EMBED_STD * torch.randn(1, seq_len, dim)) if positions == "learned" else None
+        blocks_conditioned = block_conditioner != "none"
+        if blocks_conditioned and self.embed.cond_dim == 0:
+            raise ValueError(
+                f"ByteLM: block_conditioner={block_conditioner!r} conditions the blocks on the nibble/acc "
+                f"signal, which variant 'byte' does not have; use variant 'nibble' or 'nibble_acc', or "
+                f"block_conditioner 'none'"
+            )
+        self.transformer = Transformer(
+            dim, depth, num_heads, cond_dim=max(1, self.embed.cond_dim), mlp_ratio=mlp_ratio,
+            normalizer=normalizer, conditioner=block_conditioner, causal=True,
+        )  # fmt: skip
+        if blocks_conditioned:
+            check_modulating(self.transformer.final_cond, block_conditioner, "ByteLM: block_conditioner")
+        self.head = nn.Linear(dim, 256, bias=not tie_embeddings)
+        if tie_embeddings:
+            self.head.weight = self.embed.byte.weight
+        self.register_buffer("rare_table", torch.zeros(16, 16, dtype=torch.bool))
+        self.register_buffer("rare_table_known", torch.tensor(False))
+        self.source_names: list[str] = []
+        self._step_start: float | None = None
+
+    # -- the model ----------------------------------------------------------------------------
+    def forward(self, byte_ids: Tensor, nibble_ids: Tensor | None = None, acc_ids: Tensor | None = None) -> Tensor:
+        """byte_ids, nibble_ids, acc_ids: (B, N <= seq_len) long -> (B, N, V) next-byte logits."""
+        n = byte_ids.shape[-1]
+        if byte_ids.dim() != 2 or n > self.hparams.seq_len:
+            raise ValueError(
+                f"ByteLM expects byte_ids (B, N) with N <= seq_len={self.hparams.seq_len}, got {tuple(byte_ids.shape)}"
+            )
+        x = self.embed(byte_ids, nibble_ids, acc_ids)  # (B, N, D)
+        if self.pos is not None:
+            x = x + self.pos[:, :n]  # (B, N, D)
+        signal = self.embed.signal(nibble_ids, acc_ids) if self.hparams.block_conditioner != "none" else None
+        h = self.transformer(x, Conditioning(per_token=signal))  # (B, N, D)
+        return self.head(h)  # (B, N, V)
+
+    def nll(self, batch: dict[str, Tensor]) -> Tensor:
+        """A ByteDataModule batch -> (B, N) nats of each target (padding included; mask it)."""
+        inputs, targets = batch["bytes"][:, :-1], batch["bytes"][:, 1:]  # (B, N), (B, N)
+        logits = self(inputs, batch.get("nibbles"), batch.get("acc"))  # (B, N, V)
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, N)
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Fit the data to the model: its window, its nibble scheme, its rare table; the metrics."""
+        dm = self.trainer.datamodule
+        if dm is None or getattr(dm, "rare_table", None) is None or not hasattr(dm, "source_names"):
+            raise ValueError(
+                "ByteLM needs a ByteDataModule (a DataModule with rare_table and source_names, set up); "
+                f"got {type(dm).__name__ if dm is not None else 'no DataModule'}"
+            )
+        if hasattr(dm, "connect"):
+            dm.connect(max_seq_len=self.hparams.seq_len)
+        elif getattr(dm, "seq_len", 0) > self.hparams.seq_len:
+            raise ValueError(f"data seq_len={dm.seq_len} is longer than the model's seq_len={self.hparams.seq_len}")
+        theirs = getattr(dm, "hparams", {}).get("nibble_scheme")
+        if theirs is not None and theirs != self.hparams.nibble_scheme:
+            raise ValueError(
+                f"the data's nibble_scheme={theirs!r} differs from the model's nibble_scheme="
+                f"{self.hparams.nibble_scheme!r}; set both to the same scheme"
+            )
+        table = dm.rare_table.to(torch.bool).reshape(16, 16)
+        if bool(self.rare_table_known) and not torch.equal(self.rare_table.cpu(), table.cpu()):
+            self._checkpoint_wins(self.rare_table)  # a model loaded before fit/test: its table wins
+        else:
+            self.rare_table.copy_(table)
+            self.rare_table_known.fill_(True)
+        self.source_names = source_log_names(list(dm.source_names))
+        for split in ("val", "test"):
+            setattr(self, f"{split}_bpb", BitsPerByte(len(self.source_names)))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The checkpoint's rare table wins over the data's (the weights learned with it)."""
+        state = checkpoint.get("state_dict", {})
+        saved, known = state.get("rare_table"), state.get("rare_table_known")
+        if saved is None or known is None or not bool(known) or self._trainer is None:
+            return
+        if bool(self.rare_table_known) and not torch.equal(saved.cpu().bool(), self.rare_table.cpu()):
+            self._checkpoint_wins(saved)
+
+    def _checkpoint_wins(self, table: Tensor) -> None:
+        dm = self.trainer.datamodule
+        warnings.warn(
+            "ByteLM: the checkpoint's rare-pair table differs from the one the DataModule computed "
+            f"({int((table.cpu().bool() != dm.rare_table.cpu().bool()).sum())} of 256 pairs); the checkpoint's "
+            "wins (its weights learned with it), and the data's acc is recomputed with it",
+            stacklevel=2,
+        )
+        from lightning_film.data.bytes import compute_acc
+
+        table = table.detach().cpu().bool().clone()
+        dm.rare_table = table
+        for src in getattr(dm, "sources", []):
+            src.acc = compute_acc(src, table)
+        self.rare_table.copy_(table)
+        self.rare_table_known.fill_(True)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        mask = batch["mask"]  # (B, N)
+        loss = (self.nll(batch) * mask).sum() / mask.sum().clamp_min(1)  # nats per real target
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/bpb", loss / _LN2)
+        return loss
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: object, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # forward + backward + optimizer step of this batch, data loading excluded
+        if self._step_start is not None:
+            seconds = time.perf_counter() - self._step_start
+            self.log("train/tokens_per_s", batch["mask"].numel() / max(seconds, 1e-9))
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
+        getattr(self, f"{split}_bpb").update(self.nll(batch), batch["mask"], batch["source"])
+
+    def _log_split(self, split: str) -> None:
+        metric: BitsPerByte = getattr(self, f"{split}_bpb")
+        total, per_source = metric.compute()  # already reduced across ranks
+        self.log(f"{split}/bpb", total.float(), prog_bar=True, sync_dist=False)
+        for name, value in zip(self.source_names, per_source.tolist()):
+            if not math.isnan(value):
+                self.log(f"{split}/bpb/{name}", value)
+        metric.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        no_decay = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        if self.pos is not None:
+            no_decay.add(id(self.pos))
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
+        rest = [p for p in params if p.dim() < 2 or id(p) in no_decay]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=hp.lr, betas=(0.9, 0.95),
+        )  # fmt: skip
+        total = hp.max_lr_steps
+        if total is None:
+            estimated = self.trainer.estimated_stepping_batches
+            total = int(estimated) if math.isfinite(estimated) else None
+        warmup = hp.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if total is None or total <= warmup:
+                return 1.0
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- sampling -----------------------------------------------------------------------------
+    def byte_stream(self, prompt: bytes | bytearray | str = b"") -> ByteStream:
+        """A :class:`ByteStream` with this model's nibble scheme and rare table, holding ``prompt``."""
+        if not bool(self.rare_table_known):
+            raise RuntimeError(
+                "ByteLM has no rare-pair table yet: train it with a ByteDataModule, or load a checkpoint"
+            )
+        stream = ByteStream(self.hparams.nibble_scheme, self.rare_table)
+        stream.extend(prompt.encode("utf-8") if isinstance(prompt, str) else prompt)
+        return stream
+
+    @torch.no_grad()
+    def sample(
+        self,
+        stream: ByteStream,
+        max_new_bytes: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Extend ``stream`` by ``max_new_bytes`` sampled bytes (context: its last ``seq_len`` bytes)."""
+        _check_ints(max_new_bytes=(max_new_bytes, 0))
+        if not temperature >= 0:
+            raise ValueError(f"ByteLM.sample: temperature must be >= 0 (0: greedy), got {temperature!r}")
+        if top_k is not None:
+            _check_ints(top_k=(top_k, 1))
+        if not len(stream):
+            raise ValueError("ByteLM.sample: the prompt is empty; give at least one byte (e.g. b'\\n')")
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_bytes):
+                byte_ids, nibble_ids, acc_ids = (t.to(self.device) for t in stream.window(self.hparams.seq_len))
+                logits = self(byte_ids, nibble_ids, acc_ids)[0, -1].float()  # (V,)
+                if temperature == 0:
+                    nxt = int(logits.argmax())
+                else:
+                    logits = logits / temperature
+                    if top_k is not None and top_k < logits.numel():
+                        kth = torch.topk(logits, top_k).values[-1]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    probs = torch.softmax(logits, dim=-1).cpu()
+                    nxt = int(torch.multinomial(probs, 1, generator=generator))
+                stream.extend(bytes([nxt]))
+        finally:
+            self.train(was_training)
+
+    def generate(
+        self,
+        prompt: bytes | bytearray | str,
+        max_new_bytes: int = 256,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> bytes:
+        """Sample ``max_new_bytes`` bytes after ``prompt`` (raw bytes, any values; a str is UTF-8
+        encoded) and return them (the prompt excluded). ``temperature=0`` is greedy."""
+        stream = self.byte_stream(prompt)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        start = len(stream)
+        self.sample(stream, max_new_bytes, temperature, top_k, generator)
+        return stream.bytes[start:].numpy().tobytes()
+
+
+def _check_ints(**values: tuple[object, int]) -> None:
+    for name, (value, minimum) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"ByteLM: {name} must be an int >= {minimum}, got {value!r}")

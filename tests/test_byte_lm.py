@@ -1,0 +1,217 @@
+"""ByteLM: tiny fits of every variant, exact per-source bpb, the rare table in checkpoints,
+generation with training-time nibbles/acc, and bad input. Tiny files in tmp_path, not the corpora."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as L
+import numpy as np
+import pytest
+import torch
+
+from lightning_film.cli import main
+from lightning_film.data.accumulator import accumulate
+from lightning_film.data.bytes import ByteDataModule
+from lightning_film.models import ByteLM
+from lightning_film.nn.embedding import VARIANTS
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = "Whereas recognition of the inherent dignity — «Ὅλοι οἱ ἄνθρωποι» 人人生而自由 😀 12 \t".encode() * 20
+SEQ = 16
+TINY = {"dim": 16, "depth": 1, "num_heads": 2, "seq_len": SEQ, "nibble_dim": 8, "acc_dim": 4, "warmup_steps": 1}
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    a, b = tmp_path / "multi.txt", tmp_path / "plain.txt"
+    a.write_bytes(b"\xff\xc3(\x80" + TEXT + bytes(rng.integers(0, 256, 300, dtype=np.uint8)))  # invalid UTF-8 too
+    b.write_bytes(b"To be, or not to be, that is the question. " * 40)
+    return [str(a), str(b)]
+
+
+def datamodule(sources: list[str], **kwargs) -> ByteDataModule:
+    kwargs = {"seq_len": SEQ, "batch_size": 8, "split_blocks": 10, "val_fraction": 0.1, "test_fraction": 0.1, **kwargs}
+    return ByteDataModule(sources, **kwargs)
+
+
+def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    kwargs = {"max_steps": 2, "val_check_interval": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0, **kwargs}
+    return L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=tmp_path, **kwargs,
+    )  # fmt: skip
+
+
+def fit(tmp_path: Path, sources: list[str], **model_kwargs) -> tuple[ByteLM, ByteDataModule, L.Trainer]:
+    L.seed_everything(0, verbose=False)
+    model, dm = ByteLM(**{**TINY, **model_kwargs}), datamodule(sources)
+    t = trainer(tmp_path)
+    t.fit(model, dm)
+    return model, dm, t
+
+
+def exact_bpb(model: ByteLM, loader) -> tuple[float, dict[int, float]]:
+    """Bits per byte over every real target of a loader, in total and per source."""
+    nats, count = {}, {}
+    with torch.no_grad():
+        for batch in loader:
+            nll = model.nll(batch)
+            for s in batch["source"].unique().tolist():
+                rows = batch["source"] == s
+                nats[s] = nats.get(s, 0.0) + float((nll[rows] * batch["mask"][rows]).double().sum())
+                count[s] = count.get(s, 0) + int(batch["mask"][rows].sum())
+    total = sum(nats.values()) / sum(count.values()) / math.log(2)
+    return total, {s: nats[s] / count[s] / math.log(2) for s in nats}
+
+
+# -- training and metrics ---------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiny_fit_logs_exact_bpb_per_source(tmp_path: Path, sources: list[str], variant: str) -> None:
+    model, dm, t = fit(tmp_path, sources, variant=variant)
+    logged = {k: float(v) for k, v in t.callback_metrics.items()}
+    for key in ("train/loss", "train/bpb", "train/tokens_per_s", "val/bpb", "val/bpb/multi.txt", "val/bpb/plain.txt"):
+        assert key in logged and math.isfinite(logged[key]), key
+    assert logged["train/tokens_per_s"] > 0
+    model.eval()
+    total, per_source = exact_bpb(model, dm.val_dataloader())
+    assert logged["val/bpb"] == pytest.approx(total, rel=1e-5)  # weighted by bytes, not a mean of batch means
+    assert logged["val/bpb/multi.txt"] == pytest.approx(per_source[0], rel=1e-5)
+    assert logged["val/bpb/plain.txt"] == pytest.approx(per_source[1], rel=1e-5)
+    tested = t.test(model, dm, verbose=False)[0]
+    assert {"test/bpb", "test/bpb/multi.txt", "test/bpb/plain.txt"} <= set(tested)
+
+
+def test_block_conditioning_reads_the_same_signal(tmp_path: Path, sources: list[str]) -> None:
+    model, dm, _ = fit(tmp_path, sources, variant="nibble_acc", block_conditioner="film")
+    batch = next(iter(dm.val_dataloader()))
+    x, n, a = batch["bytes"][:, :-1], batch["nibbles"], batch["acc"]
+    with torch.no_grad():
+        for p in model.transformer.final_cond.parameters():
+            p.normal_()
+        model.embed.conditioner.ablated = True  # only the blocks see the signal now
+        assert not torch.allclose(model(x, n, a), model(x, (n + 1) % 16, a))
+        model.embed.conditioner.ablated = False
+
+
+def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[str]) -> None:
+    overrides = {
+        "trainer.default_root_dir": tmp_path, "trainer.max_steps": 2, "trainer.val_check_interval": 2,
+        "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
+        "model.dim": 16, "model.depth": 1, "model.seq_len": SEQ, "data.seq_len": SEQ, "data.batch_size": 4,
+        "data.split_blocks": 10, "data.val_fraction": 0.1, "data.test_fraction": 0.1,
+        "data.sources": "[" + ", ".join(sources) + "]",
+    }  # fmt: skip
+    args = [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
+    main(["fit", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), *args])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    for variant in ("byte", "nibble"):  # the other configs parse and differ only in the variant
+        config = (REPO / f"configs/byte/{variant}.yaml").read_text()
+        assert f"variant: {variant}\n" in config and f"runs/byte/{variant}\n" in config
+
+
+# -- the rare table travels with the checkpoint ----------------------------------------------------------
+def test_checkpoint_carries_the_rare_table(tmp_path: Path, sources: list[str]) -> None:
+    model, dm, t = fit(tmp_path, sources)
+    assert torch.equal(model.rare_table, dm.rare_table) and bool(model.rare_table_known)
+    assert dm.rare_table.any() and not dm.rare_table.all()
+    path = tmp_path / "m.ckpt"
+    t.save_checkpoint(path)
+    fresh = ByteLM(**TINY)
+    assert not bool(fresh.rare_table_known) and not fresh.rare_table.any()
+    with pytest.raises(RuntimeError, match="no rare-pair table yet"):
+        fresh.generate(b"x", 1)
+    loaded = ByteLM.load_from_checkpoint(path)
+    assert torch.equal(loaded.rare_table, dm.rare_table) and bool(loaded.rare_table_known)
+    assert loaded.generate(b"\xff", 4, seed=0) == model.generate(b"\xff", 4, seed=0)
+
+
+def test_checkpoint_table_wins_over_the_data(tmp_path: Path, sources: list[str]) -> None:
+    _, dm, t = fit(tmp_path, sources)
+    path = tmp_path / "m.ckpt"
+    t.save_checkpoint(path)
+    other = datamodule(sources, rare_fraction=0.3)  # another table from the same bytes
+    other.setup("test")
+    assert not torch.equal(other.rare_table, dm.rare_table)
+    with pytest.warns(UserWarning, match="checkpoint's rare-pair table differs.*the checkpoint's wins"):
+        trainer(tmp_path).test(ByteLM(**TINY), other, ckpt_path=path, verbose=False)
+    assert torch.equal(other.rare_table, dm.rare_table)
+    src = other.sources[0]
+    doc_start = torch.from_numpy(src.doc_start(0, len(src.data)))
+    expected = accumulate(torch.from_numpy(src.nibbles), dm.rare_table, doc_start=doc_start).numpy()
+    assert np.array_equal(src.acc, expected)  # the data's acc follows the checkpoint's table
+
+
+# -- generation -----------------------------------------------------------------------------------------
+def test_generation_computes_the_datamodule_ids(tmp_path: Path, sources: list[str]) -> None:
+    model, dm, _ = fit(tmp_path, sources)
+    src = dm.sources[0]
+    k = 3 * SEQ  # longer than the context: the window is truncated, the ids carry the history
+    prompt = bytes(np.asarray(src.data[:k]))
+    assert prompt.startswith(b"\xff\xc3(\x80")  # invalid UTF-8
+    stream = model.byte_stream(prompt)
+    assert np.array_equal(stream.nibbles.numpy(), src.nibbles[:k])
+    assert np.array_equal(stream.acc.numpy(), src.acc[:k])
+    model.sample(stream, 2 * SEQ, temperature=1.5, generator=torch.Generator().manual_seed(0))
+    full = stream.bytes
+    assert len(full) == k + 2 * SEQ and torch.equal(full[:k], torch.frombuffer(bytearray(prompt), dtype=torch.uint8))
+    nibbles = dm.scheme(full)  # the whole document at once, as the DataModule computes it
+    assert torch.equal(stream.nibbles, nibbles)
+    assert torch.equal(stream.acc, accumulate(nibbles, dm.rare_table))
+
+
+def test_generate_from_invalid_utf8(tmp_path: Path, sources: list[str]) -> None:
+    model, *_ = fit(tmp_path, sources)
+    model.train()
+    prompt = b"\xff\xfe\xc3(\xed\xa0\x80 " * 5  # invalid UTF-8, longer than seq_len
+    out = model.generate(prompt, max_new_bytes=10, temperature=0.8, top_k=5, seed=0)
+    assert isinstance(out, bytes) and len(out) == 10
+    assert model.generate(prompt, 10, temperature=0.8, top_k=5, seed=0) == out  # seeded
+    greedy = model.generate(prompt, 3, temperature=0)
+    assert greedy == model.generate(prompt, 3, temperature=0)
+    top1 = model.generate(prompt, 3, temperature=1.0, top_k=1, seed=5)
+    assert top1 == greedy  # top_k=1 is greedy
+    assert model.training  # sampling runs in eval mode and restores the mode it found
+    with pytest.raises(ValueError, match="prompt is empty"):
+        model.generate(b"", 3)
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"variant": "bytes"}, "unknown variant 'bytes'; accepted: byte, nibble, nibble_acc"),
+        ({"embed_conditioner": "concat"}, "conditioner 'concat' reads conditioning tokens.*accepted modulating"),
+        ({"block_conditioner": "cross_attention"}, "block_conditioner 'cross_attention' reads conditioning tokens"),
+        ({"variant": "byte", "block_conditioner": "film"}, "variant 'byte' does not have"),
+        ({"nibble_scheme": "utf-8"}, "unknown nibble scheme 'utf-8'; did you mean 'utf8'"),
+        ({"positions": "rope"}, "unknown positions 'rope'; accepted: 'learned', 'none'"),
+        ({"max_lr_steps": 0}, "max_lr_steps must be an int >= 1, got 0"),
+    ],
+)
+def test_bad_model_arguments_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ByteLM(**{**TINY, **kwargs})
+
+
+def test_window_longer_than_the_context(tmp_path: Path, sources: list[str]) -> None:
+    with pytest.raises(ValueError, match=r"data seq_len=32 is longer than the model's context max_seq_len=16"):
+        trainer(tmp_path).fit(ByteLM(**TINY), datamodule(sources, seq_len=2 * SEQ))
+    with pytest.raises(ValueError, match=r"N <= seq_len=16, got \(1, 17\)"):
+        ByteLM(**TINY)(torch.zeros(1, SEQ + 1, dtype=torch.long), None, None)
+
+
+def test_nibble_scheme_must_match_the_data(tmp_path: Path, sources: list[str]) -> None:
+    with pytest.raises(ValueError, match="data's nibble_scheme='high_nibble' differs from the model's"):
+        trainer(tmp_path).fit(ByteLM(**TINY), datamodule(sources, nibble_scheme="high_nibble"))
+
+
+def test_missing_ids_name_the_variant() -> None:
+    with pytest.raises(ValueError, match="variant='nibble_acc'.*needs nibble_ids.*got nibble_ids=None"):
+        ByteLM(**TINY)(torch.zeros(1, 4, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ByteLM(**{**TINY, "variant": "byte"})(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 256)
