@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -199,7 +200,9 @@ def user_error(err: BaseException) -> BaseException | None:
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (RegistryError, UsageError)):
+        # Lightning's own word that the run is misconfigured (e.g. `predict` on data without a
+        # predict_dataloader) is a message for the user, not a bug to trace.
+        if isinstance(current, (RegistryError, UsageError, MisconfigurationException)):
             return current
         if isinstance(current, (ValueError, TypeError)) and _raised_by_us(current):
             return current

@@ -128,6 +128,20 @@ def test_rare_table_depends_only_on_the_training_split(text_file):
     assert not torch.equal(make([text_file]).rare_table, dm.rare_table)
 
 
+def test_use_rare_table_recomputes_acc_and_checks_the_shape(text_file):
+    from lightning_film.data.accumulator import accumulate
+
+    dm = make([text_file])
+    everything = torch.ones(16, 16, dtype=torch.bool)  # every pair rare: acc counts every pair
+    dm.use_rare_table(everything)
+    src = dm.sources[0]
+    expected = accumulate(torch.from_numpy(src.nibbles), everything, doc_start=torch.from_numpy(src.doc_start(0, len(src.data))))
+    assert torch.equal(dm.rare_table, everything)
+    assert np.array_equal(src.acc, expected.numpy())
+    with pytest.raises(ValueError, match=r"16 x 16 entries, got shape \(4, 4\)"):
+        dm.use_rare_table(torch.ones(4, 4, dtype=torch.bool))
+
+
 def test_training_pairs_whose_context_reaches_into_held_out_bytes_are_not_counted():
     from lightning_film.data.bytes import ByteSource, compute_nibbles, training_pair_counts
     from lightning_film.data.nibbles import build_nibble_scheme

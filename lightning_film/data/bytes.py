@@ -411,11 +411,19 @@ class ByteDataModule(LightningDataModule):
             )  # fmt: skip
             src.nibbles = compute_nibbles(src, self.scheme)
         counts = sum(training_pair_counts(src, self.scheme.context_bytes) for src in sources)
-        self.rare_table = rare_table(counts, hp.rare_fraction)
-        for src in sources:
-            src.acc = compute_acc(src, self.rare_table)
         self.sources = sources
+        self.use_rare_table(rare_table(counts, hp.rare_fraction))
         self._train = _TrainWindows(sources, self.seq_len)
+
+    def use_rare_table(self, table: Tensor) -> None:
+        """Compute every source's ``acc`` with this bool (16, 16) table (a checkpoint's, say)."""
+        self._need_setup()
+        table = torch.as_tensor(table).detach().cpu().to(torch.bool)
+        if table.numel() != 256:
+            raise ValueError(f"a rare-pair table has 16 x 16 entries, got shape {tuple(table.shape)}")
+        self.rare_table = table.reshape(16, 16).clone()
+        for src in self.sources:
+            src.acc = compute_acc(src, self.rare_table)
 
     # -- training windows -------------------------------------------------------------------------
     @property

@@ -247,9 +247,11 @@ class ByteLM(LightningModule):
     def setup(self, stage: str) -> None:
         """Fit the data to the model: its window, its nibble scheme, its rare table; the metrics."""
         dm = self.trainer.datamodule
-        if dm is None or getattr(dm, "rare_table", None) is None or not hasattr(dm, "source_names"):
+        needed = ("rare_table", "source_names", "use_rare_table")
+        if dm is None or any(getattr(dm, name, None) is None for name in needed):
             raise ValueError(
-                "ByteLM needs a ByteDataModule (a DataModule with rare_table and source_names, set up); "
+                "ByteLM needs a ByteDataModule (a DataModule with rare_table, source_names and use_rare_table, "
+                "set up); "
                 f"got {type(dm).__name__ if dm is not None else 'no DataModule'}"
             )
         if hasattr(dm, "connect"):
@@ -289,13 +291,8 @@ class ByteLM(LightningModule):
             "wins (its weights learned with it), and the data's acc is recomputed with it",
             stacklevel=2,
         )
-        from lightning_film.data.bytes import compute_acc
-
-        table = table.detach().cpu().bool().clone()
-        dm.rare_table = table
-        for src in getattr(dm, "sources", []):
-            src.acc = compute_acc(src, table)
-        self.rare_table.copy_(table)
+        dm.use_rare_table(table)
+        self.rare_table.copy_(dm.rare_table)
         self.rare_table_known.fill_(True)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
