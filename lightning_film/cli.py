@@ -21,6 +21,7 @@ status 2; ``LIGHTNING_FILM_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -89,10 +90,24 @@ def list_command(argv: list[str]) -> None:
             print(f"  {entry.name:<{width}}  {entry.doc}".rstrip())
 
 
-#: name -> (one-line help, function(argv)); adding a command is adding a line here.
-EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
+#: name -> (one-line help, function(argv) or "module:function"); adding a command is adding a
+#: line here. A "module:function" is imported only when its command runs, so heavy commands
+#: (recording, exporting) cost nothing to the others.
+EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], None] | str]] = {
     "list": ("Print every registry (normalizers, conditioners, ...) with one-line docs.", list_command),
+    "record": ("Record world-model episodes into .npz shards.", "lightning_film.data.record:record_command"),
+    "reproduce": ("Train and score a results table (byte, world-kid, world-conditioning).",
+                  "lightning_film.reproduce:reproduce_command"),
 }
+
+
+def _command(name: str) -> Callable[[list[str]], None]:
+    """The function behind extra command ``name``, importing it if it is given by path."""
+    target = EXTRA_COMMANDS[name][1]
+    if callable(target):
+        return target
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 # -- LightningCLI ----------------------------------------------------------------------------
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     with _working_dir_importable():
         try:
             if args and args[0] in EXTRA_COMMANDS:
-                EXTRA_COMMANDS[args[0]][1](args[1:])
+                _command(args[0])(args[1:])
             else:
                 run_lightning_cli(args)
         except Exception as err:
