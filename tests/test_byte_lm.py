@@ -97,7 +97,7 @@ def test_block_conditioning_reads_the_same_signal(tmp_path: Path, sources: list[
         model.embed.conditioner.ablated = False
 
 
-def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[str]) -> None:
+def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[str], capsys) -> None:
     overrides = {
         "trainer.default_root_dir": tmp_path, "trainer.max_steps": 2, "trainer.val_check_interval": 2,
         "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
@@ -111,10 +111,34 @@ def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[s
     for variant in ("byte", "nibble"):  # the other configs parse and differ only in the variant
         config = (REPO / f"configs/byte/{variant}.yaml").read_text()
         assert f"variant: {variant}\n" in config and f"runs/byte/{variant}\n" in config
-    # no prompt data yet: `predict` is Lightning's misconfiguration, told in one line, not a traceback
+    # predict without prompts: one line naming the setting, not a traceback
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), *args])
     assert exit_info.value.code == 2
+    assert "data.prompts" in capsys.readouterr().err
+    # predict prints a continuation of each prompt; \xNN escapes give bytes that are not UTF-8
+    invalid = "\\\\xff\\\\xfeTo be"  # backslashes doubled for the JSON list
+    main(["predict", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), *args, "--ckpt_path", "last",
+          "--model.max_new_bytes", "7", "--model.top_k", "3", "--data.prompts", f'["ROMEO:", "{invalid}"]'])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "--- sample 1: 6 prompt bytes + 7 sampled ---\nROMEO:" in out
+    assert "--- sample 2: 7 prompt bytes + 7 sampled ---\n\\xff\\xfeTo be" in out
+
+
+def test_predict_samples_are_seeded_and_saved(tmp_path: Path, sources: list[str]) -> None:
+    from lightning_film.callbacks import PrintSamples
+
+    model, _, _ = fit(tmp_path, sources, max_new_bytes=9, temperature=1.0)
+    outs = []
+    for run in range(2):
+        L.seed_everything(1, verbose=False)
+        path = tmp_path / f"samples{run}.txt"
+        t = trainer(tmp_path, callbacks=[PrintSamples(path=str(path))])
+        preds = t.predict(model, datamodule=datamodule(sources, prompts=["To be", "x"]))
+        assert [len(p) for p in preds] == [1, 1] and [len(p[0]["sample"]) for p in preds] == [9, 9]
+        outs.append(path.read_bytes())
+    assert outs[0] == outs[1] and outs[0].startswith(b"To be") and b"\n\nx" in outs[0]
+    assert not list(tmp_path.glob(".samples*.tmp"))
 
 
 # -- the rare table travels with the checkpoint ----------------------------------------------------------
@@ -219,3 +243,15 @@ def test_missing_ids_name_the_variant() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ByteLM(**{**TINY, "variant": "byte"})(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 256)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [([], "non-empty strings"), (["ok", ""], "non-empty strings"), (["bad \\x4"], "bad escape"), (["\\\\"], None)],
+)
+def test_prompts_are_checked(sources: list[str], prompts: list[str], message: str | None) -> None:
+    if message is None:
+        assert datamodule(sources, prompts=prompts)._prompts == [b"\\"]
+        return
+    with pytest.raises(ValueError, match=message):
+        datamodule(sources, prompts=prompts)

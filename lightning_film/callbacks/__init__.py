@@ -6,5 +6,6 @@ Importing this package makes the short names usable in LightningCLI configs
 
 from lightning_film.callbacks.conditioning_ablation import ConditioningAblation
 from lightning_film.callbacks.conditioning_diagnostics import ConditioningDiagnostics
+from lightning_film.callbacks.print_samples import PrintSamples
 
-__all__ = ["ConditioningAblation", "ConditioningDiagnostics"]
+__all__ = ["ConditioningAblation", "ConditioningDiagnostics", "PrintSamples"]

@@ -40,6 +40,7 @@ check ``dm.seq_len`` against the model's context yourself.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import glob
 import os
@@ -57,7 +58,7 @@ from lightning_film.data.accumulator import accumulate, pair_counts, rare_table
 from lightning_film.data.corpora import CORPORA, load_corpus
 from lightning_film.data.nibbles import NibbleScheme, build_nibble_scheme
 
-__all__ = ["ByteDataModule", "ByteSource", "window_keys"]
+__all__ = ["ByteDataModule", "ByteSource", "prompt_bytes", "window_keys"]
 
 SPLITS = ("train", "val", "test")
 MMAP_BYTES = 16 << 20  # a single file this large is memory-mapped, not read
@@ -342,6 +343,9 @@ class ByteDataModule(LightningDataModule):
             seq_len + 1 (one epoch reads about as many bytes as the training split holds).
         seed: seed of the training window order.
         num_workers: DataLoader worker processes.
+        prompts: texts for ``predict`` to continue (one sample each). They are bytes to the model:
+            UTF-8 encoded, then Python bytes-literal escapes are applied, so ``\\xNN`` gives any
+            byte, valid UTF-8 or not (``"\\xff\\xfeTo be"``), and ``\\\\`` a backslash.
     """
 
     def __init__(
@@ -358,9 +362,14 @@ class ByteDataModule(LightningDataModule):
         train_windows_per_epoch: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        prompts: list[str] | None = None,
     ) -> None:
         super().__init__()
         sources = [sources] if isinstance(sources, str) else list(sources)
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        if prompts is not None and (not prompts or not all(isinstance(p, str) and p for p in prompts)):
+            raise ValueError(f"prompts must be a list of non-empty strings, got {prompts!r}")
+        self._prompts = None if prompts is None else [prompt_bytes(p) for p in prompts]
         _check_int("seq_len", seq_len, 1)
         _check_int("batch_size", batch_size, 1)
         _check_int("split_blocks", split_blocks, 1)
@@ -452,6 +461,14 @@ class ByteDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._held_out("test"))
 
+    def predict_dataloader(self) -> DataLoader:
+        """The prompts as raw bytes, one per batch: ``[b"..."]``."""
+        if self._prompts is None:
+            raise ValueError(
+                "predict needs prompts to continue: set data.prompts, e.g. --data.prompts '[\"ROMEO:\"]'"
+            )
+        return DataLoader(self._prompts, batch_size=1, shuffle=False, collate_fn=_as_list)
+
     def _held_out(self, split: str) -> _HeldOutWindows:
         self._need_setup()
         data = _HeldOutWindows(self.sources, split, self.seq_len)
@@ -468,6 +485,23 @@ class ByteDataModule(LightningDataModule):
     def _need_setup(self) -> None:
         if not self.sources:
             raise RuntimeError("ByteDataModule.setup() must run first (the Trainer calls it)")
+
+
+def prompt_bytes(prompt: str) -> bytes:
+    """A prompt's bytes: UTF-8, then bytes-literal escapes (``\\xNN``, ``\\n``, ``\\\\``) applied."""
+    try:
+        data = codecs.escape_decode(prompt.encode("utf-8", "surrogateescape"))[0]
+    except ValueError as err:
+        raise ValueError(
+            f"prompt {prompt!r} has a bad escape ({err}); write \\xNN for a byte and \\\\ for a backslash"
+        ) from None
+    if not data:
+        raise ValueError(f"prompt {prompt!r} is empty after escapes; give at least one byte")
+    return data
+
+
+def _as_list(items: list[bytes]) -> list[bytes]:
+    return list(items)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -161,6 +161,9 @@ class ByteLM(LightningModule):
         warmup_steps: linear warmup steps. max_lr_steps: steps of the cosine decay to
             ``min_lr_ratio * lr`` (then constant); ``None``: the trainer's total steps.
         min_lr_ratio: the learning rate at the end of the cosine, as a fraction of ``lr``.
+        max_new_bytes: bytes ``predict`` samples after each prompt.
+        temperature: sampling temperature of ``predict`` (0: greedy).
+        top_k: ``predict`` samples among the ``top_k`` likeliest bytes (``None``: all 256).
     """
 
     def __init__(
@@ -185,9 +188,13 @@ class ByteLM(LightningModule):
         warmup_steps: int = 100,
         max_lr_steps: int | None = None,
         min_lr_ratio: float = 0.1,
+        max_new_bytes: int = 256,
+        temperature: float = 0.8,
+        top_k: int | None = None,
     ) -> None:
         super().__init__()
-        _check_ints(seq_len=(seq_len, 1), warmup_steps=(warmup_steps, 0))
+        _check_ints(seq_len=(seq_len, 1), warmup_steps=(warmup_steps, 0), max_new_bytes=(max_new_bytes, 0))
+        _check_sampling(temperature, top_k)
         if max_lr_steps is not None:
             _check_ints(max_lr_steps=(max_lr_steps, 1))
         if positions not in ("learned", "none"):
@@ -332,6 +339,23 @@ class ByteLM(LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def predict_step(self, batch: list[bytes], batch_idx: int) -> list[dict[str, bytes]]:
+        """Prompts (raw bytes) -> ``[{"prompt": ..., "sample": ...}]``, sampled with the model's
+        ``max_new_bytes``, ``temperature`` and ``top_k`` (seeded by ``seed_everything``)."""
+        hp = self.hparams
+        return [
+            {"prompt": bytes(p), "sample": self.generate(p, hp.max_new_bytes, hp.temperature, hp.top_k)}
+            for p in batch
+        ]
+
+    def configure_callbacks(self) -> list:
+        # `lightning-film predict` prints the samples, unless the user configured a printer.
+        from lightning_film.callbacks.print_samples import PrintSamples
+
+        if any(isinstance(c, PrintSamples) for c in self.trainer.callbacks):
+            return []
+        return [PrintSamples()]
+
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
 
@@ -386,10 +410,7 @@ class ByteLM(LightningModule):
     ) -> None:
         """Extend ``stream`` by ``max_new_bytes`` sampled bytes (context: its last ``seq_len`` bytes)."""
         _check_ints(max_new_bytes=(max_new_bytes, 0))
-        if not temperature >= 0:
-            raise ValueError(f"ByteLM.sample: temperature must be >= 0 (0: greedy), got {temperature!r}")
-        if top_k is not None:
-            _check_ints(top_k=(top_k, 1))
+        _check_sampling(temperature, top_k)
         if not len(stream):
             raise ValueError("ByteLM.sample: the prompt is empty; give at least one byte (e.g. b'\\n')")
         was_training = self.training
@@ -426,6 +447,13 @@ class ByteLM(LightningModule):
         start = len(stream)
         self.sample(stream, max_new_bytes, temperature, top_k, generator)
         return stream.bytes[start:].numpy().tobytes()
+
+
+def _check_sampling(temperature: float, top_k: int | None) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"ByteLM: temperature must be a number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None:
+        _check_ints(top_k=(top_k, 1))
 
 
 def _check_ints(**values: tuple[object, int]) -> None:
