@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import load_average, machine_info, paired_ratios, repeat_times, spread, write_atomic
 from lightning_film import Conditioner, Conditioning, Transformer, list_conditioners
+from lightning_film.measure import load_average, machine_info, paired_ratios, repeat_times, spread, write_atomic
 
 __all__ = ["BenchConfig", "run_benchmark", "main"]
 

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: What a config may carry to pick a component (a name or ``{"name": ..., **options}``).
-Spec = Union[str, Mapping[str, Any]]
+Spec = Union[str, Mapping[str, Any]]  # noqa: UP007  (a runtime alias jsonargparse reads)
 
 
 class RegistryError(ValueError):

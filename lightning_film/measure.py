@@ -1,7 +1,8 @@
-"""Shared by the benchmark commands: robust statistics, machine facts, atomic writes.
+"""Measuring speed honestly: interleaved timing, robust statistics, machine facts.
 
-Every benchmark times a candidate against a baseline in the same run (interleaved) and
-reports per-repeat ratios as a median with its spread; these helpers keep that uniform.
+Every benchmark (``benchmarks/``) and results command (``lightning-film reproduce``) times a
+candidate against a baseline in the same run, interleaved, and reports per-repeat ratios as a
+median with its spread; these helpers keep that uniform.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import lightning_film
+from lightning_film.io import write_atomic  # noqa: F401  (re-exported for the benchmarks)
 
-__all__ = ["cpu_model", "machine_info", "load_average", "paired_ratios", "repeat_times", "spread", "write_atomic"]
+__all__ = [
+    "cpu_model", "interleaved", "machine_info", "load_average", "paired_ratios", "repeat_times", "spread",
+    "write_atomic",
+]
 
 
 def repeat_times(steps: list[list[float]]) -> list[float]:
@@ -85,14 +91,35 @@ def machine_info(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
     }
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def interleaved(
+    steps: dict[str, Callable[[], object]], repeats: int, steps_per_repeat: int, warmup: int = 1
+) -> dict[str, list[list[float]]]:
+    """Time several step functions round-robin: name -> repeats x steps_per_repeat seconds.
+
+    ``warmup`` calls of each are made first and dropped. Inside a repeat the functions take one
+    step each in turn (the start rotated per repeat), so other work on the machine hits all of
+    them alike; the garbage collector is paused while timing, as ``timeit`` does.
+    """
+    import gc
+
+    names = list(steps)
+    for name in names:
+        for _ in range(warmup):
+            steps[name]()
+    raw: dict[str, list[list[float]]] = {name: [] for name in names}
+    gc.collect()
+    gc.disable()
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for r in range(repeats):
+            order = names[r % len(names):] + names[: r % len(names)]
+            times: dict[str, list[float]] = {name: [] for name in names}
+            for _ in range(steps_per_repeat):
+                for name in order:
+                    start = time.perf_counter()
+                    steps[name]()
+                    times[name].append(time.perf_counter() - start)
+            for name in names:
+                raw[name].append(times[name])
+    finally:
+        gc.enable()
+    return raw
