@@ -39,6 +39,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import lightning_film.callbacks  # noqa: F401  (so configs name our callbacks and DataModules by class name)
 import lightning_film.data.bytes  # noqa: F401
 import lightning_film.models  # noqa: F401
+from lightning_film.errors import UsageError
 from lightning_film.registry import Registry, RegistryError
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
@@ -46,10 +47,6 @@ __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
 PROG = "lightning-film"
 DEBUG_ENV = "LIGHTNING_FILM_DEBUG"
 _PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-class UsageError(Exception):
-    """A mistake in how the command was called, reported as one line without a traceback."""
 
 
 # -- extra commands --------------------------------------------------------------------------

@@ -325,7 +325,8 @@ class ByteLM(LightningModule):
         metric: BitsPerByte = getattr(self, f"{split}_bpb")
         total, per_source = metric.compute()  # already reduced across ranks
         self.log(f"{split}/bpb", total.float(), prog_bar=True, sync_dist=False)
-        for name, value in zip(self.source_names, per_source.tolist()):
+        # torchmetrics squeezes a one-element result to a scalar: one source must stay a list
+        for name, value in zip(self.source_names, per_source.reshape(-1).tolist()):
             if not math.isnan(value):
                 self.log(f"{split}/bpb/{name}", value)
         metric.reset()

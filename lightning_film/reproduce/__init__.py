@@ -1,0 +1,43 @@
+"""``lightning-film reproduce TABLE``: one command per results table, resumable.
+
+    lightning-film reproduce byte --preset quick
+    lightning-film reproduce world-kid --preset quick
+    lightning-film reproduce world-conditioning --preset quick
+
+Each table trains its runs through the real ``lightning-film fit``/``test`` (finished runs are
+read, not redone; see :mod:`lightning_film.reproduce.runner`) and writes a markdown table, the
+JSON behind it and a plot under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from lightning_film.errors import UsageError
+
+__all__ = ["TABLES", "reproduce_command"]
+
+#: table name -> (one-line help, "module:function(argv)"), imported only when that table runs.
+TABLES: dict[str, tuple[str, str]] = {
+    "byte": ("byte vs nibble vs nibble_acc byte LMs: test bpb per corpus, cost, speed",
+             "lightning_film.reproduce.byte:main"),
+}  # fmt: skip
+
+
+def reproduce_command(argv: list[str]) -> None:
+    """Dispatch ``lightning-film reproduce TABLE [options]`` to the table's own parser."""
+    epilog = "tables:\n" + "\n".join(f"  {name:<20} {help_}" for name, (help_, _) in TABLES.items())
+    parser = argparse.ArgumentParser(
+        prog="lightning-film reproduce",
+        description="Train and score one results table (see 'lightning-film reproduce TABLE --help').",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("table", choices=sorted(TABLES), metavar="TABLE", help=f"one of: {', '.join(TABLES)}")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the table's options")
+    if argv and argv[0] not in TABLES and not argv[0].startswith("-"):
+        raise UsageError(f"reproduce: unknown table {argv[0]!r}; tables: {', '.join(TABLES)}")
+    args = parser.parse_args(argv)
+    module, _, function = TABLES[args.table][1].partition(":")
+    getattr(importlib.import_module(module), function)(args.options)

@@ -1,0 +1,421 @@
+"""``lightning-film reproduce byte``: the byte-model table (byte vs nibble vs nibble_acc).
+
+    lightning-film reproduce byte --preset quick        # 3 variants x 3 seeds x 600 steps
+    lightning-film reproduce byte --preset full         # 3 variants x 5 seeds x 3000 steps
+
+Every variant trains from the same config (``configs/byte/nibble_acc.yaml`` with
+``--model.variant``), at the same budget (steps x batch x window), over the same seeds; each
+run is the real ``lightning-film fit`` + ``test`` (see :mod:`lightning_film.reproduce.runner`),
+so finished runs are not redone and a killed table continues where it stopped.
+
+Then, in this process, the three models are built at the config's size and timed interleaved
+on one real batch (training step and inference forward; ratios against ``byte`` per repeat),
+and their parameters are counted. Written to ``--out`` (default
+``benchmarks/results/byte/<preset>/``): ``results.md`` (the tables, the command, date and
+machine), ``results.json`` (everything behind them, every run's result included) and
+``val_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lightning_film.io import write_atomic
+from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
+from lightning_film.reproduce.runner import Run, execute_all
+
+__all__ = ["PRESETS", "Preset", "build_runs", "main", "model_facts", "throughput"]
+
+VARIANTS = ("byte", "nibble", "nibble_acc")
+BASELINE = "byte"
+CONFIG = Path("configs/byte/nibble_acc.yaml")
+#: a character-level nanoGPT on tiny Shakespeare (1 MB): about 2.1 bits per character (issue 5)
+NANOGPT_BITS_PER_CHAR = 2.1
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A table's budget: seeds, training steps per run, validation interval, timing repeats."""
+
+    seeds: tuple[int, ...]
+    max_steps: int
+    val_every: int
+    repeats: int = 7
+    steps_per_repeat: int = 3
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(seeds=(0, 1, 2), max_steps=600, val_every=150),
+    "full": Preset(seeds=(0, 1, 2, 3, 4), max_steps=3000, val_every=300),
+}
+
+
+# -- the runs -----------------------------------------------------------------------------------------
+def _override_args(overrides: list[tuple[str, str]]) -> list[str]:
+    return [a for key, value in overrides for a in (f"--{key}", value)]
+
+
+def build_runs(
+    preset: Preset, config: Path, variants: tuple[str, ...], seeds: tuple[int, ...], overrides: list[tuple[str, str]]
+) -> list[Run]:
+    """One run per (variant, seed): the config with that variant, seed and the preset's budget."""
+    runs = []
+    for variant in variants:
+        for seed in seeds:
+            args = [
+                "--model.variant", variant, "--seed_everything", str(seed), "--data.seed", str(seed),
+                "--trainer.max_steps", str(preset.max_steps), "--trainer.val_check_interval", str(preset.val_every),
+                *_override_args(overrides),
+            ]  # fmt: skip
+            runs.append(Run(f"{variant}/seed{seed}", config, args, labels={"variant": variant, "seed": seed}))
+    return runs
+
+
+# -- the models, measured in this process ---------------------------------------------------------------
+def _config_parts(config: Path, overrides: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """(model init_args, data init_args) of the config with the overrides applied."""
+    tree = yaml.safe_load(config.read_text())
+    for key, value in overrides:
+        node = tree
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+            if part in ("model", "data") and "init_args" in node:
+                node = node["init_args"]
+        node[last] = yaml.safe_load(value)
+    model, data = tree["model"], tree["data"]
+    if str(model.get("class_path", "")).rsplit(".", 1)[-1] != "ByteLM":
+        raise ValueError(f"{config}: the byte table needs a ByteLM config, got model {model.get('class_path')!r}")
+    return dict(model.get("init_args", {})), dict(data.get("init_args", {}))
+
+
+def _build(model_args: dict, variant: str):
+    from lightning_film.models import ByteLM
+
+    torch.manual_seed(0)
+    return ByteLM(**{**model_args, "variant": variant})
+
+
+def model_facts(model_args: dict, variants: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Parameters per variant: the model, the embedding, and the embedding's parts."""
+    facts = {}
+    for variant in variants:
+        model = _build(model_args, variant)
+        embed = model.embed
+        parts = {name: sum(p.numel() for p in child.parameters()) for name, child in embed.named_children()}
+        facts[variant] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "embedding_params": sum(p.numel() for p in embed.parameters()),
+            **{f"embedding/{name}": n for name, n in parts.items()},
+        }
+    return facts
+
+
+def throughput(
+    model_args: dict, data_args: dict, variants: tuple[str, ...], repeats: int, steps_per_repeat: int
+) -> dict[str, Any]:
+    """Training-step and inference tokens/s of each variant on one real batch, timed interleaved.
+
+    A training step is forward, masked cross-entropy, backward and AdamW; inference is a
+    no-grad forward over the same windows. Ratios are tokens/s against ``byte``, per repeat.
+    """
+    from lightning_film.data.bytes import ByteDataModule
+
+    dm = ByteDataModule(**data_args)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    tokens = int(batch["mask"].numel())
+    models = {v: _build(model_args, v) for v in variants}
+    for model in models.values():
+        model.rare_table.copy_(dm.rare_table)
+    opts = {v: torch.optim.AdamW(m.parameters(), lr=1e-4) for v, m in models.items()}
+
+    def train(v: str) -> None:
+        mask = batch["mask"]
+        loss = (models[v].nll(batch) * mask).sum() / mask.sum()
+        loss.backward()
+        opts[v].step()
+        opts[v].zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer(v: str) -> None:
+        models[v](batch["bytes"][:, :-1], batch["nibbles"], batch["acc"])
+
+    out: dict[str, Any] = {"tokens_per_step": tokens, "raw_s": {}}
+    for kind, fn in (("train", train), ("infer", infer)):
+        for m in models.values():
+            m.train(kind == "train")
+        raw = interleaved({v: functools.partial(fn, v) for v in variants}, repeats, steps_per_repeat, warmup=2)
+        out["raw_s"][kind] = raw
+        for v in variants:
+            per_repeat = repeat_times(raw[v])
+            ratios = paired_ratios(raw[BASELINE], raw[v]) if BASELINE in raw else [float("nan")]
+            out.setdefault(v, {})[f"{kind}_tokens_per_s"] = tokens / statistics.median(per_repeat)
+            out[v][f"{kind}_ratio"] = spread(ratios)  # tokens/s of v over byte's, same repeat
+    return out
+
+
+# -- the report ----------------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: dict[str, dict], variants: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
+    """variant -> test metric -> values over seeds."""
+    table: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+    for result in results.values():
+        for metric, value in result["test"].items():
+            if metric.startswith("test/bpb"):
+                table[result["variant"]].setdefault(metric, []).append(value)
+    return table
+
+
+def _fmt(values: list[float] | None) -> str:
+    if not values:
+        return "–"
+    mean, std = _mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    variants, summary, facts, speed = report["variants"], report["summary"], report["facts"], report["throughput"]
+    corpora = sorted({m.split("/", 2)[2] for v in summary.values() for m in v if m.count("/") == 2})
+    base = facts[BASELINE] if BASELINE in facts else None
+    m = report["machine"]
+    lines = [
+        f"# Byte model: {', '.join(variants)} (preset `{report['preset_name']}`)",
+        "",
+        f"- Command: `{report['command']}`",
+        f"- Date: {report['date']}; commit {report['commit']}; wall time {report['wall_s'] / 60:.1f} min "
+        f"(runs finished earlier are read, not redone)",
+        f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
+        "**CPU timings**",
+        f"- Budget per run: {report['preset']['max_steps']} steps x batch {report['data'].get('batch_size')} x "
+        f"{report['data'].get('seq_len')} bytes; seeds {list(report['seeds'])}; config `{report['config']}` "
+        f"with `--model.variant`; overrides {report['overrides'] or 'none'}",
+        "",
+        "## Test bits per byte (mean ± std over seeds; lower is better)",
+        "",
+        "| variant | seeds | all | " + " | ".join(corpora) + " |",
+        "|---|---:|---:|" + "---:|" * len(corpora),
+    ]
+    for v in variants:
+        row = summary.get(v, {})
+        n = len(row.get("test/bpb", []))
+        lines.append(
+            f"| {v} | {n} | {_fmt(row.get('test/bpb'))} | "
+            + " | ".join(_fmt(row.get(f"test/bpb/{c}")) for c in corpora)
+            + " |"
+        )
+    lines += ["", *report["verdict"], "", "## What the nibble path and the accumulator cost", ""]
+    lines += [
+        "| variant | params | vs byte | embedding params | embedding vs byte's | "
+        "train tokens/s | vs byte (IQR) | inference tokens/s | vs byte (IQR) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in variants:
+        f, s = facts[v], speed[v]
+        added = f"{100 * (f['params'] / base['params'] - 1):+.2f}%" if base else "–"
+        emb = f"{100 * (f['embedding_params'] / base['embedding_params'] - 1):+.1f}%" if base else "–"
+        tr, inf = s["train_ratio"], s["infer_ratio"]
+        lines.append(
+            f"| {v} | {f['params']:,} | {added} | {f['embedding_params']:,} | {emb} | "
+            f"{s['train_tokens_per_s']:,.0f} | {tr['median']:.3f} ({tr['q1']:.3f}–{tr['q3']:.3f}) | "
+            f"{s['infer_tokens_per_s']:,.0f} | {inf['median']:.3f} ({inf['q1']:.3f}–{inf['q3']:.3f}) |"
+        )
+    lines += ["", *report["cost_notes"], ""]
+    lines += [
+        f"Timing: the {len(variants)} models side by side, one real training batch "
+        f"({speed['tokens_per_step']:,} tokens), {report['preset']['repeats']} repeats x "
+        f"{report['preset']['steps_per_repeat']} steps each, interleaved round-robin, warm-up dropped; "
+        "a ratio is tokens/s against `byte` in the same repeat (median, IQR).",
+        "",
+        "Validation curves: `val_curves.png`. Every run's metrics, curves and commands: `results.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def verdict(summary: dict[str, dict[str, list[float]]], variants: tuple[str, ...]) -> list[str]:
+    """Plain sentences: who wins per metric, by how much, against the seed-to-seed spread."""
+    lines = []
+    metrics = sorted({k for v in summary.values() for k in v})
+    for metric in metrics:
+        scored = {v: _mean_std(summary[v][metric]) for v in variants if summary[v].get(metric)}
+        if len(scored) < 2:
+            continue
+        order = sorted(scored, key=lambda v: scored[v][0])
+        best, runner_up = order[0], order[1]
+        gap = scored[runner_up][0] - scored[best][0]
+        noise = max(scored[best][1], scored[runner_up][1])
+        if min(len(summary[v][metric]) for v in scored) < 2:
+            lines.append(
+                f"- `{metric}`: **{best}** {scored[best][0]:.3f}, then {runner_up} {scored[runner_up][0]:.3f} "
+                "(one seed: no spread to judge the gap against)"
+            )
+            continue
+        strength = "more than" if gap > 2 * noise else "within" if gap <= noise else "between 1x and 2x"
+        lines.append(
+            f"- `{metric}`: **{best}** {scored[best][0]:.3f}, then {runner_up} {scored[runner_up][0]:.3f} "
+            f"(gap {gap:.3f}, {strength} {'2x ' if strength == 'more than' else ''}the larger seed std {noise:.3f})"
+            + (f"; {BASELINE} {scored[BASELINE][0]:.3f}" if BASELINE in scored and BASELINE not in order[:2] else "")
+        )
+    shakespeare = [scored for v in variants if (scored := summary[v].get("test/bpb/shakespeare"))]
+    if shakespeare:
+        best = min(_mean_std(s)[0] for s in shakespeare)
+        lines.append(
+            f"- For scale: a character-level nanoGPT on tiny Shakespeare reaches about {NANOGPT_BITS_PER_CHAR} bits "
+            f"per character; our best Shakespeare test score here is {best:.3f} bits per byte (bytes are characters "
+            "for this ASCII text), on the 38 plays with their Markdown, at this preset's budget."
+        )
+    return lines
+
+
+def cost_notes(facts: dict[str, dict[str, int]], model_args: dict) -> list[str]:
+    """The seed's parameter claim against what the model really has."""
+    if BASELINE not in facts:
+        return []
+    byte_table = facts[BASELINE]["embedding_params"]
+    notes = []
+    for v, f in facts.items():
+        if v == BASELINE:
+            continue
+        tables = sum(n for k, n in f.items() if k.startswith("embedding/") and k.split("/")[1] in ("nibble", "acc"))
+        projections = f["embedding_params"] - byte_table - tables
+        notes.append(
+            f"- `{v}`: +{f['embedding_params'] - byte_table:,} embedding parameters = the 16/256-row tables "
+            f"({tables:,}, {100 * tables / byte_table:.1f}% of the byte table) + the conditioner's projections "
+            f"({projections:,}, {100 * projections / byte_table:.1f}%); the seed's \"about 6% extra embedding "
+            "parameters\" counts a 16-row table alone."
+        )
+    return notes
+
+
+def render_png(report: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = sorted({k for r in report["runs"].values() for k in r["val_curves"] if k.startswith("val/bpb")})
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.5 * max(1, len(metrics)), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for v in report["variants"]:
+            curves = [r["val_curves"].get(metric, []) for r in report["runs"].values() if r["variant"] == v]
+            steps = sorted({int(s) for c in curves for s, _ in c})
+            if not steps:
+                continue
+            by_step = [[dict(map(tuple, c)).get(s) for c in curves] for s in steps]
+            mean = [statistics.fmean([x for x in vals if x is not None]) for vals in by_step]
+            low = [min(x for x in vals if x is not None) for vals in by_step]
+            high = [max(x for x in vals if x is not None) for vals in by_step]
+            (line,) = ax.plot(steps, mean, marker="o", ms=3, label=v)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.set_ylabel("bits per byte")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(f"Byte model validation (preset {report['preset_name']}; mean over seeds, band min–max)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def _parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or key.startswith("-"):
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. model.dim=64), got {text!r}")
+    return key, value
+
+
+def main(argv: list[str]) -> None:
+    """``lightning-film reproduce byte ...``"""
+    parser = argparse.ArgumentParser(prog="lightning-film reproduce byte", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the ByteLM config all variants start from")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the preset's seeds")
+    parser.add_argument("--max-steps", type=int, help="override the preset's steps per run")
+    parser.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
+                        metavar="KEY=VALUE", help="a config override for every run, e.g. model.dim=64 (repeatable)")  # fmt: skip
+    parser.add_argument("--runs", type=Path, default=Path("runs/reproduce/byte"), help="where the runs live")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/byte/<preset>)")
+    parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
+    args = parser.parse_args(argv)
+    if not args.config.is_file():
+        raise ValueError(
+            f"config {str(args.config)!r} does not exist; run from the repository root or pass --config"
+        )
+    preset = PRESETS[args.preset]
+    if args.max_steps is not None or args.repeats is not None:
+        changes = {k: v for k, v in (("max_steps", args.max_steps), ("repeats", args.repeats)) if v is not None}
+        if any(v < 1 for v in changes.values()):
+            raise ValueError(f"--max-steps and --repeats must be >= 1, got {changes}")
+        preset = Preset(**{**asdict(preset), **changes, "val_every": min(preset.val_every, changes.get("max_steps", 10**9))})
+    seeds = tuple(args.seeds) if args.seeds else preset.seeds
+    variants = tuple(args.variants)
+    out = args.out or Path("benchmarks/results/byte") / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    model_args, data_args = _config_parts(args.config, args.overrides)
+
+    start = time.perf_counter()
+    runs = build_runs(preset, args.config, variants, seeds, args.overrides)
+    print(f"byte table, preset {args.preset}: {len(runs)} runs of {preset.max_steps} steps into {args.runs / args.preset}")
+    results = execute_all(runs, args.runs / args.preset)
+    print(f"timing {', '.join(variants)} interleaved ({preset.repeats} repeats) ...")
+    speed = throughput(model_args, data_args, variants, preset.repeats, preset.steps_per_repeat)
+    facts = model_facts(model_args, variants)
+    summary = summarize(results, variants)
+    report = {
+        "command": shlex.join(["lightning-film", "reproduce", "byte", *argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _commit(),
+        "machine": machine_info(),
+        "preset_name": args.preset,
+        "preset": asdict(preset),
+        "seeds": list(seeds),
+        "variants": list(variants),
+        "config": str(args.config),
+        "overrides": [f"{k}={v}" for k, v in args.overrides],
+        "model": model_args,
+        "data": data_args,
+        "summary": summary,
+        "verdict": verdict(summary, variants),
+        "facts": facts,
+        "cost_notes": cost_notes(facts, model_args),
+        "throughput": speed,
+        "runs": results,
+        "wall_s": time.perf_counter() - start,
+    }
+    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_atomic(out / "results.md", render_markdown(report))
+    write_atomic(out / "val_curves.png", render_png(report))
+    print(render_markdown(report))
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'val_curves.png'}", file=sys.stderr)

@@ -1,0 +1,184 @@
+"""Run a results table's trainings: one ``lightning-film fit`` + ``test`` per run, resumable.
+
+Each run lives in its own folder (``<runs>/<table>/<preset>/<run key>/``) and goes through the
+real command line in a subprocess (what users run is what the table measures, and one run's
+memory or crash cannot touch the next):
+
+1. ``result.json`` exists: the run finished before; it is read, not redone.
+2. otherwise ``lightning-film fit`` runs, with ``--ckpt_path last`` when the folder already has
+   ``checkpoints/last.ckpt`` (a killed run continues where its last checkpoint was), then
+   ``lightning-film test --ckpt_path last``; both log through Lightning's ``CSVLogger`` into the
+   run folder; ``result.json`` (metrics, validation curve, timings, the commands) is written last,
+   atomically.
+
+Output of the commands goes to ``fit.log`` / ``test.log`` in the run folder; a failed command
+stops the table with the command and the end of its log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_film.errors import UsageError
+from lightning_film.io import write_atomic
+
+__all__ = ["ReproduceError", "Run", "execute", "execute_all", "read_metrics"]
+
+
+class ReproduceError(UsageError):
+    """A run of a results table failed; the message names the run, the command and its log."""
+
+
+@dataclass
+class Run:
+    """One training run of a table.
+
+    Attributes:
+        key: unique name inside the table, also its folder (``"nibble_acc/seed0"``).
+        config: the YAML config given to ``lightning-film``.
+        args: extra command-line arguments for both ``fit`` and ``test`` (``--model.variant byte``).
+        fit_args: arguments for ``fit`` only (``--model.init_from ...``).
+        labels: what the run is, copied into its result (variant, seed, ...).
+        after: keys of runs that must finish first (a pretraining run, say).
+    """
+
+    key: str
+    config: Path
+    args: list[str] = field(default_factory=list)
+    fit_args: list[str] = field(default_factory=list)
+    labels: dict[str, Any] = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)
+
+
+def _csv_logger(directory: Path, name: str) -> str:
+    return json.dumps(
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(directory), "name": name}}
+    )
+
+
+def _command(stage: str, run: Run, directory: Path, extra: Sequence[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "lightning_film.cli", stage, "--config", str(run.config), *run.args, *extra,
+        "--trainer.default_root_dir", str(directory), "--trainer.logger", _csv_logger(directory, stage),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+
+
+def _run_command(command: list[str], log: Path, run: Run) -> float:
+    start = time.perf_counter()
+    with open(log, "ab") as out:
+        out.write(f"\n$ {shlex.join(command)}\n".encode())
+        out.flush()
+        status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    if status != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise ReproduceError(
+            f"run {run.key!r} failed (exit {status}): {shlex.join(command)}\n--- end of {log} ---\n{tail}"
+        )
+    return time.perf_counter() - start
+
+
+def read_metrics(directory: Path) -> list[dict[str, float]]:
+    """Every row of every ``version_*/metrics.csv`` under ``directory``, versions in order,
+    as {column: value} with empty cells dropped (a resumed fit logs into a new version)."""
+    rows: list[dict[str, float]] = []
+    versions = sorted(directory.glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))
+    for version in versions:
+        path = version / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+def _curves(rows: list[dict[str, float]], prefix: str) -> dict[str, list[list[float]]]:
+    """metric -> [[step, value], ...] for metrics starting with ``prefix``; a later version's
+    value at a step replaces an earlier one's (the resumed run re-logs from its checkpoint)."""
+    curves: dict[str, dict[int, float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(prefix) and "step" in row and math.isfinite(value):
+                curves.setdefault(key, {})[int(row["step"])] = value
+    return {k: [[s, v] for s, v in sorted(c.items())] for k, c in sorted(curves.items())}
+
+
+def execute(run: Run, root: Path) -> tuple[dict[str, Any], bool]:
+    """Run ``run`` (or read its finished result) in ``root / run.key``: (result, was it redone)."""
+    directory = root / run.key
+    result_file = directory / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text()), False
+    directory.mkdir(parents=True, exist_ok=True)
+    resume = ["--ckpt_path", "last"] if (directory / "checkpoints" / "last.ckpt").is_file() else []
+    fit = _command("fit", run, directory, [*run.fit_args, *resume])
+    fit_s = _run_command(fit, directory / "fit.log", run)
+    test = _command("test", run, directory, ["--ckpt_path", "last"])
+    test_s = _run_command(test, directory / "test.log", run)
+    fit_rows, test_rows = read_metrics(directory / "fit"), read_metrics(directory / "test")
+    test_metrics = {k: v for row in test_rows for k, v in row.items() if k.startswith("test/")}
+    if not test_metrics:
+        raise ReproduceError(f"run {run.key!r}: the test logged no test/ metrics (see {directory / 'test.log'})")
+    train_curves = _curves(fit_rows, "train/")
+    result = {
+        "key": run.key,
+        **run.labels,
+        "test": test_metrics,
+        "val_curves": _curves(fit_rows, "val/"),
+        "train_loss_curve": train_curves.get("train/loss", []),
+        "train_tokens_per_s_logged": [v for _, v in train_curves.get("train/tokens_per_s", [])],
+        "fit_s_last_attempt": fit_s,
+        "resumed": bool(resume),
+        "test_s": test_s,
+        "commands": {"fit": shlex.join(fit), "test": shlex.join(test)},
+    }
+    write_atomic(result_file, json.dumps(result, indent=1) + "\n")
+    return result, True
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def execute_all(
+    runs: list[Run], root: Path, say: Callable[[str], None] = print
+) -> dict[str, dict[str, Any]]:
+    """Run every run in order (``after`` first), printing progress and an estimate of the time left."""
+    keys = [r.key for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"run keys must be unique, got {keys}")
+    results: dict[str, dict[str, Any]] = {}
+    spent: list[float] = []
+    for i, run in enumerate(runs, 1):
+        missing = [k for k in run.after if k not in results]
+        if missing:
+            raise ValueError(f"run {run.key!r} must come after {missing} in the list")
+        head = f"[{i}/{len(runs)}] {run.key}"
+        start = time.perf_counter()
+        if not (root / run.key / "result.json").is_file():
+            resumed = (root / run.key / "checkpoints" / "last.ckpt").is_file()
+            say(f"{head}: {'resuming' if resumed else 'training'} ... (log: {root / run.key / 'fit.log'})")
+        result, redone = execute(run, root)
+        results[run.key] = result
+        if not redone:
+            say(f"{head}: finished before, read from {root / run.key / 'result.json'}")
+            continue
+        spent.append(time.perf_counter() - start)
+        left = sum(1 for r in runs[i:] if not (root / r.key / "result.json").is_file())
+        eta = f"; about {_duration(left * sum(spent) / len(spent))} left" if left else ""
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in result["test"].items() if k.count("/") == 1)
+        say(f"{head}: done in {_duration(spent[-1])} ({summary}){eta}")
+    return results
+

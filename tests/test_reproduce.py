@@ -1,0 +1,78 @@
+"""`lightning-film reproduce`: a table runs the real fit/test per run, resumes, and never redoes a
+finished run. A tiny byte table (2 variants x 1 seed x 4 steps on a small file)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lightning_film.cli import main
+from lightning_film.reproduce.runner import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.dim=16", "model.depth=1", "model.num_heads=2", "model.seq_len=16", "data.seq_len=16",
+    "data.batch_size=4", "data.split_blocks=10", "trainer.val_check_interval=2",
+]  # fmt: skip
+
+
+def table(tmp_path: Path, source: Path) -> list[str]:
+    sets = [a for s in [*TINY, f"data.sources=[{source}]"] for a in ("--set", s)]
+    return [
+        "reproduce", "byte", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), "--seeds", "0",
+        "--max-steps", "4", "--repeats", "2", "--variants", "byte", "nibble_acc", *sets,
+        "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+
+
+def test_byte_table_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "text.txt"
+    source.write_text("To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωποι 人人生而自由\n" * 150)
+    main(table(tmp_path, source))
+    out = capsys.readouterr().out
+    assert "[1/2] byte/seed0: done" in out and "[2/2] nibble_acc/seed0: done" in out
+    report = json.loads((tmp_path / "out/results.json").read_text())
+    assert set(report["summary"]) == {"byte", "nibble_acc"}
+    for variant in ("byte", "nibble_acc"):
+        run = report["runs"][f"{variant}/seed0"]
+        assert run["test"]["test/bpb"] > 0 and run["test"]["test/bpb/text.txt"] == pytest.approx(run["test"]["test/bpb"])
+        assert [s for s, _ in run["val_curves"]["val/bpb"]] == [1, 3]  # every 2 steps, 0-based step of the log
+        assert report["throughput"][variant]["train_tokens_per_s"] > 0
+    assert report["throughput"]["byte"]["train_ratio"]["median"] == 1.0
+    facts = report["facts"]
+    assert facts["nibble_acc"]["params"] > facts["byte"]["params"]
+    md = (tmp_path / "out/results.md").read_text()
+    assert "| nibble_acc | 1 |" in md and "lightning-film reproduce byte" in md
+    assert (tmp_path / "out/val_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    # finished runs are read, not redone
+    main(table(tmp_path, source))
+    assert "finished before" in capsys.readouterr().out
+    # a run killed after its checkpoint (no result.json yet) resumes from last.ckpt
+    run_dir = tmp_path / "runs/quick/nibble_acc/seed0"
+    (run_dir / "result.json").unlink()
+    shutil.rmtree(run_dir / "test")
+    main(table(tmp_path, source))
+    out = capsys.readouterr().out
+    assert "[2/2] nibble_acc/seed0: resuming" in out and "[1/2] byte/seed0: finished before" in out
+    steps = [row["step"] for row in read_metrics(run_dir / "fit") if "val/bpb" in row]
+    assert steps == [1, 3]  # the resumed fit was already at max_steps: nothing trained twice
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["reproduce", "nosuch"], "unknown table 'nosuch'; tables: byte"),
+        (["reproduce", "byte", "--config", "missing.yaml"], "config 'missing.yaml' does not exist"),
+        (["reproduce", "byte", "--max-steps", "0"], "--max-steps and --repeats must be >= 1"),
+    ],
+)
+def test_reproduce_bad_input_is_one_line(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
