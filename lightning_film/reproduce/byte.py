@@ -39,7 +39,7 @@ from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.runner import Run, execute_all
 
-__all__ = ["PRESETS", "Preset", "build_runs", "main", "model_facts", "throughput"]
+__all__ = ["PRESETS", "Preset", "build_runs", "build_variant", "config_parts", "main", "model_facts", "throughput"]
 
 VARIANTS = ("byte", "nibble", "nibble_acc")
 BASELINE = "byte"
@@ -87,7 +87,7 @@ def build_runs(
 
 
 # -- the models, measured in this process ---------------------------------------------------------------
-def _config_parts(config: Path, overrides: list[tuple[str, str]]) -> tuple[dict, dict]:
+def config_parts(config: Path, overrides: list[tuple[str, str]]) -> tuple[dict, dict]:
     """(model init_args, data init_args) of the config with the overrides applied."""
     tree = yaml.safe_load(config.read_text())
     for key, value in overrides:
@@ -104,7 +104,7 @@ def _config_parts(config: Path, overrides: list[tuple[str, str]]) -> tuple[dict,
     return dict(model.get("init_args", {})), dict(data.get("init_args", {}))
 
 
-def _build(model_args: dict, variant: str):
+def build_variant(model_args: dict, variant: str):
     from lightning_film.models import ByteLM
 
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def model_facts(model_args: dict, variants: tuple[str, ...]) -> dict[str, dict[s
     """Parameters per variant: the model, the embedding, and the embedding's parts."""
     facts = {}
     for variant in variants:
-        model = _build(model_args, variant)
+        model = build_variant(model_args, variant)
         embed = model.embed
         parts = {name: sum(p.numel() for p in child.parameters()) for name, child in embed.named_children()}
         facts[variant] = {
@@ -140,7 +140,7 @@ def throughput(
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     tokens = int(batch["mask"].numel())
-    models = {v: _build(model_args, v) for v in variants}
+    models = {v: build_variant(model_args, v) for v in variants}
     for model in models.values():
         model.rare_table.copy_(dm.rare_table)
     opts = {v: torch.optim.AdamW(m.parameters(), lr=1e-4) for v, m in models.items()}
@@ -383,7 +383,7 @@ def main(argv: list[str]) -> None:
     variants = tuple(args.variants)
     out = args.out or Path("benchmarks/results/byte") / args.preset
     out.mkdir(parents=True, exist_ok=True)
-    model_args, data_args = _config_parts(args.config, args.overrides)
+    model_args, data_args = config_parts(args.config, args.overrides)
 
     start = time.perf_counter()
     runs = build_runs(preset, args.config, variants, seeds, args.overrides)
