@@ -38,6 +38,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_film.callbacks  # noqa: F401  (so configs name our callbacks and DataModules by class name)
 import lightning_film.data.bytes  # noqa: F401
+import lightning_film.data.world  # noqa: F401
 import lightning_film.models  # noqa: F401
 from lightning_film.errors import UsageError
 from lightning_film.registry import Registry, RegistryError

@@ -1,8 +1,9 @@
-"""Byte data: nibble schemes, the dead-energy accumulator, named corpora and ``ByteDataModule``.
+"""Data: byte data (nibble schemes, the dead-energy accumulator, named corpora, ``ByteDataModule``)
+and world data (worlds, episode shards, ``WorldDataModule``).
 
-``import lightning_film.data`` (and so ``import lightning_film``) fills the nibble-scheme and
-corpus registries without importing Lightning; ``ByteDataModule`` (a LightningDataModule)
-is imported on first use.
+``import lightning_film.data`` (and so ``import lightning_film``) fills the nibble-scheme, corpus
+and world registries without importing Lightning; ``ByteDataModule`` and ``WorldDataModule``
+(LightningDataModules) are imported on first use.
 """
 
 from typing import Any
@@ -15,6 +16,7 @@ from lightning_film.data.accumulator import (
     rare_table,
 )
 from lightning_film.data.corpora import CORPORA, list_corpora, load_corpus, register_corpus
+from lightning_film.data.gym_adapter import GymWorld  # registers the "gym" world (Gymnasium is imported on use)
 from lightning_film.data.nibbles import (
     NIBBLE_SCHEMES,
     NibbleScheme,
@@ -23,24 +25,46 @@ from lightning_film.data.nibbles import (
     list_nibble_schemes,
     register_nibble_scheme,
 )
+from lightning_film.data.shards import Manifest, load_episodes, read_manifest
+from lightning_film.data.worlds import (
+    WORLDS,
+    BounceRoom,
+    StickyRandomPolicy,
+    World,
+    build_world,
+    list_worlds,
+    register_world,
+)
 
 __all__ = [
     "CORPORA",
     "NIBBLE_SCHEMES",
+    "WORLDS",
+    "BounceRoom",
     "ByteDataModule",
+    "GymWorld",
+    "Manifest",
     "NibbleScheme",
+    "StickyRandomPolicy",
     "StreamingAccumulator",
     "Utf8Code",
+    "World",
+    "WorldDataModule",
     "accumulate",
     "build_nibble_scheme",
+    "build_world",
     "list_corpora",
     "list_nibble_schemes",
+    "list_worlds",
     "load_corpus",
+    "load_episodes",
     "pair_counts",
     "rare_events",
     "rare_table",
+    "read_manifest",
     "register_corpus",
     "register_nibble_scheme",
+    "register_world",
 ]
 
 
@@ -50,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from lightning_film.data.bytes import ByteDataModule
 
         return ByteDataModule
+    if name == "WorldDataModule":
+        from lightning_film.data.world import WorldDataModule
+
+        return WorldDataModule
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

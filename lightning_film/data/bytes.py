@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import functools
 import glob
 import os
 import zlib
@@ -57,6 +58,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_film.data.accumulator import accumulate, pair_counts, rare_table
 from lightning_film.data.corpora import CORPORA, load_corpus
 from lightning_film.data.nibbles import NibbleScheme, build_nibble_scheme
+from lightning_film.data.sampling import ResumableTrainData, random_keys, window_keys
 
 __all__ = ["ByteDataModule", "ByteSource", "prompt_bytes", "window_keys"]
 
@@ -184,41 +186,6 @@ def split_segments(
     return segments
 
 
-def window_keys(seed: int, epoch: int, index: np.ndarray | int, total: int) -> np.ndarray:
-    """Window numbers in ``[0, total)`` as a pure function of ``(seed, epoch, index)`` (splitmix64)."""
-
-    def mix(z: np.ndarray) -> np.ndarray:
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = mix(np.array([seed], dtype=np.int64).astype(np.uint64) + golden)
-        z = mix(z + np.array([epoch], dtype=np.int64).astype(np.uint64) * golden)
-        z = mix(z + np.atleast_1d(np.asarray(index, dtype=np.int64)).astype(np.uint64) * golden)
-    return (z % np.uint64(total)).astype(np.int64)
-
-
-class TrainWindowSampler(Sampler[int]):
-    """Yields ``length`` window numbers per epoch, a pure function of (seed, epoch, index).
-
-    Lightning calls :meth:`set_epoch` before each epoch.
-    """
-
-    def __init__(self, total: int, length: int, seed: int) -> None:
-        self.total, self.length, self.seed, self.epoch = total, length, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        yield from window_keys(self.seed, self.epoch, np.arange(self.length), self.total).tolist()
-
-
 def _item(src: ByteSource, source: int, start: int, targets: int, seq_len: int) -> dict[str, Tensor]:
     """Inputs at ``[start, start + targets)``, targets one byte later, padded to ``seq_len``."""
     window = np.zeros(seq_len + 1, dtype=np.int64)
@@ -324,7 +291,7 @@ def compute_acc(src: ByteSource, table: Tensor) -> np.ndarray:
 
 
 # -- the DataModule ---------------------------------------------------------------------------------
-class ByteDataModule(LightningDataModule):
+class ByteDataModule(ResumableTrainData, LightningDataModule):
     """Raw-byte windows with nibbles and the dead-energy accumulator (see the module docstring).
 
     Args:
@@ -452,7 +419,8 @@ class ByteDataModule(LightningDataModule):
     # -- loaders ----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         self._need_setup()
-        sampler = TrainWindowSampler(self._train.total, self.train_windows_per_epoch, self.seed)
+        keys = functools.partial(random_keys, self.seed, self._train.total)
+        sampler = self.train_sampler(keys, self.train_windows_per_epoch)
         return self._loader(self._train, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
