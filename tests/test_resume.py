@@ -6,59 +6,20 @@ Runs the real `lightning-film fit` in subprocesses (a kill must not take pytest 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lightning_film.reproduce.runner import read_metrics
+from tests.helpers.configs import byte_config, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+
+def fit(config: Path, root: Path, *extra: str):
+    return run_cli("fit", config, root, *extra)
+
 STEPS, EVERY, KILL_AT = 8, 2, 5  # checkpoints at steps 2, 4, 6, 8; killed before step 5 runs
 TOLERANCE = 1e-6  # relative; CPU, one process, same ops in the same order: equal in practice
-
-
-def byte_config(tmp_path: Path) -> Path:
-    text = tmp_path / "text.txt"
-    text.write_text("To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωποι 人人生而自由\n" * 120)
-    config = tmp_path / "byte.yaml"
-    config.write_text(
-        f"""
-seed_everything: 3
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: {STEPS}
-  limit_val_batches: 0
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{every_n_train_steps: {EVERY}, save_last: true}}
-model:
-  class_path: ByteLM
-  init_args: {{dim: 16, depth: 1, num_heads: 2, seq_len: 16, nibble_dim: 8, acc_dim: 4, warmup_steps: 2}}
-data:
-  class_path: ByteDataModule
-  init_args: {{sources: ["{text}"], seq_len: 16, batch_size: 4, split_blocks: 10, train_windows_per_epoch: 20}}
-"""
-    )
-    return config
-
-
-def fit(config: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    command = [
-        sys.executable, "-m", "lightning_film.cli", "fit", "--config", str(config),
-        "--trainer.default_root_dir", str(root), "--trainer.logger",
-        json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": "log"}}),
-        *extra,
-    ]  # fmt: skip
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def losses(root: Path) -> dict[int, float]:
@@ -67,7 +28,7 @@ def losses(root: Path) -> dict[int, float]:
 
 @pytest.mark.parametrize("model", ["byte"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, model: str) -> None:
-    config = byte_config(tmp_path)
+    config = byte_config(tmp_path, STEPS, EVERY)
     whole = fit(config, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-2000:]
 

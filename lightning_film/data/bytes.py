@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_film.data.accumulator import accumulate, pair_counts, rare_table
 from lightning_film.data.corpora import CORPORA, load_corpus
 from lightning_film.data.nibbles import NibbleScheme, build_nibble_scheme
-from lightning_film.data.sampling import ResumableTrainData, random_keys, window_keys
+from lightning_film.data.sampling import EvalSampler, ResumableTrainData, random_keys, window_keys
 
 __all__ = ["ByteDataModule", "ByteSource", "prompt_bytes", "window_keys"]
 
@@ -424,10 +424,12 @@ class ByteDataModule(ResumableTrainData, LightningDataModule):
         return self._loader(self._train, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._held_out("val"))
+        data = self._held_out("val")
+        return self._loader(data, sampler=EvalSampler(len(data)))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._held_out("test"))
+        data = self._held_out("test")
+        return self._loader(data, sampler=EvalSampler(len(data)))
 
     def predict_dataloader(self) -> DataLoader:
         """The prompts as raw bytes, one per batch: ``[b"..."]``."""

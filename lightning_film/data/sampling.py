@@ -21,7 +21,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["Keys", "ResumableTrainData", "WindowSampler", "random_keys", "window_keys"]
+__all__ = ["EvalSampler", "Keys", "ResumableTrainData", "WindowSampler", "random_keys", "window_keys"]
 
 
 def window_keys(seed: int, epoch: int, index: np.ndarray | int, total: int) -> np.ndarray:
@@ -130,3 +130,21 @@ class ResumableTrainData:
         self._resume = None
         epoch = int(trainer.current_epoch) if trainer is not None else 0
         return WindowSampler(keys, length, start=start, start_epoch=epoch)
+
+
+class EvalSampler(DistributedSampler):
+    """Held-out items in order, split across ranks without padding: rank ``r`` of ``W`` reads
+    items ``r, r + W, ...``, so every item is scored exactly once in total (``DistributedSampler``,
+    which Lightning would otherwise use, repeats items to even the ranks out and biases metrics)."""
+
+    def __init__(self, size: int, num_replicas: int | None = None, rank: int | None = None) -> None:
+        initialized = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if initialized else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
+        self.size, self.epoch, self.shuffle, self.drop_last = size, 0, False, False
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.num_replicas))

@@ -50,7 +50,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_film.data.record import DEFAULT_WORLD, default_folder, plan_recording, record
-from lightning_film.data.sampling import ResumableTrainData
+from lightning_film.data.sampling import EvalSampler, ResumableTrainData
 from lightning_film.data.shards import MANIFEST, Manifest, load_episodes, read_manifest
 
 __all__ = ["EpisodeWindows", "WorldDataModule", "train_keys"]
@@ -282,10 +282,12 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
         return self._loader(data, self.train_sampler(keys, self.train_windows_per_epoch))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._held_out("val"))
+        data = self._held_out("val")
+        return self._loader(data, EvalSampler(len(data)))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._held_out("test"))
+        data = self._held_out("test")
+        return self._loader(data, EvalSampler(len(data)))
 
     def _held_out(self, split: str) -> EpisodeWindows:
         data = self.windows(split)
