@@ -3,7 +3,7 @@
 ``import lightning_film`` fills every built-in registry.
 """
 
-from lightning_film import data, nn  # noqa: F401  (fill the built-in registries: nn's, then data's)
+from lightning_film import data, metrics, nn  # noqa: F401  (fill the built-in registries: nn's, data's, metrics')
 from lightning_film.nn import Conditioner, Conditioning, Transformer, TransformerBlock
 from lightning_film.registry import (
     RegistryError,

@@ -65,7 +65,7 @@ def test_byte_table_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["reproduce", "nosuch"], "unknown table 'nosuch'; tables: byte"),
+        (["reproduce", "nosuch"], "unknown table 'nosuch'; tables: byte, world-kid, world-conditioning"),
         (["reproduce", "byte", "--config", "missing.yaml"], "config 'missing.yaml' does not exist"),
         (["reproduce", "byte", "--max-steps", "0"], "--max-steps and --repeats must be >= 1"),
     ],
@@ -76,3 +76,31 @@ def test_reproduce_bad_input_is_one_line(argv: list[str], message: str, capsys) 
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# -- the world tables: run plans and cost measurement (the training path is the runner's, tested above) --
+def test_world_kid_plan_chains_pretraining_and_tests_the_finetuned_model(tmp_path: Path) -> None:
+    from lightning_film.reproduce.world import KID_ROWS, PRESETS, kid_runs
+
+    runs = kid_runs(PRESETS["world-kid"]["quick"], REPO / "configs/world", (0, 1), [("model.dim", "16")])
+    keys = [r.key for r in runs]
+    assert keys[:5] == ["pretrain/seed0", *(f"{r.name}/seed0" for r in KID_ROWS)] and len(runs) == 10
+    pre = next(r for r in runs if r.key == "world_filmcond_pre/seed1")
+    assert pre.after == ["pretrain/seed1"] and pre.fit_args[-1] == "{runs}/pretrain/seed1/checkpoints/last.ckpt"
+    assert pre.test_args == ["--model.init_from", "null"]
+    for run in runs:
+        assert run.config.is_file() and run.args[run.args.index("--model.dim") + 1] == "16"
+
+
+def test_world_conditioning_covers_every_registered_pair_and_measures_costs() -> None:
+    from lightning_film.registry import list_conditioners
+    from lightning_film.reproduce.world import conditioning_rows, model_costs
+
+    rows = conditioning_rows()
+    assert {c for n, c in rows if n == "rmsnorm"} == set(list_conditioners())
+    assert ("layernorm", "film") in rows and ("dyt", "film") in rows
+    tiny = {"frame_size": 16, "dim": 16, "depth": 1, "num_heads": 2, "patch_size": 4, "kid_feature": "tiny"}
+    costs = model_costs(tiny, [("rmsnorm", "none"), ("rmsnorm", "film"), ("layernorm", "film")], 1, 1, 2)
+    assert costs["rmsnorm + none"]["step_ratio_vs_none"]["median"] == 1.0
+    assert costs["rmsnorm + film"]["params"] > costs["rmsnorm + none"]["params"]
+    assert costs["rmsnorm + film"]["forward_gflops"] > costs["rmsnorm + none"]["forward_gflops"] > 0

@@ -22,6 +22,7 @@ from lightning_film.nn.conditioners import (
 )
 from lightning_film.nn.conditioning import Conditioning, combine_signals, combined_dim
 from lightning_film.nn.diagnostics import ablate_conditioning, named_conditioners, observe_conditioning
+from lightning_film.nn.diffusion import Diffusion, Flow, Objective, TimestepEmbedder, build_objective
 from lightning_film.nn.embedding import DualModulatedEmbedding
 from lightning_film.nn.mlp import MLP
 from lightning_film.nn.norms import DyT, Identity, LayerNorm, RMSNorm
@@ -37,21 +38,26 @@ __all__ = [
     "Conditioning",
     "CrossAttention",
     "CrossAttentionConditioner",
+    "Diffusion",
     "DualModulatedEmbedding",
     "DyT",
     "FiLM",
     "FiLMExp",
     "FiLMTanh",
+    "Flow",
     "Gate",
     "Identity",
     "LayerNorm",
     "NoConditioning",
+    "Objective",
     "ProjectedConditioner",
     "RMSNorm",
     "SelfAttention",
     "Transformer",
+    "TimestepEmbedder",
     "TransformerBlock",
     "ablate_conditioning",
+    "build_objective",
     "combine_signals",
     "combined_dim",
     "named_conditioners",

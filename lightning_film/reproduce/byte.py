@@ -24,7 +24,6 @@ import io
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,10 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
+from lightning_film.reproduce.report import (
+    commit,
+    config_tree,
+    fmt_mean_std,
+    header,
+    init_args,
+    mean_std,
+    override_args,
+    parse_override,
+)
 from lightning_film.reproduce.runner import Run, execute_all
 
 __all__ = ["PRESETS", "Preset", "build_runs", "build_variant", "config_parts", "main", "model_facts", "throughput"]
@@ -66,10 +74,6 @@ PRESETS: dict[str, Preset] = {
 
 
 # -- the runs -----------------------------------------------------------------------------------------
-def _override_args(overrides: list[tuple[str, str]]) -> list[str]:
-    return [a for key, value in overrides for a in (f"--{key}", value)]
-
-
 def build_runs(
     preset: Preset, config: Path, variants: tuple[str, ...], seeds: tuple[int, ...], overrides: list[tuple[str, str]]
 ) -> list[Run]:
@@ -80,7 +84,7 @@ def build_runs(
             args = [
                 "--model.variant", variant, "--seed_everything", str(seed), "--data.seed", str(seed),
                 "--trainer.max_steps", str(preset.max_steps), "--trainer.val_check_interval", str(preset.val_every),
-                *_override_args(overrides),
+                *override_args(overrides),
             ]  # fmt: skip
             runs.append(Run(f"{variant}/seed{seed}", config, args, labels={"variant": variant, "seed": seed}))
     return runs
@@ -88,20 +92,9 @@ def build_runs(
 
 # -- the models, measured in this process ---------------------------------------------------------------
 def config_parts(config: Path, overrides: list[tuple[str, str]]) -> tuple[dict, dict]:
-    """(model init_args, data init_args) of the config with the overrides applied."""
-    tree = yaml.safe_load(config.read_text())
-    for key, value in overrides:
-        node = tree
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-            if part in ("model", "data") and "init_args" in node:
-                node = node["init_args"]
-        node[last] = yaml.safe_load(value)
-    model, data = tree["model"], tree["data"]
-    if str(model.get("class_path", "")).rsplit(".", 1)[-1] != "ByteLM":
-        raise ValueError(f"{config}: the byte table needs a ByteLM config, got model {model.get('class_path')!r}")
-    return dict(model.get("init_args", {})), dict(data.get("init_args", {}))
+    """(model init_args, data init_args) of a ByteLM config with the overrides applied."""
+    tree = config_tree(config, overrides)
+    return init_args(tree, "model", "ByteLM", config), init_args(tree, "data", "ByteDataModule", config)
 
 
 def build_variant(model_args: dict, variant: str):
@@ -171,10 +164,6 @@ def throughput(
 
 
 # -- the report ----------------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarize(results: dict[str, dict], variants: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
     """variant -> test metric -> values over seeds."""
     table: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
@@ -185,26 +174,14 @@ def summarize(results: dict[str, dict], variants: tuple[str, ...]) -> dict[str, 
     return table
 
 
-def _fmt(values: list[float] | None) -> str:
-    if not values:
-        return "–"
-    mean, std = _mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}"
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     variants, summary, facts, speed = report["variants"], report["summary"], report["facts"], report["throughput"]
     corpora = sorted({m.split("/", 2)[2] for v in summary.values() for m in v if m.count("/") == 2})
     base = facts[BASELINE] if BASELINE in facts else None
-    m = report["machine"]
     lines = [
         f"# Byte model: {', '.join(variants)} (preset `{report['preset_name']}`)",
         "",
-        f"- Command: `{report['command']}`",
-        f"- Date: {report['date']}; commit {report['commit']}; wall time {report['wall_s'] / 60:.1f} min "
-        f"(runs finished earlier are read, not redone)",
-        f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
-        "**CPU timings**",
+        *header(report),
         f"- Budget per run: {report['preset']['max_steps']} steps x batch {report['data'].get('batch_size')} x "
         f"{report['data'].get('seq_len')} bytes; seeds {list(report['seeds'])}; config `{report['config']}` "
         f"with `--model.variant`; overrides {report['overrides'] or 'none'}",
@@ -218,8 +195,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         row = summary.get(v, {})
         n = len(row.get("test/bpb", []))
         lines.append(
-            f"| {v} | {n} | {_fmt(row.get('test/bpb'))} | "
-            + " | ".join(_fmt(row.get(f"test/bpb/{c}")) for c in corpora)
+            f"| {v} | {n} | {fmt_mean_std(row.get('test/bpb'))} | "
+            + " | ".join(fmt_mean_std(row.get(f"test/bpb/{c}")) for c in corpora)
             + " |"
         )
     lines += ["", *report["verdict"], "", "## What the nibble path and the accumulator cost", ""]
@@ -256,7 +233,7 @@ def verdict(summary: dict[str, dict[str, list[float]]], variants: tuple[str, ...
     lines = []
     metrics = sorted({k for v in summary.values() for k in v})
     for metric in metrics:
-        scored = {v: _mean_std(summary[v][metric]) for v in variants if summary[v].get(metric)}
+        scored = {v: mean_std(summary[v][metric]) for v in variants if summary[v].get(metric)}
         if len(scored) < 2:
             continue
         order = sorted(scored, key=lambda v: scored[v][0])
@@ -277,7 +254,7 @@ def verdict(summary: dict[str, dict[str, list[float]]], variants: tuple[str, ...
         )
     shakespeare = [scored for v in variants if (scored := summary[v].get("test/bpb/shakespeare"))]
     if shakespeare:
-        best = min(_mean_std(s)[0] for s in shakespeare)
+        best = min(mean_std(s)[0] for s in shakespeare)
         lines.append(
             f"- For scale: a character-level nanoGPT on tiny Shakespeare reaches about {NANOGPT_BITS_PER_CHAR} bits "
             f"per character; our best Shakespeare test score here is {best:.3f} bits per byte (bytes are characters "
@@ -339,22 +316,6 @@ def render_png(report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-# -- the command ---------------------------------------------------------------------------------------
-def _parse_override(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key or key.startswith("-"):
-        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. model.dim=64), got {text!r}")
-    return key, value
-
-
 def main(argv: list[str]) -> None:
     """``lightning-film reproduce byte ...``"""
     parser = argparse.ArgumentParser(prog="lightning-film reproduce byte", description=__doc__.split("\n\n")[0])
@@ -363,7 +324,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, help="override the preset's seeds")
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run")
-    parser.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="KEY=VALUE", help="a config override for every run, e.g. model.dim=64 (repeatable)")  # fmt: skip
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce/byte"), help="where the runs live")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/byte/<preset>)")
@@ -396,7 +357,7 @@ def main(argv: list[str]) -> None:
     report = {
         "command": shlex.join(["lightning-film", "reproduce", "byte", *argv]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
+        "commit": commit(),
         "machine": machine_info(),
         "preset_name": args.preset,
         "preset": asdict(preset),

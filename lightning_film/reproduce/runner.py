@@ -48,6 +48,7 @@ class Run:
         config: the YAML config given to ``lightning-film``.
         args: extra command-line arguments for both ``fit`` and ``test`` (``--model.variant byte``).
         fit_args: arguments for ``fit`` only (``--model.init_from ...``).
+        test_args: arguments for ``test`` only.
         labels: what the run is, copied into its result (variant, seed, ...).
         after: keys of runs that must finish first (a pretraining run, say).
     """
@@ -56,6 +57,7 @@ class Run:
     config: Path
     args: list[str] = field(default_factory=list)
     fit_args: list[str] = field(default_factory=list)
+    test_args: list[str] = field(default_factory=list)
     labels: dict[str, Any] = field(default_factory=dict)
     after: list[str] = field(default_factory=list)
 
@@ -124,7 +126,7 @@ def execute(run: Run, root: Path) -> tuple[dict[str, Any], bool]:
     resume = ["--ckpt_path", "last"] if (directory / "checkpoints" / "last.ckpt").is_file() else []
     fit = _command("fit", run, directory, [*run.fit_args, *resume])
     fit_s = _run_command(fit, directory / "fit.log", run)
-    test = _command("test", run, directory, ["--ckpt_path", "last"])
+    test = _command("test", run, directory, [*run.test_args, "--ckpt_path", "last"])
     test_s = _run_command(test, directory / "test.log", run)
     fit_rows, test_rows = read_metrics(directory / "fit"), read_metrics(directory / "test")
     test_metrics = {k: v for row in test_rows for k, v in row.items() if k.startswith("test/")}

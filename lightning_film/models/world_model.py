@@ -1,0 +1,501 @@
+"""``WorldModel``: a DiT-style denoiser of the next frame, given past frames and an action.
+
+    frames = cat(context_1..K, x_t)                       # (B, (K+1) C, H, W), channel concat
+    tokens = pixel_unshuffle(frames, p) -> Linear + pos   # (B, N, D), N = (H / p)(W / p)
+    c = Conditioning.from_signals([time(t), action(a)])   # vector (B, Dc') and 2 tokens (B, 2, Dc)
+    h = Transformer(tokens, c)                            # (B, N, D), bidirectional
+    out = pixel_shuffle(head(h), p)                       # (B, C, H, W), head zero-initialised
+
+Context frames enter *per patch* (each token sees its own patch of every context frame), with
+``F.pixel_unshuffle`` rather than a rank-6 reshape, which Core ML export cannot convert. Frames
+are uint8 on the way in and out, [-1, 1] inside. The objective (``diffusion`` or ``flow``) and
+its sampler come from :mod:`lightning_film.nn.diffusion`.
+
+Actions are ``0 .. num_actions - 1``; index ``num_actions`` is the learned *null action*: the
+condition dropped for classifier-free guidance (``cond_dropout`` in training, ``guidance_scale``
+at sampling, both halves in one batched forward), and the only action a ``condition="none"``
+(unconditional pretraining) model ever sees. ``init_from`` starts a model from such a
+checkpoint (see :meth:`WorldModel.initialize_from`).
+
+Evaluation: ``val/loss`` and ``test/loss`` at fixed seeded times and noise (comparable across
+runs), ``val/psnr`` of sampled frames of the first validation batch, and at test KID of sampled
+next frames against the true ones, PSNR, an autoregressive rollout and PNG sheets
+(:mod:`lightning_film.models.world_eval`).
+
+Legend: B batch, K context frames, C channels, H = W = ``frame_size``, p ``patch_size``,
+N tokens, D width (``dim``), Dc conditioning width (``cond_dim``), A actions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from lightning_film.metrics.kid import build_kid_feature, kid_metric
+from lightning_film.models.world_eval import EvalState, finish_test, test_samples
+from lightning_film.nn import Conditioning, Transformer
+from lightning_film.nn.conditioning import Combine, combined_dim
+from lightning_film.nn.diffusion import (
+    ObjectiveName,
+    Prediction,
+    SamplerName,
+    TimestepEmbedder,
+    build_objective,
+    check_sampler,
+)
+from lightning_film.registry import Spec
+
+__all__ = ["WorldModel", "sincos_2d", "to_uint8", "to_unit"]
+
+#: the data settings a WorldDataModule must share with the model (checked in ``setup``)
+DATA_SETTINGS = ("frame_size", "channels", "context_frames", "num_actions")
+
+
+def to_unit(frames: Tensor) -> Tensor:
+    """uint8 frames [0, 255] -> float [-1, 1]."""
+    return frames.float() / 127.5 - 1.0
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """float [-1, 1] -> uint8 frames [0, 255] (rounded, clamped)."""
+    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """Fixed 2D sine-cosine positions of a grid x grid patch map -> (1, grid^2, dim), row-major.
+
+    Half the channels encode the row, half the column, each as [sin, cos] of geometric
+    frequencies (MAE/DiT's layout); ``dim`` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"2D sin-cos positions need dim divisible by 4, got dim={dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * freqs  # (N, dim / 4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (N, dim / 2)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float().unsqueeze(0)  # (1, N, dim)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"WorldModel: {name} must be an int >= {minimum}, got {value!r}")
+
+
+class WorldModel(LightningModule):
+    """Next-frame denoiser conditioned on context frames (per patch), time and action.
+
+    Args:
+        frame_size: H = W of the frames. channels: C. context_frames: K past frames given.
+        num_actions: A; index A is the null action. These four must match the data (``setup``).
+        patch_size: p, divides ``frame_size``. dim, depth, num_heads, mlp_ratio: the transformer.
+        cond_dim: Dc of the time and action embeddings (default ``dim``).
+        normalizer, conditioner: registry specs applied in every block and the final layer.
+        combine: time and action embeddings ``"sum"`` (width Dc) or ``"concat"`` (2 Dc) into
+            the conditioning vector; token-reading conditioners see them as 2 tokens either way.
+        condition: ``"action"``, or ``"none"`` (unconditional pretraining: always the null action).
+        objective: ``"diffusion"`` or ``"flow"``. prediction: diffusion's target, ``"v"``
+            (default) or ``"eps"`` (see :class:`~lightning_film.nn.diffusion.Diffusion`); leave
+            unset for flow (velocity).
+        sampler: ``"ddim"`` (diffusion) or ``"euler"`` / ``"heun"`` (flow); default the first.
+        sample_steps: sampler steps. train_timesteps: diffusion's T.
+        cond_dropout: probability per sample of training on the null action (CFG).
+        guidance_scale: s in uncond + s (cond - uncond) at sampling; 1 = no guidance.
+        init_from: a checkpoint (or state_dict file) to start from, loaded in ``setup``.
+        lr, weight_decay, warmup_steps, max_lr_steps, min_lr_ratio: AdamW, linear warmup then
+            cosine to ``min_lr_ratio * lr`` over ``max_lr_steps`` (default: the trainer's steps).
+        kid_feature: KID feature extractor (``"inception"``, or ``"tiny"`` for tests).
+        kid_subset_size, kid_subsets: KID subsets (subset size capped by the sample count).
+        max_eval_samples: test windows whose next frame is sampled (KID, PSNR).
+        rollout_steps: autoregressive rollout length at test. grid_windows: rows of the sheet.
+        seed: seeds evaluation times and noise (every run sees the same ones).
+    """
+
+    def __init__(
+        self,
+        frame_size: int = 32,
+        channels: int = 3,
+        context_frames: int = 2,
+        num_actions: int = 5,
+        patch_size: int = 4,
+        dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        cond_dim: int | None = None,
+        normalizer: Spec = "rmsnorm",
+        conditioner: Spec = "film",
+        combine: Combine = "sum",
+        condition: Literal["action", "none"] = "action",
+        objective: ObjectiveName = "diffusion",
+        prediction: Prediction | None = None,
+        sampler: SamplerName | None = None,
+        sample_steps: int = 20,
+        train_timesteps: int = 1000,
+        cond_dropout: float = 0.0,
+        guidance_scale: float = 1.0,
+        init_from: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        max_lr_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+        kid_feature: str = "inception",
+        kid_subset_size: int = 100,
+        kid_subsets: int = 50,
+        max_eval_samples: int = 500,
+        rollout_steps: int = 8,
+        grid_windows: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, minimum in (("frame_size", 1), ("channels", 1), ("context_frames", 0), ("num_actions", 1),
+                              ("patch_size", 1), ("sample_steps", 1), ("warmup_steps", 0), ("max_eval_samples", 0),
+                              ("rollout_steps", 0), ("grid_windows", 0), ("kid_subset_size", 2), ("kid_subsets", 1)):  # fmt: skip
+            _check_int(name, locals()[name], minimum)
+        if frame_size % patch_size:
+            raise ValueError(
+                f"WorldModel: frame_size={frame_size} is not divisible by patch_size={patch_size}; "
+                f"pick a patch_size that divides it (e.g. {max(d for d in range(1, 9) if frame_size % d == 0)})"
+            )
+        if condition not in ("action", "none"):
+            raise ValueError(f"WorldModel: unknown condition {condition!r}; accepted: 'action', 'none'")
+        if not 0.0 <= cond_dropout < 1.0 or not guidance_scale >= 0.0:
+            raise ValueError(
+                f"WorldModel: need 0 <= cond_dropout < 1 and guidance_scale >= 0; "
+                f"got cond_dropout={cond_dropout!r}, guidance_scale={guidance_scale!r}"
+            )
+        if condition == "none" and (cond_dropout > 0 or guidance_scale != 1.0):
+            raise ValueError(
+                f"WorldModel: condition='none' always uses the null action, so cond_dropout={cond_dropout!r} and "
+                f"guidance_scale={guidance_scale!r} do not apply; leave them at 0 and 1"
+            )
+        if not lr > 0 or not weight_decay >= 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(
+                f"WorldModel: need lr > 0, weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
+                f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
+            )
+        self.save_hyperparameters()
+        self.objective = build_objective(objective, prediction, train_timesteps)
+        self.sampler = check_sampler(objective, sampler)
+        if self.sampler == "ddim" and sample_steps > train_timesteps:
+            raise ValueError(f"WorldModel: sample_steps={sample_steps} exceeds train_timesteps={train_timesteps}")
+        cond_dim = dim if cond_dim is None else cond_dim
+        _check_int("cond_dim", cond_dim, 1)
+        grid = frame_size // patch_size
+        self.time_embed = TimestepEmbedder(cond_dim)
+        self.action_embed = nn.Embedding(num_actions + 1, cond_dim)  # row num_actions: the null action
+        nn.init.normal_(self.action_embed.weight, std=0.02)
+        self.patch_embed = nn.Linear((context_frames + 1) * channels * patch_size**2, dim)
+        self.register_buffer("pos", sincos_2d(grid, dim), persistent=False)  # (1, N, D)
+        self.transformer = Transformer(
+            dim, depth, num_heads, combined_dim([cond_dim, cond_dim], combine), mlp_ratio,
+            normalizer=normalizer, conditioner=conditioner, causal=False,
+        )  # fmt: skip
+        self.head = nn.Linear(dim, channels * patch_size**2)
+        nn.init.zeros_(self.head.weight)  # the model predicts exactly 0 at init
+        nn.init.zeros_(self.head.bias)
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_psnr = PeakSignalNoiseRatio(data_range=255.0)
+        self.test_psnr = PeakSignalNoiseRatio(data_range=255.0)
+        self.test_kid = kid_metric(build_kid_feature(kid_feature), kid_subsets, kid_subset_size)
+        self.dataset_key = "unknown"
+        self._initialized_from: str | None = None
+        self._step_start: float | None = None
+        self._eval = EvalState()
+
+    @property
+    def null_action(self) -> int:
+        return self.hparams.num_actions
+
+    # -- the network ----------------------------------------------------------------------------
+    def conditioning(self, t: Tensor, action: Tensor) -> Conditioning:
+        """Times (B,) in the objective's unit, actions (B,) in 0..A (A = null) -> Conditioning."""
+        t_emb = self.time_embed(self.objective.model_time(t))  # (B, Dc)
+        a_emb = self.action_embed(action)  # (B, Dc)
+        return Conditioning.from_signals([t_emb, a_emb], self.hparams.combine)
+
+    def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
+        """x_t: (B, C, H, W) noisy frame, t: (B,), context: (B, K, C, H, W) in [-1, 1], action:
+        (B,) long in 0..A (A = null) -> (B, C, H, W) the objective's prediction."""
+        hp, p = self.hparams, self.hparams.patch_size
+        b = x_t.shape[0]
+        frame = (hp.channels, hp.frame_size, hp.frame_size)
+        if tuple(x_t.shape[1:]) != frame or tuple(context.shape) != (b, hp.context_frames, *frame):
+            raise ValueError(
+                f"WorldModel expects x_t (B, {', '.join(map(str, frame))}) and context "
+                f"(B, {hp.context_frames}, {', '.join(map(str, frame))}); got {tuple(x_t.shape)} and {tuple(context.shape)}"
+            )
+        frames = torch.cat([context.flatten(1, 2), x_t], dim=1)  # (B, (K+1) C, H, W)
+        patches = F.pixel_unshuffle(frames, p).flatten(2).transpose(1, 2)  # (B, N, (K+1) C p^2)
+        x = self.patch_embed(patches) + self.pos  # (B, N, D)
+        h = self.transformer(x, self.conditioning(t, action))  # (B, N, D)
+        out = self.head(h).transpose(1, 2)  # (B, C p^2, N)
+        grid = hp.frame_size // p
+        return F.pixel_shuffle(out.reshape(b, -1, grid, grid), p)  # (B, C, H, W)
+
+    def guided(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor, scale: float | None = None) -> Tensor:
+        """The prediction with classifier-free guidance ``uncond + s (cond - uncond)`` on every
+        channel; conditional and unconditional halves run as one batch. s = 1: just ``forward``."""
+        s = self.hparams.guidance_scale if scale is None else scale
+        if s == 1.0:
+            return self(x_t, t, context, action)
+        null = torch.full_like(action, self.null_action)
+        both = self(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, context]), torch.cat([action, null]))
+        cond, uncond = both.chunk(2)  # (B, C, H, W) each
+        return uncond + s * (cond - uncond)
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _actions(self, action: Tensor, allow_null: bool = False) -> Tensor:
+        """Checked actions (B,) long; the null action when ``condition='none'``."""
+        top = self.null_action if allow_null else self.null_action - 1
+        if action.dim() != 1 or action.dtype.is_floating_point or action.dtype == torch.bool:
+            raise ValueError(f"WorldModel: actions must be integer (B,), got {action.dtype} {tuple(action.shape)}")
+        if action.numel() and (int(action.min()) < 0 or int(action.max()) > top):
+            bad = action[(action < 0) | (action > top)].unique().tolist()
+            raise ValueError(
+                f"WorldModel: action(s) {bad} out of range; this model has num_actions={self.null_action} "
+                f"(valid 0..{self.null_action - 1}" + (f", {self.null_action} = null)" if allow_null else ")")
+            )
+        action = action.long()
+        return torch.full_like(action, self.null_action) if self.hparams.condition == "none" else action
+
+    @torch.no_grad()
+    def sample_next(
+        self,
+        context: Tensor,
+        action: Tensor,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample next frames: context (B, K, C, H, W) uint8, action (B,) -> (B, C, H, W) uint8.
+
+        ``steps``/``guidance_scale`` default to the model's; ``generator`` (CPU) seeds the noise.
+        The null action (index ``num_actions``) samples unconditionally.
+        """
+        if context.dtype != torch.uint8:
+            raise ValueError(f"WorldModel.sample_next expects uint8 context frames, got {context.dtype}")
+        action = self._actions(action.to(self.device), allow_null=True)
+        ctx = to_unit(context.to(self.device))  # (B, K, C, H, W)
+        shape = (ctx.shape[0], self.hparams.channels, self.hparams.frame_size, self.hparams.frame_size)
+        noise = torch.randn(shape, generator=generator).to(self.device)  # (B, C, H, W)
+        was_training = self.training
+        self.eval()
+        try:
+            x0 = self.objective.sample(
+                lambda x, t: self.guided(x, t, ctx, action, guidance_scale), noise,
+                steps or self.hparams.sample_steps, self.sampler, clip=1.0,
+            )  # fmt: skip
+        finally:
+            self.train(was_training)
+        return to_uint8(x0)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: Tensor,
+        actions: Tensor,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Autoregressive rollout: context (B, K, C, H, W) uint8, actions (B, R) -> (B, R, C, H, W)
+        uint8, each sampled frame fed back as the newest context frame."""
+        frames = []
+        for r in range(actions.shape[1]):
+            nxt = self.sample_next(context, actions[:, r], steps, guidance_scale, generator)  # (B, C, H, W)
+            frames.append(nxt)
+            context = torch.cat([context[:, 1:], nxt[:, None].to(context.device)], dim=1)  # (B, K, C, H, W)
+        return torch.stack(frames, dim=1)
+
+    # -- pretrain -> finetune -------------------------------------------------------------------
+    def initialize_from(self, path: str | Path) -> dict[str, list[str]]:
+        """Copy the weights of a checkpoint (Lightning's, or a plain state_dict) into this model.
+
+        Tensors present in both are copied; a shape that differs is an error naming every such
+        tensor with both shapes. Tensors the checkpoint lacks (conditioning layers a
+        ``conditioner: none`` pretraining did not have) keep their fresh, identity init; tensors
+        only the checkpoint has are ignored; both lists are reported. When the checkpoint's model
+        was trained with ``condition: none`` (only its null action ever trained), every action
+        starts as that null action, so the finetuned model begins exactly where the pretrained
+        one was, for every action. Returns ``{"copied", "missing", "ignored", "actions_from_null"}``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"init_from: checkpoint {str(path)!r} does not exist")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"init_from: {str(path)!r} holds neither a Lightning checkpoint nor a state_dict")
+        own = self.state_dict()
+        mismatched = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and v.shape != own[k].shape
+        ]
+        if mismatched:
+            raise ValueError(
+                f"init_from {str(path)!r}: {len(mismatched)} tensor(s) differ in shape from this model "
+                f"(was it trained with other dim/depth/patch_size/frame settings?): " + "; ".join(mismatched)
+            )
+        copied = [k for k in state if k in own]
+        report = {
+            "copied": copied,
+            "missing": [k for k in own if k not in state],
+            "ignored": [k for k in state if k not in own],
+            "actions_from_null": [],
+        }
+        self.load_state_dict({k: state[k] for k in copied}, strict=False)
+        source_hp = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        if source_hp.get("condition") == "none" and self.hparams.condition == "action":
+            with torch.no_grad():
+                weight = self.action_embed.weight  # (A + 1, Dc)
+                weight[: self.null_action] = weight[self.null_action]
+            report["actions_from_null"] = ["action_embed.weight"]
+        self._initialized_from = str(path)
+        rank_zero_info(
+            f"WorldModel: init_from {str(path)!r}: copied {len(copied)} tensors; kept the fresh init of "
+            f"{len(report['missing'])} the checkpoint lacks {report['missing']}; ignored {report['ignored']}"
+            + ("; every action starts as the pretrained null action" if report["actions_from_null"] else "")
+        )
+        return report
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Check the data's settings against the model's; apply ``init_from`` (once)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            for name in DATA_SETTINGS:
+                theirs = getattr(dm, name, None)
+                if theirs is not None and theirs != self.hparams[name]:
+                    raise ValueError(
+                        f"the data's {name}={theirs!r} differs from the model's {name}={self.hparams[name]!r}; "
+                        f"set model.{name} and data.{name} to the same value"
+                    )
+            self.dataset_key = str(getattr(dm, "dataset_key", None) or type(dm).__name__)
+        if self.hparams.init_from and self._initialized_from is None:
+            # before Lightning restores a resumed run's checkpoint, which then wins
+            self.initialize_from(self.hparams.init_from)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # weights from a checkpoint of this run (load_from_checkpoint, or a restore) are never
+        # overwritten by init_from in a later setup()
+        self._initialized_from = "checkpoint"
+
+    def _batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """A WorldDataModule batch -> checked (context (B, K, C, H, W), action (B,), target (B, C, H, W))."""
+        hp = self.hparams
+        frame = (hp.channels, hp.frame_size, hp.frame_size)
+        missing = [k for k in ("context", "action", "target") if k not in batch]
+        if missing:
+            raise ValueError(f"WorldModel: the batch lacks {missing}; it has {sorted(batch)}")
+        context, action, target = batch["context"], batch["action"], batch["target"]
+        b = target.shape[0]
+        if tuple(context.shape) != (b, hp.context_frames, *frame) or tuple(target.shape) != (b, *frame):
+            raise ValueError(
+                f"WorldModel expects context (B, {hp.context_frames}, {', '.join(map(str, frame))}) and target "
+                f"(B, {', '.join(map(str, frame))}); got {tuple(context.shape)} and {tuple(target.shape)}"
+            )
+        if context.dtype != torch.uint8 or target.dtype != torch.uint8:
+            raise ValueError(f"WorldModel expects uint8 frames, got context {context.dtype}, target {target.dtype}")
+        return context, self._actions(action), target
+
+    def _eval_generator(self, split: str, batch_idx: int) -> torch.Generator:
+        offset = {"val": 1, "test": 2}[split] * 1_000_003 + batch_idx * 7919 + self.global_rank * 104_729
+        return torch.Generator().manual_seed(self.hparams.seed * 15_485_863 + offset)
+
+    def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None, dropout: float = 0.0) -> Tensor:
+        """The objective's loss on a batch: random times and noise (from ``generator`` if given),
+        the action dropped to the null action with probability ``dropout`` per sample."""
+        context, action, target = self._batch(batch)
+        x0, ctx = to_unit(target), to_unit(context)
+        if dropout > 0:
+            drop = torch.rand(action.shape, generator=generator).to(action.device) < dropout
+            action = torch.where(drop, torch.full_like(action, self.null_action), action)
+        t = self.objective.sample_time(x0.shape[0], x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator else torch.randn_like(x0)
+        x_t = self.objective.add_noise(x0, noise, t)
+        return self.objective.loss(self(x_t, t, ctx, action), x0, noise, t)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.loss(batch, dropout=self.hparams.cond_dropout)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: object, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # forward + backward + optimizer step of this batch, data loading excluded
+        if self._step_start is not None:
+            seconds = time.perf_counter() - self._step_start
+            self.log("train/samples_per_s", batch["target"].shape[0] / max(seconds, 1e-9))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        g = self._eval_generator("val", batch_idx)
+        self.val_loss.update(self.loss(batch, g), weight=batch["target"].shape[0])
+        if batch_idx == 0:  # a few sampled frames: is the sampler on track?
+            context, action, target = (t[:16] for t in self._batch(batch))
+            self.val_psnr.update(self.sample_next(context, action, generator=g).float(), target.float())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/psnr", self.val_psnr.compute())
+        self.val_loss.reset()
+        self.val_psnr.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._eval = EvalState()
+        for metric in (self.test_loss, self.test_psnr, self.test_kid):  # nothing left from an interrupted test
+            metric.reset()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        g = self._eval_generator("test", batch_idx)
+        self.test_loss.update(self.loss(batch, g), weight=batch["target"].shape[0])
+        test_samples(self, batch, g)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss.compute())
+        self.test_loss.reset()
+        finish_test(self)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        no_decay = {id(p) for p in self.action_embed.parameters()}
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
+        rest = [p for p in params if p.dim() < 2 or id(p) in no_decay]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=hp.lr, betas=(0.9, 0.99),
+        )  # fmt: skip
+        total = hp.max_lr_steps
+        if total is None:
+            estimated = self.trainer.estimated_stepping_batches
+            total = int(estimated) if math.isfinite(estimated) else None
+        warmup = hp.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if total is None or total <= warmup:
+                return 1.0
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,80 @@
+"""What every results table shares: config overrides, mean ± std, the commit, the header."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["commit", "config_tree", "fmt_mean_std", "header", "mean_std", "override_args", "parse_override"]
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``--set model.dim=64`` -> ("model.dim", "64")."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or key.startswith("-"):
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. model.dim=64), got {text!r}")
+    return key, value
+
+
+def override_args(overrides: list[tuple[str, str]]) -> list[str]:
+    """The overrides as ``lightning-film`` arguments: ``--model.dim 64``."""
+    return [a for key, value in overrides for a in (f"--{key}", value)]
+
+
+def config_tree(config: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:
+    """The YAML config with the overrides applied (``model.x`` lands in ``model.init_args.x``)."""
+    tree = yaml.safe_load(config.read_text())
+    for key, value in overrides:
+        node = tree
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+            if part in ("model", "data") and "init_args" in node:
+                node = node["init_args"]
+        node[last] = yaml.safe_load(value)
+    return tree
+
+
+def init_args(tree: dict[str, Any], section: str, expected: str, config: Path) -> dict[str, Any]:
+    """``tree[section]["init_args"]``, checking the class is ``expected`` (by its short name)."""
+    part = tree.get(section) or {}
+    name = str(part.get("class_path", "")).rsplit(".", 1)[-1]
+    if name != expected:
+        raise ValueError(f"{config}: this table needs {section} {expected!r}, got {part.get('class_path')!r}")
+    return dict(part.get("init_args") or {})
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_mean_std(values: list[float] | None, digits: int = 3) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def header(report: dict[str, Any]) -> list[str]:
+    """Command, date, commit, wall time and machine lines of a results file."""
+    m = report["machine"]
+    return [
+        f"- Command: `{report['command']}`",
+        f"- Date: {report['date']}; commit {report['commit']}; wall time {report['wall_s'] / 60:.1f} min "
+        "(runs finished earlier are read, not redone)",
+        f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
+        "**CPU timings**",
+    ]
