@@ -10,8 +10,9 @@ same per-token signal c condition every block too (``"none"``: unconditioned blo
 
 Positions are learned absolute embeddings over ``seq_len`` (nanoGPT's): training windows start at
 arbitrary offsets, so a position says "how much context there is", which is also what a
-truncated inference window means. Generation has no KV cache: every new byte re-runs the last
-``seq_len`` bytes (fine for sampling a few hundred bytes on CPU; not a serving path).
+truncated inference window means. Generation keeps a key/value cache while the document fits the
+context (each new byte costs one byte's forward); past ``seq_len`` bytes the window slides, every
+position changes, and each new byte re-runs the last ``seq_len`` bytes, exactly as without a cache.
 
 The rare-pair table of the dead-energy accumulator is a buffer (``rare_table``, bool (16, 16)),
 filled from the DataModule in :meth:`ByteLM.setup`, so a checkpoint carries it and generation
@@ -47,6 +48,7 @@ from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
+from lightning_film.nn.transformer import TransformerCache
 from lightning_film.registry import Spec
 
 __all__ = ["BitsPerByte", "ByteLM", "ByteStream", "source_log_names"]
@@ -230,19 +232,36 @@ class ByteLM(LightningModule):
         self._step_start: float | None = None
 
     # -- the model ----------------------------------------------------------------------------
-    def forward(self, byte_ids: Tensor, nibble_ids: Tensor | None = None, acc_ids: Tensor | None = None) -> Tensor:
-        """byte_ids, nibble_ids, acc_ids: (B, N <= seq_len) long -> (B, N, V) next-byte logits."""
+    def forward(
+        self,
+        byte_ids: Tensor,
+        nibble_ids: Tensor | None = None,
+        acc_ids: Tensor | None = None,
+        cache: TransformerCache | None = None,
+    ) -> Tensor:
+        """byte_ids, nibble_ids, acc_ids: (B, N <= seq_len) long -> (B, N, V) next-byte logits.
+
+        ``cache`` (from :meth:`new_cache`): the N bytes follow the ``cache.length`` bytes already
+        fed (positions continue from there; L + N <= seq_len), and join the cache.
+        """
         n = byte_ids.shape[-1]
-        if byte_ids.dim() != 2 or n > self.hparams.seq_len:
+        past = 0 if cache is None else cache.length
+        if byte_ids.dim() != 2 or past + n > self.hparams.seq_len:
             raise ValueError(
-                f"ByteLM expects byte_ids (B, N) with N <= seq_len={self.hparams.seq_len}, got {tuple(byte_ids.shape)}"
+                f"ByteLM expects byte_ids (B, N) with N <= seq_len={self.hparams.seq_len}"
+                + (f" - {past} cached bytes" if past else "")
+                + f", got {tuple(byte_ids.shape)}"
             )
         x = self.embed(byte_ids, nibble_ids, acc_ids)  # (B, N, D)
         if self.pos is not None:
-            x = x + self.pos[:, :n]  # (B, N, D)
+            x = x + self.pos[:, past : past + n]  # (B, N, D)
         signal = self.embed.signal(nibble_ids, acc_ids) if self.hparams.block_conditioner != "none" else None
-        h = self.transformer(x, Conditioning(per_token=signal))  # (B, N, D)
+        h = self.transformer(x, Conditioning(per_token=signal), cache=cache)  # (B, N, D)
         return self.head(h)  # (B, N, V)
+
+    def new_cache(self) -> TransformerCache:
+        """An empty key/value cache for :meth:`forward`, holding up to ``seq_len`` bytes."""
+        return self.transformer.new_cache(self.hparams.seq_len)
 
     def nll(self, batch: dict[str, Tensor]) -> Tensor:
         """A ByteDataModule batch -> (B, N) nats of each target (padding included; mask it)."""
@@ -408,18 +427,32 @@ class ByteLM(LightningModule):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> None:
-        """Extend ``stream`` by ``max_new_bytes`` sampled bytes (context: its last ``seq_len`` bytes)."""
+        """Extend ``stream`` by ``max_new_bytes`` sampled bytes (context: its last ``seq_len`` bytes).
+
+        ``use_cache``: decode with a key/value cache while the stream fits the context (the same
+        bytes as without, up to float rounding; see the module docstring).
+        """
         _check_ints(max_new_bytes=(max_new_bytes, 0))
         _check_sampling(temperature, top_k)
         if not len(stream):
             raise ValueError("ByteLM.sample: the prompt is empty; give at least one byte (e.g. b'\\n')")
         was_training = self.training
         self.eval()
+        seq_len = self.hparams.seq_len
+        cache = None
         try:
             for _ in range(max_new_bytes):
-                byte_ids, nibble_ids, acc_ids = (t.to(self.device) for t in stream.window(self.hparams.seq_len))
-                logits = self(byte_ids, nibble_ids, acc_ids)[0, -1].float()  # (V,)
+                if use_cache and len(stream) <= seq_len:
+                    # the whole stream is the window: feed only what the cache has not seen
+                    if cache is None:
+                        cache = self.new_cache()
+                    ids = (t.to(self.device) for t in stream.window(len(stream) - cache.length))
+                    logits = self(*ids, cache=cache)[0, -1].float()  # (V,)
+                else:
+                    byte_ids, nibble_ids, acc_ids = (t.to(self.device) for t in stream.window(seq_len))
+                    logits = self(byte_ids, nibble_ids, acc_ids)[0, -1].float()  # (V,)
                 if temperature == 0:
                     nxt = int(logits.argmax())
                 else:
@@ -440,13 +473,15 @@ class ByteLM(LightningModule):
         temperature: float = 1.0,
         top_k: int | None = None,
         seed: int | None = None,
+        use_cache: bool = True,
     ) -> bytes:
         """Sample ``max_new_bytes`` bytes after ``prompt`` (raw bytes, any values; a str is UTF-8
-        encoded) and return them (the prompt excluded). ``temperature=0`` is greedy."""
+        encoded) and return them (the prompt excluded). ``temperature=0`` is greedy; ``use_cache``
+        decodes with a key/value cache (see :meth:`sample`)."""
         stream = self.byte_stream(prompt)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         start = len(stream)
-        self.sample(stream, max_new_bytes, temperature, top_k, generator)
+        self.sample(stream, max_new_bytes, temperature, top_k, generator, use_cache)
         return stream.bytes[start:].numpy().tobytes()
 
 

@@ -1,6 +1,9 @@
 """Multi-head attention on ``F.scaled_dot_product_attention`` (fused kernels, no hand loops).
 
-Legend: B batch, S query tokens, M key/value tokens, D width, H heads.
+Causal self-attention can decode incrementally with a :class:`KVCache`: each call appends the
+new tokens' keys and values and attends over everything cached so far.
+
+Legend: B batch, S query tokens, M key/value tokens, L cached tokens, D width, H heads.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SelfAttention", "CrossAttention", "check_heads"]
+__all__ = ["SelfAttention", "CrossAttention", "KVCache", "check_heads"]
 
 
 def check_heads(dim: int, num_heads: int, who: str) -> None:
@@ -29,6 +32,39 @@ def _merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(b, s, h * dh)
 
 
+class KVCache:
+    """Keys and values of one self-attention layer, preallocated for ``max_len`` tokens.
+
+    ``length`` tokens are filled; :meth:`update` appends (B, H, S, Dh) keys and values and
+    returns every cached one so far, (B, H, L + S, Dh) views of the buffers.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"KVCache: max_len must be an int >= 1, got {max_len!r}")
+        self.max_len, self.length = max_len, 0
+        self.keys: torch.Tensor | None = None  # (B, H, max_len, Dh)
+        self.values: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, H, S, Dh) of the new tokens -> every cached key and value (B, H, L + S, Dh)."""
+        b, h, s, dh = k.shape
+        if self.keys is None:
+            self.keys = k.new_empty(b, h, self.max_len, dh)
+            self.values = v.new_empty(b, h, self.max_len, dh)
+        elif (b, h, dh) != (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3]):
+            raise ValueError(
+                f"KVCache holds keys of shape (B, H, *, Dh) = {tuple(self.keys.shape)}, got new keys {tuple(k.shape)}"
+            )
+        end = self.length + s
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {self.length} cached + {s} new tokens exceed max_len={self.max_len}")
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
 class SelfAttention(nn.Module):
     """Causal or bidirectional multi-head self-attention.
 
@@ -43,14 +79,38 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, S, D); key_mask: (B, S) bool, True = may be attended to -> (B, S, D)."""
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """x: (B, S, D); key_mask: (B, S) bool, True = may be attended to -> (B, S, D).
+
+        With ``cache`` (causal only), x holds the S tokens that follow the L cached ones: they
+        attend to those and, causally, to each other; their keys and values join the cache.
+        """
         q, k, v = (_split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, S, Dh)
+        if cache is not None:
+            return self.proj(_merge_heads(self._cached(q, k, v, key_mask, cache)))  # (B, S, D)
         if key_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, S, Dh)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(key_mask, x.shape[1]))
         return self.proj(_merge_heads(out))  # (B, S, D)
+
+    def _cached(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, cache: KVCache
+    ) -> torch.Tensor:
+        """Attention of the new queries (B, H, S, Dh) over the cached and new keys -> (B, H, S, Dh)."""
+        if not self.causal or key_mask is not None:
+            raise ValueError("SelfAttention: a KVCache serves causal attention without a key mask only")
+        past, s = cache.length, q.shape[2]
+        k, v = cache.update(k, v)  # (B, H, L + S, Dh)
+        if past == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if s == 1:  # the one new token sees every cached one
+            return F.scaled_dot_product_attention(q, k, v)
+        # query i (absolute position past + i) sees keys 0 .. past + i
+        mask = torch.ones(s, past + s, dtype=torch.bool, device=q.device).tril(diagonal=past)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def _mask(self, key_mask: torch.Tensor, s: int) -> torch.Tensor:
         """(B, S) key mask -> (B, 1, S, S) bool attention mask (causal if asked)."""

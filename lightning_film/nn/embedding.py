@@ -167,6 +167,10 @@ class DualModulatedEmbedding(nn.Module):
         ):
             shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise ValueError(f"DualModulatedEmbedding: {name} must be an integer tensor (B, N), got {shape}")
+        # The value check reads the data, which a graph capture (torch.export for Core ML, torch.compile)
+        # cannot do; the checks of shape and dtype above still run there.
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise ValueError(
                 f"DualModulatedEmbedding: {name} must hold ids 0..{vocab - 1}, "

@@ -2,10 +2,70 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP"]
+__all__ = ["ACTIVATIONS", "MLP", "gelu_tanh"]
+
+# GELU's tanh approximation rewritten with sigmoid: 0.5 (1 + tanh(z)) = sigmoid(2 z), so
+# gelu(x) = x sigmoid(x (K0 + K1 x^2)) with z = sqrt(2 / pi) (x + 0.044715 x^3).
+_K0 = 2.0 * math.sqrt(2.0 / math.pi)
+_K1 = _K0 * 0.044715
+
+
+class _GeluTanhFunction(torch.autograd.Function):
+    """GELU (tanh approximation) in a few vectorised passes, with a hand-derived backward.
+
+    On this CPU build ``torch.tanh`` (hence ``F.gelu(approximate="tanh")`` and its backward) is
+    not vectorised, while ``sigmoid`` is; the same function through sigmoid takes four passes
+    forward and five backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        s = torch.addcmul(x.new_full((), _K0), x, x, value=_K1).mul_(x).sigmoid_()  # sigmoid(2 z)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        x, s = ctx.saved_tensors
+        # d/dx [x s(v)] = s + x v'(x) s (1 - s), v = K0 x + K1 x^3
+        dv = torch.addcmul(x.new_full((), _K0), x, x, value=3.0 * _K1).mul_(x)  # x v'(x)
+        return torch.ops.aten.sigmoid_backward(dy, s).mul_(dv).addcmul_(dy, s)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(x, approximate="tanh")``, through the sigmoid form on the CPU in eager mode."""
+    if (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch.jit.is_tracing()
+    ):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _GeluTanhFunction.apply(x)
+        return x * torch.addcmul(x.new_full((), _K0), x, x, value=_K1).mul_(x).sigmoid_()
+    return F.gelu(x, approximate="tanh")
+
+
+class _GeluTanh(nn.GELU):
+    """``nn.GELU(approximate="tanh")`` (same repr and state) computed by :func:`gelu_tanh`."""
+
+    def __init__(self) -> None:
+        super().__init__(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu_tanh(x)
+
+
+#: MLP activations by name: DiT's tanh-approximated GELU (the default) and the exact (erf) GELU,
+#: x-transformers' and PyTorch's default, two to three times cheaper on CPUs whose tanh is slow.
+ACTIVATIONS = {"gelu_tanh": _GeluTanh, "gelu": nn.GELU}
 
 
 class MLP(nn.Module):
@@ -13,14 +73,17 @@ class MLP(nn.Module):
 
     Args:
         dim: D in and out. hidden_dim: width of the hidden layer.
+        activation: ``"gelu_tanh"`` (default) or ``"gelu"`` (exact, erf).
     """
 
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, activation: str = "gelu_tanh") -> None:
         super().__init__()
         if hidden_dim <= 0:
             raise ValueError(f"MLP: hidden_dim must be positive, got {hidden_dim!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLP: unknown activation {activation!r}; accepted: {', '.join(ACTIVATIONS)}")
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,15 @@ input and output ``(..., dim)``.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_film.registry import register_normalizer
 
-__all__ = ["LayerNorm", "RMSNorm", "DyT", "Identity"]
+__all__ = ["LayerNorm", "RMSNorm", "DyT", "Identity", "rms_norm_reference"]
 
 
 def _check_dim(dim: int, who: str) -> None:
@@ -29,22 +31,103 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps, elementwise_affine=affine)
 
 
+#: RMSNorm implementations: ``auto`` picks the fastest exact one for the tensor, ``reference`` is the definition.
+RMSNormImplementation = Literal["auto", "reference"]
+_RMS_IMPLEMENTATIONS: tuple[str, ...] = get_args(RMSNormImplementation)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """The definition, op by op (autograd derives the backward): x / sqrt(mean(x^2) + eps) * weight."""
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y if weight is None else y * weight
+
+
+def _rms_forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., D) -> y (..., D) and rstd (..., 1), in three passes over x (a norm, two scalings)."""
+    rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    y = x * rstd
+    if weight is not None:
+        y.mul_(weight)
+    return y, rstd
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-derived backward built on LayerNorm's fused CPU backward kernel.
+
+    With xhat = x rstd and g = dy w, RMSNorm's input gradient is rstd (g - xhat mean(g xhat)).
+    LayerNorm's kernel, given mean 0 and our rstd, returns exactly that minus rstd mean(g) (the
+    term of its mean subtraction), so one matrix-vector product (mean(g) = dy . w / D) puts it
+    back; its weight gradient, sum over rows of dy xhat, is already RMSNorm's.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+        y, rstd = _rms_forward(x, weight, eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, rstd, weight = ctx.saved_tensors
+        d = x.shape[-1]
+        want_w = weight is not None and ctx.needs_input_grad[1]
+        dx, dw, _ = torch.ops.aten.native_layer_norm_backward(
+            dy, x, [d], torch.zeros_like(rstd), rstd, weight, None, [True, want_w, False]
+        )
+        rows = dy.reshape(-1, d)  # (R, D)
+        g_sum = rows.sum(-1) if weight is None else torch.mv(rows, weight)  # (R,) = sum over D of dy w
+        dx.add_(g_sum.view_as(rstd).mul_(rstd), alpha=1.0 / d)  # (..., D)
+        return (dx if ctx.needs_input_grad[0] else None), dw, None
+
+
+def _fast_rms_applies(x: torch.Tensor) -> bool:
+    """The hand-written CPU path: fp32/fp64 on the CPU, in eager mode (a compiler fuses the definition itself)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch.jit.is_tracing()
+    )
+
+
 @register_normalizer("rmsnorm")
 class RMSNorm(nn.Module):
-    """RMSNorm: divide by the root mean square (no centring), then an optional scale."""
+    """RMSNorm: divide by the root mean square (no centring), then an optional scale.
 
-    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True) -> None:
+    Args:
+        implementation: ``"auto"`` (default) takes the fastest exact path: on the CPU in eager
+            mode, a hand-derived backward on LayerNorm's fused kernel (``F.rms_norm`` has no fused
+            CPU backward: its autograd graph is a chain of elementwise ops, several times slower
+            than LayerNorm's); elsewhere ``F.rms_norm`` (fused on CUDA). ``"reference"``: the
+            definition op by op, for checking the fast path (same parameters, same results).
+    """
+
+    def __init__(
+        self, dim: int, eps: float = 1e-6, affine: bool = True, implementation: RMSNormImplementation = "auto"
+    ) -> None:
         super().__init__()
         _check_dim(dim, "rmsnorm")
-        self.dim, self.eps = dim, eps
+        if implementation not in _RMS_IMPLEMENTATIONS:
+            raise ValueError(
+                f"rmsnorm: unknown implementation {implementation!r}; accepted: {', '.join(_RMS_IMPLEMENTATIONS)}"
+            )
+        self.dim, self.eps, self.implementation = dim, eps, implementation
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., D) -> (..., D)."""
-        return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+        if self.implementation == "reference":
+            return rms_norm_reference(x, self.weight, self.eps)
+        if not _fast_rms_applies(x) or (self.weight is not None and self.weight.dtype != x.dtype):
+            return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+        if torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None and self.weight.requires_grad)):
+            return _RMSNormFunction.apply(x, self.weight, self.eps)
+        return _rms_forward(x, self.weight, self.eps)[0]
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
+        impl = "" if self.implementation == "auto" else f", implementation={self.implementation!r}"
+        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}{impl}"
 
 
 @register_normalizer("dyt")

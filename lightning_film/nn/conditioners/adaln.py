@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_film.nn.conditioners.base import ProjectedConditioner
+from lightning_film.nn.conditioners.base import ProjectedConditioner, modulate_affine
 from lightning_film.nn.conditioning import Conditioning
 from lightning_film.registry import register_conditioner
 
@@ -23,15 +23,17 @@ class AdaLN(ProjectedConditioner):
     """AdaLN: one projection chunked into scale and shift, h * (1 + scale) + shift."""
 
     pre_activation = True
+    batched_projections = ("modulation",)
 
     def build(self) -> None:
         self.modulation = self.project(2 * self.dim)
 
     def modulate(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        c = self.signal(h, cond)  # (B, 1 | N, Dc)
-        shift, scale = self.modulation(c).chunk(2, dim=-1)  # (B, 1 | N, D) each
-        self.observe(gamma=1.0 + scale, beta=shift)
-        return torch.addcmul(shift, h, 1.0 + scale)  # (B, N, D)
+        (m,) = self.projected(h, cond, "modulation")  # (B, 1 | N, 2 D)
+        shift, scale = m.chunk(2, dim=-1)  # (B, 1 | N, D) each
+        gamma = 1.0 + scale
+        self.observe(gamma=gamma, beta=shift)
+        return modulate_affine(h, gamma, shift)  # (B, N, D)
 
 
 @register_conditioner("adaln_zero")
@@ -41,6 +43,7 @@ class AdaLNZero(AdaLN):
     # Its gate starts at zero, not one: the conditioner is not the identity at init, but
     # every block is (each branch adds zero), which the grid test checks instead.
     identity_at_init = False
+    batched_projections = ("modulation", "gate_proj")
 
     def build(self) -> None:
         super().build()
@@ -52,6 +55,6 @@ class AdaLNZero(AdaLN):
     def gate(self, y: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         if self.gate_proj is None:
             return y
-        g = self.gate_proj(self.signal(y, cond))  # (B, 1 | N, D)
+        (g,) = self.projected(y, cond, "gate_proj")  # (B, 1 | N, D)
         self.observe(gate=g)
-        return y * g  # (B, N, D)
+        return modulate_affine(y, g)  # (B, N, D)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_film.nn.conditioners.base import ProjectedConditioner, Site
+from lightning_film.nn.conditioners.base import ProjectedConditioner, Site, modulate_affine
 from lightning_film.nn.conditioning import Conditioning
 from lightning_film.registry import register_conditioner
 
@@ -26,6 +26,7 @@ class FiLM(ProjectedConditioner):
     """FiLM: separate gamma/beta projections, gamma = 1 + dgamma(c), identity at init."""
 
     has_shift = True
+    batched_projections = ("scale", "shift")
 
     def build(self) -> None:
         self.scale = self.project(self.dim)
@@ -36,14 +37,15 @@ class FiLM(ProjectedConditioner):
         return 1.0 + s
 
     def modulate(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        c = self.signal(h, cond)  # (B, 1 | N, Dc)
-        gamma = self.gamma(self.scale(c))  # (B, 1 | N, D)
         if self.shift is None:
+            (s,) = self.projected(h, cond, "scale")  # (B, 1 | N, D)
+            gamma = self.gamma(s)
             self.observe(gamma=gamma)
-            return h * gamma  # (B, N, D)
-        beta = self.shift(c)  # (B, 1 | N, D)
+            return modulate_affine(h, gamma)  # (B, N, D)
+        s, beta = self.projected(h, cond, "scale", "shift")  # (B, 1 | N, D) each
+        gamma = self.gamma(s)
         self.observe(gamma=gamma, beta=beta)
-        return torch.addcmul(beta, h, gamma)  # (B, N, D)
+        return modulate_affine(h, gamma, beta)  # (B, N, D)
 
 
 @register_conditioner("film_exp")

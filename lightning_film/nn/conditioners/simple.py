@@ -20,10 +20,12 @@ class NoConditioning(Conditioner):
 class Additive(ProjectedConditioner):
     """Additive: h + W c (shift only, no scale); W starts at zero."""
 
+    batched_projections = ("shift",)
+
     def build(self) -> None:
         self.shift = self.project(self.dim)
 
     def modulate(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        beta = self.shift(self.signal(h, cond))  # (B, 1 | N, D)
+        (beta,) = self.projected(h, cond, "shift")  # (B, 1 | N, D)
         self.observe(beta=beta)
         return h + beta  # (B, N, D)

@@ -1,0 +1,3 @@
+from benchmarks.performance import main
+
+main()
