@@ -94,6 +94,8 @@ def list_command(argv: list[str]) -> None:
 EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], None] | str]] = {
     "list": ("Print every registry (normalizers, conditioners, ...) with one-line docs.", list_command),
     "record": ("Record world-model episodes into .npz shards.", "lightning_film.data.record:record_command"),
+    "export": ("Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
+               "lightning_film.export.cli:export_command"),
     "reproduce": ("Train and score a results table (byte, world-kid, world-conditioning).",
                   "lightning_film.reproduce:reproduce_command"),
 }

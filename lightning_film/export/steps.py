@@ -1,0 +1,136 @@
+"""What each model exports: its inference step, with fixed shapes, as a plain ``nn.Module``.
+
+- :class:`~lightning_film.models.ByteLM`: a window of ``seq_len`` bytes (+ nibbles, + accumulator
+  ids, as the variant reads them), int32 (B, N) each -> next-byte ``logits`` (B, N, 256).
+- :class:`~lightning_film.models.WorldModel`: one denoiser call: ``x_t`` (B, C, H, W), ``t`` (B,),
+  ``context`` (B, K, C, H, W) in [-1, 1], ``action`` (B,) int32 -> ``prediction`` (B, C, H, W).
+
+Another LightningModule exports if it defines ``coreml_step(batch_size, seq_len) -> InferenceStep``.
+Shapes are always fixed: the Neural Engine compiles one shape per model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_film.errors import UsageError
+
+__all__ = ["ByteLMStep", "ExportError", "InferenceStep", "TensorSpec", "WorldModelStep", "inference_step"]
+
+
+class ExportError(UsageError):
+    """An export that cannot be done as asked; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, fixed shape, dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class InferenceStep:
+    """``module(*inputs) -> output``; ``inputs`` name and shape every argument, in order."""
+
+    module: nn.Module
+    inputs: list[TensorSpec]
+    output: str
+
+    def example(self, seed: int = 0) -> tuple[Tensor, ...]:
+        """Example inputs of the right shapes: valid ids for integer inputs, N(0, 1) otherwise."""
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for spec in self.inputs:
+            if spec.dtype.is_floating_point:
+                out.append(torch.randn(spec.shape, generator=g).to(spec.dtype))
+            else:
+                high = getattr(self.module, "id_limits", {}).get(spec.name, 2)
+                out.append(torch.randint(0, high, spec.shape, generator=g, dtype=spec.dtype))
+        return tuple(out)
+
+
+class ByteLMStep(nn.Module):
+    """ByteLM's inference step: int32 ids (B, N) -> logits (B, N, 256)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        variant = model.hparams.variant
+        self.names = {"byte": ["byte_ids"], "nibble": ["byte_ids", "nibble_ids"]}.get(
+            variant, ["byte_ids", "nibble_ids", "acc_ids"]
+        )
+        self.id_limits = {"byte_ids": 256, "nibble_ids": 16, "acc_ids": 256}
+
+    def forward(self, byte_ids: Tensor, nibble_ids: Tensor | None = None, acc_ids: Tensor | None = None) -> Tensor:
+        """byte_ids, nibble_ids, acc_ids: (B, N) int32 -> (B, N, 256)."""
+        return self.model(byte_ids, nibble_ids, acc_ids)  # (B, N, V)
+
+
+def _byte_lm(model: nn.Module, batch_size: int, seq_len: int | None) -> InferenceStep:
+    context = model.hparams.seq_len
+    n = context if seq_len is None else seq_len
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= context:
+        raise ExportError(f"ByteLM export: seq_len must be an int in 1..{context} (the model's context), got {n!r}")
+    step = ByteLMStep(model)
+    inputs = [TensorSpec(name, (batch_size, n), torch.int32) for name in step.names]
+    return InferenceStep(step, inputs, "logits")
+
+
+class WorldModelStep(nn.Module):
+    """WorldModel's inference step: one denoiser call (no sampler loop, no guidance)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.id_limits = {"action": model.hparams.num_actions + 1}
+
+    def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
+        """x_t (B, C, H, W), t (B,), context (B, K, C, H, W), action (B,) int32 -> (B, C, H, W)."""
+        return self.model(x_t, t, context, action)  # (B, C, H, W)
+
+
+def _world_model(model: nn.Module, batch_size: int, seq_len: int | None) -> InferenceStep:
+    if seq_len is not None:
+        raise ExportError("WorldModel export: seq_len does not apply (the frame size fixes every shape)")
+    hp = model.hparams
+    frame = (hp.channels, hp.frame_size, hp.frame_size)
+    inputs = [
+        TensorSpec("x_t", (batch_size, *frame), torch.float32),
+        TensorSpec("t", (batch_size,), torch.float32),
+        TensorSpec("context", (batch_size, hp.context_frames, *frame), torch.float32),
+        TensorSpec("action", (batch_size,), torch.int32),
+    ]
+    return InferenceStep(WorldModelStep(model), inputs, "prediction")
+
+
+#: class path -> step builder; matched along the model's MRO, so subclasses export too.
+STEPS: dict[str, Callable[[nn.Module, int, int | None], InferenceStep]] = {
+    "lightning_film.models.byte_lm.ByteLM": _byte_lm,
+    "lightning_film.models.world_model.WorldModel": _world_model,
+}
+
+
+def inference_step(model: nn.Module, batch_size: int = 1, seq_len: int | None = None) -> InferenceStep:
+    """The fixed-shape inference step of ``model`` (see the module docstring)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"batch_size must be an int >= 1 (shapes are fixed), got {batch_size!r}")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)):
+        raise ExportError(f"seq_len must be an int (shapes are fixed), got {seq_len!r}")
+    if hasattr(model, "coreml_step"):
+        return model.coreml_step(batch_size=batch_size, seq_len=seq_len)
+    for cls in type(model).__mro__:
+        builder = STEPS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if builder is not None:
+            return builder(model, batch_size, seq_len)
+    known = ", ".join(path.rsplit(".", 1)[-1] for path in STEPS)
+    raise ExportError(
+        f"no Core ML inference step for {type(model).__name__}; supported: {known}, or any model with a "
+        f"coreml_step(batch_size, seq_len) method returning an InferenceStep"
+    )
