@@ -45,6 +45,7 @@ from torchmetrics import Metric
 
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
+from lightning_film.models.optim import adamw_warmup_cosine
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
@@ -380,33 +381,8 @@ class ByteLM(LightningModule):
         self._log_split("test")
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        no_decay = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-        if self.pos is not None:
-            no_decay.add(id(self.pos))
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
-        rest = [p for p in params if p.dim() < 2 or id(p) in no_decay]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=hp.lr, betas=(0.9, 0.95),
-        )  # fmt: skip
-        total = hp.max_lr_steps
-        if total is None:
-            estimated = self.trainer.estimated_stepping_batches
-            total = int(estimated) if math.isfinite(estimated) else None
-        warmup = hp.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if total is None or total <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / (total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        no_decay = [p for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()]
+        return adamw_warmup_cosine(self, no_decay + ([self.pos] if self.pos is not None else []), betas=(0.9, 0.95))
 
     # -- sampling -----------------------------------------------------------------------------
     def byte_stream(self, prompt: bytes | bytearray | str = b"") -> ByteStream:

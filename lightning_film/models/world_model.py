@@ -28,7 +28,6 @@ N tokens, D width (``dim``), Dc conditioning width (``cond_dim``), A actions.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -42,6 +41,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.metrics.kid import build_kid_feature, kid_metric
+from lightning_film.models.optim import adamw_warmup_cosine
 from lightning_film.models.world_eval import EvalState, finish_test, test_samples
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine, combined_dim
@@ -474,28 +474,4 @@ class WorldModel(LightningModule):
         finish_test(self)
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        no_decay = {id(p) for p in self.action_embed.parameters()}
-        decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
-        rest = [p for p in params if p.dim() < 2 or id(p) in no_decay]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=hp.lr, betas=(0.9, 0.99),
-        )  # fmt: skip
-        total = hp.max_lr_steps
-        if total is None:
-            estimated = self.trainer.estimated_stepping_batches
-            total = int(estimated) if math.isfinite(estimated) else None
-        warmup = hp.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if total is None or total <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / (total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.action_embed.parameters(), betas=(0.9, 0.99))

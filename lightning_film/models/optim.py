@@ -1,0 +1,49 @@
+"""The optimizer both models use: AdamW (decay on matrices only) with linear warmup then cosine."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+__all__ = ["adamw_warmup_cosine"]
+
+
+def adamw_warmup_cosine(
+    module: LightningModule,
+    no_decay: Iterable[nn.Parameter],
+    betas: tuple[float, float],
+) -> dict:
+    """``configure_optimizers``' return value from ``module.hparams`` (lr, weight_decay,
+    warmup_steps, max_lr_steps, min_lr_ratio). Matrices decay except those in ``no_decay``
+    (embeddings, positions); vectors (biases, norm scales) never do. The cosine runs over
+    ``max_lr_steps``, or the trainer's total steps when that is ``None``, down to
+    ``min_lr_ratio * lr``, then stays there."""
+    hp = module.hparams
+    skip = {id(p) for p in no_decay}
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in skip]
+    rest = [p for p in params if p.dim() < 2 or id(p) in skip]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=hp.lr, betas=betas,
+    )  # fmt: skip
+    total = hp.max_lr_steps
+    if total is None:
+        estimated = module.trainer.estimated_stepping_batches
+        total = int(estimated) if math.isfinite(estimated) else None
+    warmup = hp.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if total is None or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
