@@ -180,7 +180,7 @@ class Registry:
     def _unknown_message(self, name: str) -> str:
         names = sorted(self._entries)
         close = difflib.get_close_matches(name, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close else "."
         return (
             f"unknown {self.kind} {name!r}{hint} Registered {self.plural}: {', '.join(names)}. "
             f"A 'package.module:Class' path also works."

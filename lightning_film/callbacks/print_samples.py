@@ -7,14 +7,13 @@ optionally saved to one file at the end.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+
+from lightning_film.io import write_atomic
 
 __all__ = ["PrintSamples", "show_bytes"]
 
@@ -59,13 +58,4 @@ class PrintSamples(Callback):
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.path is None or not trainer.is_global_zero:
             return
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(b"\n\n".join(self._samples))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, b"\n\n".join(self._samples))

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_film.data.accumulator import accumulate, pair_counts, rare_table
 from lightning_film.data.corpora import CORPORA, load_corpus
@@ -445,12 +445,6 @@ class ByteDataModule(ResumableTrainData, LightningDataModule):
         if not len(data):
             raise ValueError(f"the {split} split is empty: set {split}_fraction > 0 to get a {split} loader")
         return data
-
-    def _loader(self, data: Dataset, sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(
-            data, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
 
     def _need_setup(self) -> None:
         if not self.sources:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 __all__ = ["EvalSampler", "Keys", "ResumableTrainData", "WindowSampler", "random_keys", "window_keys"]
 
@@ -99,7 +99,8 @@ class ResumableTrainData:
 
     Its ``state_dict`` (Lightning stores it in every checkpoint) records the epoch and the batches
     trained in it; after ``load_state_dict`` the next :meth:`train_sampler` starts right after them.
-    The host class needs ``self.trainer`` (Lightning sets it) and a ``batch_size`` attribute.
+    The host class needs ``self.trainer`` (Lightning sets it) and ``batch_size`` and
+    ``num_workers`` attributes; :meth:`_loader` builds every loader of the DataModule from them.
     """
 
     _resume: dict[str, int] | None = None
@@ -120,6 +121,12 @@ class ResumableTrainData:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state) if state else None
+
+    def _loader(self, data: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(
+            data, batch_size=self.batch_size, sampler=sampler, shuffle=False,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )  # fmt: skip
 
     def train_sampler(self, keys: Keys, length: int) -> WindowSampler:
         """The epoch's sampler, starting after the batches a restored checkpoint already trained."""

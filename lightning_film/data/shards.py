@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from lightning_film.io import atomic_path
 
 __all__ = [
     "FORMAT",
@@ -154,23 +155,15 @@ class Manifest:
 
 # -- writing --------------------------------------------------------------------------------------------
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> int:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    Nothing ever exists under ``path`` half written: on any error the temporary file is
-    removed and an old ``path`` stays as it was. Returns the size written, in bytes.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "xb") as f:
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it
+    to ``path`` (:func:`lightning_film.io.atomic_path`): on any error nothing is left under
+    ``path`` and an old ``path`` stays as it was. Returns the size written, in bytes."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         size = tmp.stat().st_size
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return size
 
 

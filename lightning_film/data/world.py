@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_film.data.record import DEFAULT_WORLD, default_folder, plan_recording, record
 from lightning_film.data.sampling import EvalSampler, ResumableTrainData
@@ -297,12 +297,6 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
         if cap is not None and cap < data.total:
             data.keys = np.arange(cap, dtype=np.int64) * data.total // cap  # evenly spaced, in order
         return data
-
-    def _loader(self, data: Dataset, sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(
-            data, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
 
     def _need_setup(self) -> None:
         if self._frames is None:
