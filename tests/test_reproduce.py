@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_film.cli import main
 from lightning_film.reproduce.runner import read_metrics
@@ -104,3 +105,30 @@ def test_world_conditioning_covers_every_registered_pair_and_measures_costs() ->
     assert costs["rmsnorm + none"]["step_ratio_vs_none"]["median"] == 1.0
     assert costs["rmsnorm + film"]["params"] > costs["rmsnorm + none"]["params"]
     assert costs["rmsnorm + film"]["forward_gflops"] > costs["rmsnorm + none"]["forward_gflops"] > 0
+
+
+def test_copy_baseline_scores_the_last_context_frame_on_the_test_windows(tmp_path: Path, monkeypatch) -> None:
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    from lightning_film.data.world import WorldDataModule
+    from lightning_film.measure import machine_info
+    from lightning_film.reproduce.world import PRESETS, Preset, copy_baseline, render_kid
+    from tests.helpers.configs import world_config
+
+    monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
+    config = world_config(tmp_path, 2, 2)
+    preset = Preset(**{**PRESETS["world-kid"]["quick"].__dict__, "eval_samples": 10, "kid_subset_size": 4})
+    got = copy_baseline(config, [], preset)
+    dm = WorldDataModule(episodes=12, episode_length=8, frame_size=16, val_episodes=2, test_episodes=2,
+                         batch_size=4, max_eval_windows=16)  # fmt: skip
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    last = torch.cat([b["context"][:, -1] for b in batches])[:10].float()
+    truth = torch.cat([b["target"] for b in batches])[:10].float()
+    assert got["windows"] == 10
+    assert got["psnr"] == pytest.approx(float(peak_signal_noise_ratio(last, truth, data_range=255.0)), rel=1e-5)
+    assert abs(got["kid_mean"]) < 0.5 and got["kid_std"] >= 0
+    report = {"preset_name": "quick", "preset": preset.__dict__, "seeds": [0], "overrides": [], "kid": {}, "psnr": {},
+              "verdict": [], "baseline": got, "command": "c", "date": "d", "commit": "x", "machine": machine_info(),
+              "wall_s": 1.0}  # fmt: skip
+    assert "copy the last context frame" in render_kid(report)

@@ -1,5 +1,7 @@
 """Exact resume: a fit killed with SIGKILL after a checkpoint and resumed with `--ckpt_path last`
 continues at the same step with the same data order, and its losses equal an uninterrupted fit's.
+Both models: the byte model draws nothing at random in a step; the world model draws its times,
+noise and condition dropout from a generator seeded by (seed, step, batch), not the global RNG.
 
 Runs the real `lightning-film fit` in subprocesses (a kill must not take pytest with it)."""
 
@@ -12,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from lightning_film.reproduce.runner import read_metrics
-from tests.helpers.configs import byte_config, run_cli
+from tests.helpers.configs import CONFIGS, run_cli
 
 
 def fit(config: Path, root: Path, *extra: str):
     return run_cli("fit", config, root, *extra)
+
 
 STEPS, EVERY, KILL_AT = 8, 2, 5  # checkpoints at steps 2, 4, 6, 8; killed before step 5 runs
 TOLERANCE = 1e-6  # relative; CPU, one process, same ops in the same order: equal in practice
@@ -26,9 +29,9 @@ def losses(root: Path) -> dict[int, float]:
     return {int(r["step"]): r["train/loss"] for r in read_metrics(root / "log") if "train/loss" in r}
 
 
-@pytest.mark.parametrize("model", ["byte"])
+@pytest.mark.parametrize("model", ["byte", "world"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, model: str) -> None:
-    config = byte_config(tmp_path, STEPS, EVERY)
+    config = CONFIGS[model](tmp_path, STEPS, EVERY)
     whole = fit(config, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-2000:]
 

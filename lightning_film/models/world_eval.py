@@ -56,16 +56,19 @@ def _rgb(frames: Tensor) -> Tensor:
     return frames
 
 
-def test_samples(model: WorldModel, batch: dict[str, Tensor], generator: torch.Generator) -> None:
-    """Sample the next frames of this batch's windows (within ``max_eval_samples``) and score them."""
+def test_samples(model: WorldModel, batch: dict[str, Tensor], generators: list[torch.Generator]) -> None:
+    """Sample the next frames of this batch's windows (within ``max_eval_samples``) and score them;
+    ``generators``: one per window."""
     context, action, target = model._batch(batch)
     state, hp = model._eval, model.hparams
     if state.grid is None and hp.grid_windows:
         state.grid = (context[: hp.grid_windows].cpu(), target[: hp.grid_windows].cpu())
-    n = min(target.shape[0], hp.max_eval_samples - state.seen)
+    # this rank's share of the first max_eval_samples windows (ranks read windows r, r + W, ...)
+    world = model.trainer.world_size if model._trainer is not None else 1
+    n = min(target.shape[0], len(range(model.global_rank, hp.max_eval_samples, world)) - state.seen)
     if n <= 0:
         return
-    fake = model.sample_next(context[:n], action[:n], generator=generator)  # (n, C, H, W) uint8
+    fake = model.sample_next(context[:n], action[:n], generator=generators[:n])  # (n, C, H, W) uint8
     model.test_psnr.update(fake.float(), target[:n].float())
     model.test_kid.update(_rgb(fake), real=False)
     state.real.append(target[:n].cpu())

@@ -59,6 +59,11 @@ __all__ = ["WorldModel", "sincos_2d", "to_uint8", "to_unit"]
 
 #: the data settings a WorldDataModule must share with the model (checked in ``setup``)
 DATA_SETTINGS = ("frame_size", "channels", "context_frames", "num_actions")
+#: generator seeds are ``hash(tuple of ints) & SEED_MASK``: Python hashes ints the same in every
+#: process (unlike strings), so every rank and every resumed run derives the same seeds
+SEED_MASK = 2**63 - 1
+#: windows sampled at each validation (val/psnr): the first ones of the validation split
+VAL_SAMPLES = 16
 
 
 def to_unit(frames: Tensor) -> Tensor:
@@ -280,11 +285,12 @@ class WorldModel(LightningModule):
         action: Tensor,
         steps: int | None = None,
         guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Tensor:
         """Sample next frames: context (B, K, C, H, W) uint8, action (B,) -> (B, C, H, W) uint8.
 
-        ``steps``/``guidance_scale`` default to the model's; ``generator`` (CPU) seeds the noise.
+        ``steps``/``guidance_scale`` default to the model's; ``generator`` (CPU; or one per
+        window) seeds the noise.
         The null action (index ``num_actions``) samples unconditionally.
         """
         if context.dtype != torch.uint8:
@@ -292,7 +298,10 @@ class WorldModel(LightningModule):
         action = self._actions(action.to(self.device), allow_null=True)
         ctx = to_unit(context.to(self.device))  # (B, K, C, H, W)
         shape = (ctx.shape[0], self.hparams.channels, self.hparams.frame_size, self.hparams.frame_size)
-        noise = torch.randn(shape, generator=generator).to(self.device)  # (B, C, H, W)
+        if isinstance(generator, list):
+            noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(self.device)
+        else:
+            noise = torch.randn(shape, generator=generator).to(self.device)  # (B, C, H, W)
         was_training = self.training
         self.eval()
         try:
@@ -414,25 +423,58 @@ class WorldModel(LightningModule):
             raise ValueError(f"WorldModel expects uint8 frames, got context {context.dtype}, target {target.dtype}")
         return context, self._actions(action), target
 
-    def _eval_generator(self, split: str, batch_idx: int) -> torch.Generator:
-        offset = {"val": 1, "test": 2}[split] * 1_000_003 + batch_idx * 7919 + self.global_rank * 104_729
-        return torch.Generator().manual_seed(self.hparams.seed * 15_485_863 + offset)
+    def _eval_generators(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> list[torch.Generator]:
+        """One CPU generator per window, seeded by (seed, split, episode, step): a window's
+        evaluation times and noise are the same whatever the batch size, the batch it lands in or
+        the rank that reads it (batches without ``episode``/``step`` fall back to the batch index)."""
+        code = {"val": 1, "test": 2}[split]
+        if "episode" in batch and "step" in batch:
+            keys = [(self.hparams.seed, code, e, t) for e, t in zip(batch["episode"].tolist(), batch["step"].tolist())]
+        else:
+            keys = [(self.hparams.seed, code, -1 - self.global_rank, batch_idx, i) for i in range(len(batch["target"]))]
+        return [torch.Generator().manual_seed(hash(key) & SEED_MASK) for key in keys]
 
-    def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None, dropout: float = 0.0) -> Tensor:
-        """The objective's loss on a batch: random times and noise (from ``generator`` if given),
-        the action dropped to the null action with probability ``dropout`` per sample."""
+    def loss(
+        self,
+        batch: dict[str, Tensor],
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        dropout: float = 0.0,
+        share: tuple[int, int] = (0, 1),
+    ) -> Tensor:
+        """The objective's loss on a batch: random times and noise (from ``generator`` if given,
+        or one generator per window), the action dropped to the null action with probability
+        ``dropout`` per sample.
+
+        ``share=(rank, world_size)``: the draws are made for the global batch (``world_size`` x B
+        rows) and this rank keeps rows ``rank, rank + world_size, ...``, the rows its sampler gave
+        it, so a 2-process fit draws per sample what a 1-process fit of the same global batch does.
+        """
         context, action, target = self._batch(batch)
         x0, ctx = to_unit(target), to_unit(context)
-        if dropout > 0:
-            drop = torch.rand(action.shape, generator=generator).to(action.device) < dropout
-            action = torch.where(drop, torch.full_like(action, self.null_action), action)
-        t = self.objective.sample_time(x0.shape[0], x0.device, generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator else torch.randn_like(x0)
+        if isinstance(generator, list):  # per window: (t, noise) drawn from each one in turn
+            t = torch.cat([self.objective.sample_time(1, x0.device, g) for g in generator])
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generator]).to(x0.device)
+            drop = torch.cat([torch.rand(1, generator=g) for g in generator]).to(action.device) < dropout
+        else:
+            rank, world = share
+            n, rows = x0.shape[0] * world, slice(rank, None, world)
+            t = self.objective.sample_time(n, x0.device, generator)[rows]
+            noise = torch.randn((n, *x0.shape[1:]), generator=generator)[rows].to(x0.device)
+            drop = torch.rand(n, generator=generator)[rows].to(action.device) < dropout
+        action = torch.where(drop, torch.full_like(action, self.null_action), action)
         x_t = self.objective.add_noise(x0, noise, t)
         return self.objective.loss(self(x_t, t, ctx, action), x0, noise, t)
 
+    def _train_generator(self, batch_idx: int) -> torch.Generator:
+        # a batch's times, noise and dropout depend on (seed, step, batch) only, not on the global
+        # RNG: a fit resumed from a checkpoint draws exactly what the uninterrupted fit drew
+        # (batch_idx tells apart the micro-batches of one step under gradient accumulation)
+        key = (self.hparams.seed, self.global_step, batch_idx)
+        return torch.Generator().manual_seed(hash(key) & SEED_MASK)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(batch, dropout=self.hparams.cond_dropout)
+        share = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        loss = self.loss(batch, self._train_generator(batch_idx), self.hparams.cond_dropout, share)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -446,11 +488,13 @@ class WorldModel(LightningModule):
             self.log("train/samples_per_s", batch["target"].shape[0] / max(seconds, 1e-9))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        g = self._eval_generator("val", batch_idx)
+        g = self._eval_generators(batch, "val", batch_idx)
         self.val_loss.update(self.loss(batch, g), weight=batch["target"].shape[0])
         if batch_idx == 0:  # a few sampled frames: is the sampler on track?
-            context, action, target = (t[:16] for t in self._batch(batch))
-            self.val_psnr.update(self.sample_next(context, action, generator=g).float(), target.float())
+            # this rank's share of the first VAL_SAMPLES windows (ranks read windows r, r + W, ...)
+            n = len(range(self.global_rank, VAL_SAMPLES, self.trainer.world_size if self._trainer else 1))
+            context, action, target = (t[:n] for t in self._batch(batch))
+            self.val_psnr.update(self.sample_next(context, action, generator=g[:n]).float(), target.float())
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
@@ -464,7 +508,7 @@ class WorldModel(LightningModule):
             metric.reset()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        g = self._eval_generator("test", batch_idx)
+        g = self._eval_generators(batch, "test", batch_idx)
         self.test_loss.update(self.loss(batch, g), weight=batch["target"].shape[0])
         test_samples(self, batch, g)
 

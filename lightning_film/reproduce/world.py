@@ -201,7 +201,10 @@ def model_costs(
         context, action, target = model._batch(one)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(target.float() / 127.5 - 1, torch.full((1,), 0.5), context.float() / 127.5 - 1, action)
-        out[name] = {"params": sum(p.numel() for p in model.parameters()), "forward_gflops": counter.get_total_flops() / 1e9}
+        out[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "forward_gflops": counter.get_total_flops() / 1e9,
+        }
         models[name], opts[name] = model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(name: str) -> None:
@@ -218,6 +221,40 @@ def model_costs(
     return out
 
 
+def copy_baseline(config: Path, overrides: list[tuple[str, str]], preset: Preset) -> dict[str, float]:
+    """KID and PSNR of "predicting" the last context frame, on the windows, features and KID
+    subsets a run's ``test`` uses: the score of a model that knows what the room looks like but
+    nothing about what moves. Real frames look real, so its KID is near 0; its PSNR is the bar
+    a model's next frames must clear."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    from lightning_film.data.world import WorldDataModule
+    from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
+
+    tree = config_tree(config, overrides)
+    model = init_args(tree, "model", "WorldModel", config)
+    dm = WorldDataModule(**init_args(tree, "data", "WorldDataModule", config))
+    dm.setup("test")
+    last, truth, n = [], [], 0
+    for batch in dm.test_dataloader():  # the same order as a run's test, first windows first
+        take = min(len(batch["target"]), preset.eval_samples - n)
+        if take <= 0:
+            break
+        last.append(batch["context"][:take, -1])  # (take, C, H, W) uint8
+        truth.append(batch["target"][:take])
+        n += take
+    fake, real = torch.cat(last), torch.cat(truth)
+    if fake.shape[1] == 1:  # the feature networks read RGB
+        fake, real = fake.expand(-1, 3, -1, -1), real.expand(-1, 3, -1, -1)
+    extractor = build_kid_feature(model.get("kid_feature", "inception"))
+    metric = kid_metric(extractor, model.get("kid_subsets", 50), min(preset.kid_subset_size, n))
+    metric.update(fake, real=False)
+    metric.real_features.append(real_features(extractor, real, dm.dataset_key, "test"))
+    kid_mean, kid_std = compute_kid(metric, seed=model.get("seed", 0))
+    psnr = peak_signal_noise_ratio(fake.float(), real.float(), data_range=255.0)
+    return {"kid_mean": float(kid_mean), "kid_std": float(kid_std), "psnr": float(psnr), "windows": n}
+
+
 # -- reports -------------------------------------------------------------------------------------------
 def _collect(results: dict[str, dict], metric: str) -> dict[str, list[float]]:
     by_row: dict[str, list[float]] = {}
@@ -229,6 +266,29 @@ def _collect(results: dict[str, dict], metric: str) -> dict[str, list[float]]:
 
 def _ranking(means: dict[str, float]) -> str:
     return " < ".join(sorted(means, key=means.get))
+
+
+def _baseline_row(report: dict[str, Any], columns: int) -> str:
+    b = report.get("baseline")
+    if not b:
+        return ""
+    cells = ["copy the last context frame (no model)", f"{b['kid_mean']:.4f} ± {b['kid_std']:.4f} (subsets)",
+             f"{b['psnr']:.2f}"]  # fmt: skip
+    if columns == 6:
+        cells = [cells[0], "–", "–", cells[1], cells[2], "–"]
+    else:
+        cells += ["–"] * (columns - len(cells))
+    return "| " + " | ".join(cells) + " |"
+
+
+def _baseline_note(report: dict[str, Any]) -> str:
+    if not report.get("baseline"):
+        return ""
+    return (
+        "- Baseline: the last context frame given as the next one, scored on the same test windows, features "
+        "and KID subsets. Its frames are real frames, so its KID is near 0 and no generator beats it there; "
+        "KID says how real the generated frames look, PSNR how close they are to what happened."
+    )
 
 
 def render_kid(report: dict[str, Any]) -> str:
@@ -252,7 +312,15 @@ def render_kid(report: dict[str, Any]) -> str:
             f"| {row.name} | {row.normalization} | {row.conditioning} | {fmt_mean_std(kid.get(row.name), 4)} | "
             f"{fmt_mean_std(psnr.get(row.name), 2)} | {seed_kid} |"
         )
-    lines += ["", *report["verdict"], "", "Per-run metrics, curves and commands: `results.json`; plot: `kid.png`.", ""]
+    lines += [
+        _baseline_row(report, 6),
+        "",
+        _baseline_note(report),
+        *report["verdict"],
+        "",
+        "Per-run metrics, curves and commands: `results.json`; plot: `kid.png`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -302,7 +370,7 @@ def render_conditioning(report: dict[str, Any]) -> str:
             f"{c['forward_gflops']:.3f} | {c['step_ms']:.1f} | {r['median']:.3f} ({r['q1']:.3f}–{r['q3']:.3f}) | {dit} |"
         )
     ours = {c: mean_std(kid[f"rmsnorm + {c}"])[0] for c in DIT_FID if kid.get(f"rmsnorm + {c}")}
-    lines += [""]
+    lines += [_baseline_row(report, 8), "", _baseline_note(report)]
     if len(ours) == len(DIT_FID):
         agree = _ranking(ours) == _ranking(DIT_FID)
         lines += [
@@ -359,7 +427,9 @@ def _parser(table: str) -> argparse.ArgumentParser:
 def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tuple[int, ...], Path]:
     args = _parser(table).parse_args(argv)
     if not args.configs.is_dir():
-        raise ValueError(f"config folder {str(args.configs)!r} does not exist; run from the repository root or pass --configs")
+        raise ValueError(
+            f"config folder {str(args.configs)!r} does not exist; run from the repository root or pass --configs"
+        )
     preset = PRESETS[table][args.preset]
     changes = {}
     if args.max_steps is not None:
@@ -402,10 +472,12 @@ def main_kid(argv: list[str]) -> None:
     root = args.runs / args.preset
     print(f"world-kid, preset {args.preset}: {len(runs)} runs into {root}")
     results = _execute(runs, root)
+    print("scoring the copy-last-frame baseline on the same test windows ...")
+    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     kid, psnr = _collect(results, "test/kid_mean"), _collect(results, "test/psnr")
     report = {
         **_base_report("world-kid", argv, args, preset, seeds),
-        "kid": kid, "psnr": psnr, "verdict": kid_verdict(kid),
+        "kid": kid, "psnr": psnr, "verdict": kid_verdict(kid), "baseline": baseline,
         "seed_kid": {r.name: r.seed_kid for r in KID_ROWS},
         "runs": results, "wall_s": time.perf_counter() - start,
     }  # fmt: skip
@@ -429,10 +501,11 @@ def main_conditioning(argv: list[str]) -> None:
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
     costs = model_costs(base_args, conditioning_rows(), preset.repeats, preset.steps_per_repeat, batch)
+    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     kid, psnr = _collect(results, "test/kid_mean"), _collect(results, "test/psnr")
     report = {
         **_base_report("world-conditioning", argv, args, preset, seeds),
-        "kid": kid, "psnr": psnr, "costs": costs, "dit_fid": DIT_FID,
+        "kid": kid, "psnr": psnr, "costs": costs, "dit_fid": DIT_FID, "baseline": baseline,
         "runs": results, "wall_s": time.perf_counter() - start,
     }  # fmt: skip
     order = sorted(costs, key=lambda r: mean_std(kid[r])[0] if kid.get(r) else float("inf"))

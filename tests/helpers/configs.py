@@ -13,7 +13,12 @@ DIST_VARS = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MA
 
 
 def byte_config(
-    tmp_path: Path, max_steps: int, every: int, batch_size: int = 4, val: bool = False, windows: int = 20,
+    tmp_path: Path,
+    max_steps: int,
+    every: int,
+    batch_size: int = 4,
+    val: bool = False,
+    windows: int = 20,
     name: str = "byte.yaml",
 ) -> Path:
     """A tiny ByteLM config on a small multilingual file, checkpointing every ``every`` steps.
@@ -49,10 +54,59 @@ data:
     return config
 
 
+def world_config(
+    tmp_path: Path,
+    max_steps: int,
+    every: int,
+    batch_size: int = 4,
+    val: bool = False,
+    windows: int = 20,
+    name: str = "world.yaml",
+) -> Path:
+    """A tiny WorldModel config (16x16 frames, one block, the ``tiny`` KID features, classifier-free
+    dropout on) on a small bounce_room recording (made in the test's cache on first use),
+    checkpointing every ``every`` steps."""
+    config = tmp_path / name
+    validation = f"val_check_interval: {max_steps}\n  check_val_every_n_epoch: null" if val else "limit_val_batches: 0"
+    model = ("{frame_size: 16, patch_size: 4, dim: 16, depth: 1, num_heads: 2, sample_steps: 2, kid_feature: tiny, "
+             "kid_subset_size: 4, kid_subsets: 2, max_eval_samples: 8, rollout_steps: 2, warmup_steps: 2, "
+             "cond_dropout: 0.25}")  # fmt: skip
+    data = (f"{{episodes: 12, episode_length: 8, frame_size: 16, val_episodes: 2, test_episodes: 2, "
+            f"batch_size: {batch_size}, train_windows_per_epoch: {windows}, max_eval_windows: 16}}")  # fmt: skip
+    config.write_text(
+        f"""
+seed_everything: 3
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: {max_steps}
+  {validation}
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{every_n_train_steps: {every}, save_last: true}}
+model:
+  class_path: WorldModel
+  init_args: {model}
+data:
+  class_path: WorldDataModule
+  init_args: {data}
+"""
+    )
+    return config
+
+
+CONFIGS = {"byte": byte_config, "world": world_config}
+
+
 def run_cli(stage: str, config: Path, root: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``lightning-film STAGE --config CONFIG`` in a subprocess, logging to ``root/log`` (CSV),
-    with the distributed environment variables cleared (a DDP child of pytest must not inherit them)."""
+    with the distributed environment variables cleared (a DDP child of pytest must not inherit them)
+    and the data cache in ``config``'s folder (a world recording is made there once per test)."""
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["LIGHTNING_FILM_CACHE"] = str(config.parent / "cache")
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": "log"}}
     command = [
         sys.executable, "-m", "lightning_film.cli", stage, "--config", str(config),
