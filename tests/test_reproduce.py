@@ -39,7 +39,9 @@ def test_byte_table_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
     assert set(report["summary"]) == {"byte", "nibble_acc"}
     for variant in ("byte", "nibble_acc"):
         run = report["runs"][f"{variant}/seed0"]
-        assert run["test"]["test/bpb"] > 0 and run["test"]["test/bpb/text.txt"] == pytest.approx(run["test"]["test/bpb"])
+        assert run["test"]["test/bpb"] > 0 and run["test"]["test/bpb/text.txt"] == pytest.approx(
+            run["test"]["test/bpb"]
+        )
         assert [s for s, _ in run["val_curves"]["val/bpb"]] == [1, 3]  # every 2 steps, 0-based step of the log
         assert report["throughput"][variant]["train_tokens_per_s"] > 0
     assert report["throughput"]["byte"]["train_ratio"]["median"] == 1.0
