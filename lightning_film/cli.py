@@ -20,19 +20,21 @@ status 2; ``LIGHTNING_FILM_DEBUG=1`` shows the traceback instead.
 
 from __future__ import annotations
 
-import argparse
+import difflib
 import importlib
+import inspect
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -40,7 +42,9 @@ import lightning_film.callbacks  # noqa: F401  (so configs name our callbacks an
 import lightning_film.data.bytes  # noqa: F401
 import lightning_film.data.world  # noqa: F401
 import lightning_film.models  # noqa: F401
-from lightning_film.errors import UsageError
+from lightning_film.checkpoints import check_model_class, read_checkpoint
+from lightning_film.errors import CommandParser, UsageError
+from lightning_film.io import folder_problem
 from lightning_film.registry import Registry, RegistryError
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
@@ -71,7 +75,7 @@ def registries() -> list[Registry]:
 def list_command(argv: list[str]) -> None:
     """``lightning-film list [KIND ...]``: print registered names with their one-line docs."""
     regs = {r.plural: r for r in registries()}
-    parser = argparse.ArgumentParser(prog=f"{PROG} list", description=EXTRA_COMMANDS["list"][0])
+    parser = CommandParser(prog=f"{PROG} list", description=EXTRA_COMMANDS["list"][0])
     parser.add_argument("kinds", nargs="*", metavar="KIND", help=f"only these: {', '.join(regs)}")
     kinds = [k.replace("_", " ") for k in parser.parse_args(argv).kinds] or list(regs)
     by_kind = {r.kind: r for r in regs.values()}
@@ -129,14 +133,111 @@ def _epilog() -> str:
 
 
 class _QuietParser(LightningArgumentParser):
-    """On a parse error, print the error and a tip, without jsonargparse's 50-line usage."""
+    """On a parse error, one line naming the key, the bad value and what is accepted, instead of
+    jsonargparse's usage and its nested report of every Union branch it tried."""
 
     def print_usage(self, file: Any = None) -> None:
         pass
 
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+            super().error(message, ex)  # jsonargparse is trying alternatives, or the user asked for it all
+        # main() prints it as `lightning-film: error: ...` and exits 2, like every other mistake
+        raise UsageError(f"{_one_line(message)} (see '{PROG} {self._subcommand_hint(ex)}--help')") from ex
+
+    def _subcommand_hint(self, ex: Exception | None) -> str:
+        sub = getattr(getattr(ex, "subcommand_parser", None), "prog", "") or self.prog
+        sub = sub.replace(" [options]", "").removeprefix(PROG).strip()
+        return f"{sub} " if sub else ""
+
+
+#: jsonargparse report lines that say nothing about the mistake (the Union it tried, its types)
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>", "Expected a dot import path string")  # fmt: skip
+
+
+#: the top-level keys of a LightningCLI config
+_SECTIONS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ckpt_path")
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's multi-line parse error as one line: ``model.dim: expected int, got 'abc'``.
+
+    Keeps the dotted key (``Parser key "model"`` then ``"dim"``) and the failing check of the branch
+    that matters (the class the user named, not ``NoneType``); an option a class does not take
+    lists the options it does take.
+    """
+    keys: list[str] = []
+    owner: str | None = None
+    leaves: list[str] = []
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        if not line or line.startswith(_NOISE):
+            continue
+        if key := re.fullmatch(r'Parser key "([^"]+)":', line):
+            keys.append(key[1])
+        elif cls := re.fullmatch(r"Problem with given class_path '([^']+)':", line):
+            owner = cls[1]
+        else:
+            leaves.append(_leaf(line, owner))
+    where = ".".join(keys)
+    text = "; ".join(dict.fromkeys(leaves)) or " ".join(message.split())
+    return f"{where}: {text}" if where else text
+
+
+def _leaf(line: str, owner: str | None) -> str:
+    """One failing check, reworded to name the value and what is accepted."""
+    if found := re.fullmatch(r"Expected a (.+?)\. Got value: (.*)", line):
+        expected, value = found[1], found[2]
+        choices = re.fullmatch(r"typing\.Literal\[(.*)\]", expected)
+        kind = re.fullmatch(r"<class '(?:builtins\.)?([\w.]+)'>", expected)
+        accepted = f"one of {choices[1]}" if choices else (kind[1] if kind else expected)
+        return f"expected {accepted}, got {value!r}"
+    if found := re.fullmatch(r"Subcommand '(\w+)' does not accept option '([^']+)'", line):
+        top = found[2].split(".")[0]
+        close = difflib.get_close_matches(top, _SECTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{found[2]!r} is not an option of {found[1]}{hint}; its sections: {', '.join(_SECTIONS)}"
+    if found := re.fullmatch(r"Option '([^']+)' is not accepted", line):
+        return _not_accepted(found[1], owner)
+    if found := re.fullmatch(r"Expected a path but (.+) either not accessible or invalid", line):
+        return (
+            f"cannot import class {found[1]!r}: give a class importable from here, by its name if lightning_film "
+            f"defines it (ByteLM, WorldModel, ByteDataModule, WorldDataModule) or as package.module.Class"
+        )
+    return line
+
+
+def _not_accepted(option: str, owner: str | None) -> str:
+    """``'dimm' is not accepted by ByteLM (did you mean 'dim'?); accepted: dim, depth, ...``."""
+    if owner is None:
+        return f"{option!r} is not accepted"
+    module, _, name = owner.rpartition(".")
+    try:
+        params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return f"{option!r} is not accepted by {name}"
+    params = [p for p in params if p not in ("self", "args", "kwargs")]
+    close = difflib.get_close_matches(option, params, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{option!r} is not accepted by {name}{hint}; accepted: {', '.join(params)}"
+
 
 class FilmCLI(LightningCLI):
-    """LightningCLI whose checkpoints stay in one place across runs, so ``--ckpt_path last`` resumes."""
+    """LightningCLI whose checkpoints stay in one place across runs, so ``--ckpt_path last`` resumes,
+    and whose checkpoint arguments are checked before anything is built."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        _check_config(self.config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # every trainer.* value has passed jsonargparse's type check by now, so what Trainer's own
+        # checks reject (devices "abc" on a CPU, say) is a setting to fix, not a bug to trace
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"the Trainer rejected its settings (trainer.*): {' '.join(str(err).split())}") from err
 
     def after_instantiate_classes(self) -> None:
         # Lightning's default checkpoint directory is the logger's version_N/, and a resumed run
@@ -190,6 +291,57 @@ def _check_paths(args: list[str]) -> None:
             continue
         if is_path and not Path(value).is_file():
             raise UsageError(f"{what} {value!r} does not exist (relative paths start at {os.getcwd()})")
+        if is_path and what == "config file":
+            _check_yaml(value)
+
+
+def _check_yaml(path: str) -> None:
+    """A config that is not valid YAML, named with the line of the problem (jsonargparse names
+    neither the file nor the line)."""
+    import yaml
+
+    try:
+        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"config file {path!r} cannot be read: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UsageError(f"config file {path!r} is not valid YAML: {problem}{at}") from None
+
+
+def _check_config(config: Any) -> None:
+    """What a parsed config names on disk, checked before anything is built or trained.
+
+    ``--ckpt_path`` and ``model.init_from``, when they are local files: readable (weights only),
+    Lightning's (``ckpt_path``) and of this config's model class. LightningCLI reads ``ckpt_path``
+    next and lets its hyperparameters replace the model, class included: a WorldModel checkpoint
+    given to a ByteLM config would then run a WorldModel on byte data and fail deep inside it. A
+    damaged file would fail inside ``torch.load``. And ``trainer.default_root_dir`` must be a
+    folder that can be created.
+    """
+    subcommand = config.get("subcommand")
+    section = config.get(subcommand) if subcommand else None
+    if section is None:
+        return
+    trainer = section.get("trainer")
+    root = trainer.get("default_root_dir") if hasattr(trainer, "get") else None
+    if isinstance(root, (str, os.PathLike)) and "://" not in str(root):
+        problem = folder_problem(root)
+        if problem:
+            raise UsageError(f"trainer.default_root_dir {str(root)!r} cannot be written: {problem}")
+    model = section.get("model")
+    class_path = model.get("class_path") if hasattr(model, "get") else None
+    ckpt_path = section.get("ckpt_path")
+    if isinstance(ckpt_path, (str, os.PathLike)) and Path(ckpt_path).is_file():
+        checkpoint = read_checkpoint(ckpt_path)
+        if class_path:
+            check_model_class(checkpoint, ckpt_path, class_path, "this run's model")
+    init_args = model.get("init_args") if hasattr(model, "get") else None
+    init_from = init_args.get("init_from") if hasattr(init_args, "get") else None
+    if isinstance(init_from, (str, os.PathLike)) and init_from:
+        read_checkpoint(init_from, "init_from checkpoint", lightning=False)
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -225,6 +377,16 @@ def user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def _check_command(args: list[str]) -> None:
+    """A misspelled command, named with every command there is (jsonargparse lists only LightningCLI's)."""
+    if not args or args[0].startswith("-") or args[0] in LightningCLI.subcommands():
+        return
+    commands = [*LightningCLI.subcommands(), *EXTRA_COMMANDS]
+    close = difflib.get_close_matches(args[0], commands, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageError(f"unknown command {args[0]!r}{hint}; commands: {', '.join(commands)}")
+
+
 @contextmanager
 def _working_dir_importable() -> Iterator[None]:
     """Put the working directory first on ``sys.path`` for the duration of the command.
@@ -252,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
             if args and args[0] in EXTRA_COMMANDS:
                 _command(args[0])(args[1:])
             else:
+                _check_command(args)
                 run_lightning_cli(args)
         except Exception as err:
             shown = None if os.environ.get(DEBUG_ENV, "0") not in ("", "0") else user_error(err)

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+import argparse
+from typing import NoReturn
+
+__all__ = ["CommandParser", "MissingExtraError", "UsageError"]
 
 
 class UsageError(Exception):
     """A mistake in how a command was called, or a step of it that failed for a reason the
     message states in full; the CLI prints it as one line and exits with status 2."""
+
+
+class MissingExtraError(UsageError, ModuleNotFoundError):
+    """An optional library is not installed; the message names the pip extra that installs it
+    (``pip install 'lightning_film[quant]'``). Still a ModuleNotFoundError for code that checks."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for our own commands (``record``, ``export``, ...): a bad argument raises
+    :class:`UsageError` instead of printing a usage block and exiting, so it ends as the same one
+    ``lightning-film: error:`` line as every other mistake (``--help`` still prints and exits 0)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("lightning-film").strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see '{self.prog} --help')")

@@ -246,7 +246,7 @@ def test_missing_corpus_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "gflanguages", None)
     corpora._udhr.cache_clear()
     try:
-        with pytest.raises(ImportError, match=r"'udhr' reads the package 'gflanguages'.*pip install -e \"\.\[data\]\""):
+        with pytest.raises(ImportError, match=r"'udhr' reads the package 'gflanguages'.*pip install 'lightning_film\[data\]'"):
             load_corpus("udhr")
     finally:
         corpora._udhr.cache_clear()

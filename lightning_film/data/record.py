@@ -19,7 +19,6 @@ recording is reused, not recorded again.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import secrets
@@ -42,6 +41,7 @@ from lightning_film.data.shards import (
     write_shard,
 )
 from lightning_film.data.worlds import StickyRandomPolicy, World, build_world, list_worlds
+from lightning_film.errors import CommandParser
 
 __all__ = [
     "CACHE_ENV",
@@ -248,7 +248,7 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 def record_command(argv: list[str]) -> None:
     """``lightning-film record``: record a world (or a Gymnasium env) into .npz shards."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="lightning-film record",
         description="Record world-model episodes (frames and actions) into a folder of .npz shards "
         "with a manifest.json. Without --out, into the cache folder WorldDataModule reads.",

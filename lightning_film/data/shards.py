@@ -219,18 +219,29 @@ def read_shard(path: str | os.PathLike[str], manifest: Manifest, shard: ShardInf
     size = path.stat().st_size
     if size != shard.bytes:
         raise bad(f"has {size} bytes but the manifest says {shard.bytes} (truncated or replaced)")
+    # np.load guesses the format from the first bytes and takes anything it does not know for a
+    # pickle ("load it unsafely if you trust it"): tell the cases apart before it guesses
+    with open(path, "rb") as f:
+        head = f.read(len(np.lib.format.MAGIC_PREFIX))
+    if head == np.lib.format.MAGIC_PREFIX:
+        raise bad("is a single .npy array, not an .npz archive")
+    if not zipfile.is_zipfile(path):
+        raise bad("is not a readable .npz archive (not a zip file: damaged, cut short or another kind of file)")
     frames = actions = names = None
     try:
-        npz = np.load(path, allow_pickle=False)
-        if isinstance(npz, np.lib.npyio.NpzFile):
-            with npz:
-                names = sorted(npz.files)
-                if "frames" in names and "actions" in names:
-                    frames, actions = npz["frames"], npz["actions"]
+        with np.load(path, allow_pickle=False) as npz:
+            names = sorted(npz.files)
+            if "frames" in names and "actions" in names:
+                frames, actions = npz["frames"], npz["actions"]
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise bad(f"is not a readable .npz archive (ValueError: {err})") from err
+        raise bad(
+            "is not a readable .npz archive: it holds pickled Python objects (object arrays), which are never "
+            "loaded (allow_pickle=False)"
+        ) from err
     except _READ_ERRORS as err:
         raise bad(f"is not a readable .npz archive ({type(err).__name__}: {err})") from err
-    if names is None:
-        raise bad("is a single .npy array, not an .npz archive")
     if frames is None or actions is None:
         raise bad(f"has arrays {names}, lacking 'frames' or 'actions'")
     if frames.dtype != np.uint8 or frames.shape != (E, T, S, S, 3):

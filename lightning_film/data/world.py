@@ -289,6 +289,14 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
         data = self._held_out("test")
         return self._loader(data, EvalSampler(len(data)))
 
+    def predict_dataloader(self) -> DataLoader:
+        # without this, `lightning-film predict` on a world config ends in Lightning's
+        # "`predict_dataloader` must be implemented", which names neither the data nor the way out
+        raise ValueError(
+            "WorldDataModule has nothing to predict from: world models are scored and sampled by "
+            "`lightning-film test` (KID, PSNR, rollouts; PNG sheets under <log dir>/samples/), not predict"
+        )
+
     def _held_out(self, split: str) -> EpisodeWindows:
         data = self.windows(split)
         if not data.total:

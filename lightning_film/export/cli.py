@@ -11,8 +11,7 @@ int4 for a target without it, an unwritable folder, a missing extra) are one lin
 
 from __future__ import annotations
 
-import argparse
-
+from lightning_film.errors import CommandParser
 from lightning_film.export.ane_layout import LAYOUTS
 from lightning_film.export.steps import ExportError
 
@@ -22,8 +21,8 @@ __all__ = ["EXPORTERS", "export_command"]
 EXPORTERS: tuple[str, ...] = ("coreml",)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> CommandParser:
+    p = CommandParser(
         prog="lightning-film export",
         description="Export a checkpoint's inference step (fixed shapes) for deployment; writes the package and a "
         "JSON report beside it.",

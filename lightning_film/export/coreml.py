@@ -38,13 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import nn
 
 import lightning_film
+from lightning_film.checkpoints import check_model_class, checkpoint_class, read_checkpoint
 from lightning_film.export.ane_layout import LAYOUTS, ane_inference_step
 from lightning_film.export.report import read_package
 from lightning_film.export.steps import ExportError, InferenceStep, inference_step
-from lightning_film.io import atomic_path, write_atomic
+from lightning_film.io import atomic_path, folder_problem, write_atomic
 from lightning_film.quantization.config import Scheme, effective_group_size, parse_roles
 from lightning_film.quantization.extras import require
 from lightning_film.quantization.roles import role_weights
@@ -107,12 +109,16 @@ def check_output(out: str | Path) -> Path:
     path = Path(out)
     if path.suffix != ".mlpackage":
         raise ExportError(f"the output must be a .mlpackage path, got {str(out)!r}")
+    problem = folder_problem(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
+        if problem is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
     except OSError as err:
-        raise ExportError(f"cannot write to the output folder {str(path.parent)!r}: {err.strerror or err}") from None
+        problem = err.strerror or str(err)
+    if problem:
+        raise ExportError(f"cannot write to the output folder {str(path.parent)!r}: {problem}")
     return path
 
 
@@ -361,13 +367,9 @@ def load_checkpoint_model(path: str | Path, model_class: str | None = None) -> n
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"checkpoint {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ExportError(f"{str(path)!r} is not a readable checkpoint: {type(err).__name__}: {err}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ExportError(f"{str(path)!r} is not a Lightning checkpoint (no state_dict)")
-    class_path = model_class or checkpoint.get("hyper_parameters", {}).get("_class_path")
+    # weights only: reading a checkpoint never runs code pickled into it
+    checkpoint = read_checkpoint(path)
+    class_path = model_class or checkpoint_class(checkpoint)
     if not class_path:
         raise ExportError(
             f"{str(path)!r} does not name its model class (saved outside lightning-film); pass it, e.g. "
@@ -378,7 +380,14 @@ def load_checkpoint_model(path: str | Path, model_class: str | None = None) -> n
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise ExportError(f"cannot import the model class {class_path!r}") from None
-    return cls.load_from_checkpoint(path, map_location="cpu").eval()
+    if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
+        raise ExportError(
+            f"model class {class_path!r} is not a LightningModule; pass one with --model, e.g. "
+            f"lightning_film.models.ByteLM"
+        )
+    if model_class:
+        check_model_class(checkpoint, path, cls, "--model")
+    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path | None = None, model_class: str | None = None, **kwargs: Any) -> dict:

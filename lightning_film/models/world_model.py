@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from lightning_film.checkpoints import read_checkpoint
 from lightning_film.metrics.kid import build_kid_feature, kid_metric
 from lightning_film.models.optim import adamw_warmup_cosine
 from lightning_film.models.world_eval import EvalState, finish_test, test_samples
@@ -344,12 +345,8 @@ class WorldModel(LightningModule):
         one was, for every action. Returns ``{"copied", "missing", "ignored", "actions_from_null"}``.
         """
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"init_from: checkpoint {str(path)!r} does not exist")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise ValueError(f"init_from: {str(path)!r} holds neither a Lightning checkpoint nor a state_dict")
+        checkpoint = read_checkpoint(path, "init_from checkpoint", lightning=False)
+        state = checkpoint.get("state_dict", checkpoint)
         own = self.state_dict()
         mismatched = [
             f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -362,6 +359,11 @@ class WorldModel(LightningModule):
                 f"(was it trained with other dim/depth/patch_size/frame settings?): " + "; ".join(mismatched)
             )
         copied = [k for k in state if k in own]
+        if not copied:
+            raise ValueError(
+                f"init_from {str(path)!r} shares no tensor with this model (it holds {sorted(state)[:8]}); "
+                "is it a checkpoint of another model?"
+            )
         report = {
             "copied": copied,
             "missing": [k for k in own if k not in state],
@@ -388,6 +390,12 @@ class WorldModel(LightningModule):
         """Check the data's settings against the model's; apply ``init_from`` (once)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None:
+            missing = [name for name in DATA_SETTINGS if not hasattr(dm, name)]
+            if missing:
+                raise ValueError(
+                    f"WorldModel needs a WorldDataModule (a DataModule with {', '.join(DATA_SETTINGS)}); "
+                    f"got {type(dm).__name__}, which lacks {missing}"
+                )
             for name in DATA_SETTINGS:
                 theirs = getattr(dm, name, None)
                 if theirs is not None and theirs != self.hparams[name]:

@@ -11,7 +11,7 @@ import logging
 from contextlib import contextmanager
 from types import ModuleType
 
-from lightning_film.errors import UsageError
+from lightning_film.errors import MissingExtraError
 
 __all__ = ["EXTRAS", "MissingExtraError", "require"]
 
@@ -20,10 +20,6 @@ EXTRAS: dict[str, str] = {
     "quant": "torchao==0.18.0",
     "coreml": "coremltools==9.0 scikit-learn",
 }
-
-
-class MissingExtraError(UsageError, ImportError):
-    """An optional library is not installed; the message says which extra installs it."""
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from lightning_film.errors import UsageError
+from lightning_film.errors import CommandParser, UsageError
 
 __all__ = ["TABLES", "reproduce_command"]
 
@@ -32,7 +32,7 @@ TABLES: dict[str, tuple[str, str]] = {
 def reproduce_command(argv: list[str]) -> None:
     """Dispatch ``lightning-film reproduce TABLE [options]`` to the table's own parser."""
     epilog = "tables:\n" + "\n".join(f"  {name:<20} {help_}" for name, (help_, _) in TABLES.items())
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="lightning-film reproduce",
         description="Train and score one results table (see 'lightning-film reproduce TABLE --help').",
         epilog=epilog,
@@ -42,6 +42,8 @@ def reproduce_command(argv: list[str]) -> None:
     parser.add_argument("options", nargs=argparse.REMAINDER, help="the table's options")
     if argv and argv[0] not in TABLES and not argv[0].startswith("-"):
         raise UsageError(f"reproduce: unknown table {argv[0]!r}; tables: {', '.join(TABLES)}")
+    if not argv or (argv[0] not in TABLES and argv[0] not in ("-h", "--help")):
+        raise UsageError(f"reproduce: name a table first (reproduce TABLE [options]); tables: {', '.join(TABLES)}")
     args = parser.parse_args(argv)
     module, _, function = TABLES[args.table][1].partition(":")
     getattr(importlib.import_module(module), function)(args.options)

@@ -18,7 +18,6 @@ machine), ``results.json`` (everything behind them, every run's result included)
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import json
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from lightning_film.errors import CommandParser
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
@@ -41,6 +41,7 @@ from lightning_film.reproduce.report import (
     fmt_mean_std,
     header,
     init_args,
+    make_folder,
     mean_std,
     override_args,
     parse_override,
@@ -318,7 +319,7 @@ def render_png(report: dict[str, Any]) -> bytes:
 
 def main(argv: list[str]) -> None:
     """``lightning-film reproduce byte ...``"""
-    parser = argparse.ArgumentParser(prog="lightning-film reproduce byte", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="lightning-film reproduce byte", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--config", type=Path, default=CONFIG, help="the ByteLM config all variants start from")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
@@ -342,8 +343,8 @@ def main(argv: list[str]) -> None:
         preset = Preset(**{**asdict(preset), **changes, "val_every": min(preset.val_every, changes.get("max_steps", 10**9))})
     seeds = tuple(args.seeds) if args.seeds else preset.seeds
     variants = tuple(args.variants)
-    out = args.out or Path("benchmarks/results/byte") / args.preset
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(args.out or Path("benchmarks/results/byte") / args.preset, "--out")
+    make_folder(args.runs / args.preset, "--runs")
     model_args, data_args = config_parts(args.config, args.overrides)
 
     start = time.perf_counter()

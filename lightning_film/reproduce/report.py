@@ -10,7 +10,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["commit", "config_tree", "fmt_mean_std", "header", "mean_std", "override_args", "parse_override"]
+from lightning_film.errors import UsageError
+from lightning_film.io import folder_problem
+
+__all__ = [
+    "commit", "config_tree", "fmt_mean_std", "header", "make_folder", "mean_std", "override_args", "parse_override",
+]  # fmt: skip
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -47,6 +52,19 @@ def init_args(tree: dict[str, Any], section: str, expected: str, config: Path) -
     if name != expected:
         raise ValueError(f"{config}: this table needs {section} {expected!r}, got {part.get('class_path')!r}")
     return dict(part.get("init_args") or {})
+
+
+def make_folder(path: Path, option: str) -> Path:
+    """Create ``path`` (``--out``, ``--runs``) before any training, or say in one line why not."""
+    try:
+        problem = folder_problem(path)
+        if problem is None:
+            path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        problem = err.strerror or str(err)
+    if problem:
+        raise UsageError(f"{option} {str(path)!r}: cannot create this folder: {problem}")
+    return path
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

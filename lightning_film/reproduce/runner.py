@@ -78,6 +78,8 @@ def _command(stage: str, run: Run, directory: Path, extra: Sequence[str]) -> lis
 
 def _run_command(command: list[str], log: Path, run: Run) -> float:
     start = time.perf_counter()
+    # the one file not written through lightning_film.io: a log the command streams into as it runs,
+    # appended to on purpose, so a killed run keeps the lines that say how far it got
     with open(log, "ab") as out:
         out.write(f"\n$ {shlex.join(command)}\n".encode())
         out.flush()

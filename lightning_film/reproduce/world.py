@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from lightning_film.errors import CommandParser
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
@@ -46,6 +47,7 @@ from lightning_film.reproduce.report import (
     fmt_mean_std,
     header,
     init_args,
+    make_folder,
     mean_std,
     override_args,
     parse_override,
@@ -411,7 +413,7 @@ def render_png(kid: dict[str, list[float]], order: list[str], title: str, refere
 
 # -- the commands --------------------------------------------------------------------------------------
 def _parser(table: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"lightning-film reproduce {table}", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=f"lightning-film reproduce {table}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS[table]), default="quick")
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of the world configs")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the preset's seeds")
@@ -440,8 +442,8 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
         raise ValueError(f"--max-steps and --repeats must be >= 1, got {changes}")
     preset = Preset(**{**asdict(preset), **changes})
     seeds = tuple(args.seeds) if args.seeds else preset.seeds
-    out = args.out or Path("benchmarks/results/world") / table / args.preset
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(args.out or Path("benchmarks/results/world") / table / args.preset, "--out")
+    make_folder(args.runs / args.preset, "--runs")
     return args, preset, seeds, out
 
 
