@@ -26,6 +26,8 @@ TABLES: dict[str, tuple[str, str]] = {
                   "lightning_film.reproduce.world:main_kid"),
     "world-conditioning": ("every conditioner (rmsnorm) and normalizer (film) in the world model: KID, cost",
                            "lightning_film.reproduce.world:main_conditioning"),
+    "quant": ("both models at float/int8/int4 (PTQ, QAT), film vs film_tanh: damage, CPU speed, Core ML size",
+              "lightning_film.reproduce.quant:main"),
 }  # fmt: skip
 
 
