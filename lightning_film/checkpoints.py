@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from torch import Tensor
 
 from lightning_film.errors import UsageError
+from lightning_film.io import atomic_path
 
-__all__ = ["LIGHTNING_KEYS", "check_model_class", "checkpoint_class", "read_checkpoint"]
+__all__ = ["LIGHTNING_KEYS", "AtomicCheckpointIO", "check_model_class", "checkpoint_class", "read_checkpoint"]
 
 #: what makes a dict a Lightning checkpoint (Lightning's own loader needs both)
 LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
@@ -131,3 +133,22 @@ def check_model_class(
             f"checkpoint {str(path)!r} holds a {saved.rpartition('.')[2]} ({saved}), but {what} is {name}; "
             f"give a checkpoint of {name}"
         )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, but a local checkpoint is written beside its final name
+    and renamed over it when complete (:func:`lightning_film.io.atomic_path`).
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in the
+    system temp folder; when that is another filesystem the final "rename" is a copy, and a kill
+    during the copy leaves a truncated ``last.ckpt``: the very file ``--ckpt_path last`` resumes
+    from. Remote paths (``s3://`` ...) keep Lightning's behaviour. ``lightning-film`` installs
+    this in place of the default.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -42,7 +43,7 @@ import lightning_film.callbacks  # noqa: F401  (so configs name our callbacks an
 import lightning_film.data.bytes  # noqa: F401
 import lightning_film.data.world  # noqa: F401
 import lightning_film.models  # noqa: F401
-from lightning_film.checkpoints import check_model_class, read_checkpoint
+from lightning_film.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_film.errors import CommandParser, UsageError
 from lightning_film.io import folder_problem
 from lightning_film.registry import Registry, RegistryError
@@ -235,9 +236,12 @@ class FilmCLI(LightningCLI):
         # every trainer.* value has passed jsonargparse's type check by now, so what Trainer's own
         # checks reject (devices "abc" on a CPU, say) is a setting to fix, not a bug to trace
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (TypeError, ValueError) as err:
             raise UsageError(f"the Trainer rejected its settings (trainer.*): {' '.join(str(err).split())}") from err
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_instantiate_classes(self) -> None:
         # Lightning's default checkpoint directory is the logger's version_N/, and a resumed run

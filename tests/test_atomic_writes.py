@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lightning_film import io as film_io
 from lightning_film.io import atomic_path, write_atomic
@@ -165,3 +166,25 @@ def test_no_write_in_the_package_bypasses_io() -> None:
                 continue
             bypass.append(f"{rel}:{call.lineno}: {ast.unparse(call)[:100]}")
     assert not bypass, "write through lightning_film.io.atomic_path / write_atomic:\n" + "\n".join(bypass)
+
+
+def test_checkpoints_are_saved_beside_their_name_and_renamed(tmp_path: Path, monkeypatch, tiny_cli_args) -> None:
+    """lightning-film's trainers save through AtomicCheckpointIO: a save that dies midway leaves
+    the previous checkpoint as it was and nothing under the final name."""
+    from lightning_film.checkpoints import AtomicCheckpointIO
+    from lightning_film.cli import run_lightning_cli
+
+    cli = run_lightning_cli(["fit", *tiny_cli_args])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def dies_midway(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # a kill, as far as the writer can tell
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, last)
+    assert last.read_bytes() == before
+    assert [p.name for p in last.parent.iterdir() if p.name.endswith(".tmp")] == []
