@@ -74,6 +74,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def fmt_mean_std(values: list[float] | None, digits: int = 3) -> str:
     if not values:
         return "–"
+    if len(values) == 1:  # one seed: no spread to show (a "± 0" would claim one)
+        return f"{values[0]:.{digits}f}"
     mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
