@@ -12,6 +12,37 @@ REPO = Path(__file__).resolve().parents[2]
 DIST_VARS = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 
+def _write_config(
+    config: Path, max_steps: int, every: int, val: bool, model: tuple[str, str], data: tuple[str, str]
+) -> Path:
+    """A config file: a short CPU trainer checkpointing every ``every`` steps (validating once at
+    the end if ``val``), then ``model`` and ``data`` as (class_path, inline init_args)."""
+    validation = f"val_check_interval: {max_steps}\n  check_val_every_n_epoch: null" if val else "limit_val_batches: 0"
+    config.write_text(
+        f"""
+seed_everything: 3
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: {max_steps}
+  {validation}
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{every_n_train_steps: {every}, save_last: true}}
+model:
+  class_path: {model[0]}
+  init_args: {model[1]}
+data:
+  class_path: {data[0]}
+  init_args: {data[1]}
+"""
+    )
+    return config
+
+
 def byte_config(
     tmp_path: Path,
     max_steps: int,
@@ -27,31 +58,10 @@ def byte_config(
     its name (its path), so two configs compare only if they read the same path."""
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωποι 人人生而自由\n" * 120)
-    config = tmp_path / name
-    validation = f"val_check_interval: {max_steps}\n  check_val_every_n_epoch: null" if val else "limit_val_batches: 0"
-    config.write_text(
-        f"""
-seed_everything: 3
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: {max_steps}
-  {validation}
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{every_n_train_steps: {every}, save_last: true}}
-model:
-  class_path: ByteLM
-  init_args: {{dim: 16, depth: 1, num_heads: 2, seq_len: 16, nibble_dim: 8, acc_dim: 4, warmup_steps: 2}}
-data:
-  class_path: ByteDataModule
-  init_args: {{sources: ["{text}"], seq_len: 16, batch_size: {batch_size}, split_blocks: 10, train_windows_per_epoch: {windows}}}
-"""
-    )
-    return config
+    model = "{dim: 16, depth: 1, num_heads: 2, seq_len: 16, nibble_dim: 8, acc_dim: 4, warmup_steps: 2}"
+    data = (f'{{sources: ["{text}"], seq_len: 16, batch_size: {batch_size}, split_blocks: 10, '
+            f"train_windows_per_epoch: {windows}}}")  # fmt: skip
+    return _write_config(tmp_path / name, max_steps, every, val, ("ByteLM", model), ("ByteDataModule", data))
 
 
 def world_config(
@@ -66,36 +76,12 @@ def world_config(
     """A tiny WorldModel config (16x16 frames, one block, the ``tiny`` KID features, classifier-free
     dropout on) on a small bounce_room recording (made in the test's cache on first use),
     checkpointing every ``every`` steps."""
-    config = tmp_path / name
-    validation = f"val_check_interval: {max_steps}\n  check_val_every_n_epoch: null" if val else "limit_val_batches: 0"
     model = ("{frame_size: 16, patch_size: 4, dim: 16, depth: 1, num_heads: 2, sample_steps: 2, kid_feature: tiny, "
              "kid_subset_size: 4, kid_subsets: 2, max_eval_samples: 8, rollout_steps: 2, warmup_steps: 2, "
              "cond_dropout: 0.25}")  # fmt: skip
     data = (f"{{episodes: 12, episode_length: 8, frame_size: 16, val_episodes: 2, test_episodes: 2, "
             f"batch_size: {batch_size}, train_windows_per_epoch: {windows}, max_eval_windows: 16}}")  # fmt: skip
-    config.write_text(
-        f"""
-seed_everything: 3
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: {max_steps}
-  {validation}
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{every_n_train_steps: {every}, save_last: true}}
-model:
-  class_path: WorldModel
-  init_args: {model}
-data:
-  class_path: WorldDataModule
-  init_args: {data}
-"""
-    )
-    return config
+    return _write_config(tmp_path / name, max_steps, every, val, ("WorldModel", model), ("WorldDataModule", data))
 
 
 CONFIGS = {"byte": byte_config, "world": world_config}
