@@ -43,15 +43,6 @@ WORLD = {"frame_size": 8, "context_frames": 1, "num_actions": 3, "patch_size": 2
          "num_heads": 2, "kid_feature": "tiny"}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturbed(model: nn.Module) -> nn.Module:
     """``model`` in eval mode with every weight moved off its init (N(0, 0.1)), conditioners' by N(0, 0.5)."""
     g = torch.Generator().manual_seed(1)

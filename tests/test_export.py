@@ -28,15 +28,6 @@ SEQ = 16
 TINY = {"dim": 32, "depth": 1, "num_heads": 2, "seq_len": SEQ, "nibble_dim": 8, "acc_dim": 4, "warmup_steps": 1}
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds contention (on a busy 2-core machine, 100x slower forwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def byte_lm(**kwargs) -> ByteLM:
     """A tiny ByteLM whose weights are all non-zero (zero-initialised FiLM projections stay fp16)."""
     torch.manual_seed(0)
@@ -80,10 +71,18 @@ def test_int4_film_export_compresses_every_role_including_small_film_projections
     package = tmp_path / "out" / "byte.mlpackage"
     assert (package / "Manifest.json").is_file() and report_path(package) == tmp_path / "out" / "byte.json"
     assert json.loads(report_path(package).read_text()) == json.loads(json.dumps(report))
-    assert report["inputs"] == [{"name": n, "shape": [1, SEQ], "dtype": "INT32"} for n in ("byte_ids", "nibble_ids", "acc_ids")]
+    assert report["inputs"] == [
+        {"name": n, "shape": [1, SEQ], "dtype": "INT32"} for n in ("byte_ids", "nibble_ids", "acc_ids")
+    ]
     assert report["outputs"] == [{"name": "logits", "shape": [1, SEQ, 256], "dtype": "FLOAT16"}]
-    assert (report["compute_units"], report["compute_precision"], report["deployment_target"]) == ("CPU_AND_NE", "fp16", "iOS18")
-    assert {"linear", "gather", "scaled_dot_product_attention", "constexpr_blockwise_shift_scale"} <= set(report["op_histogram"])
+    assert (report["compute_units"], report["compute_precision"], report["deployment_target"]) == (
+        "CPU_AND_NE",
+        "fp16",
+        "iOS18",
+    )
+    assert {"linear", "gather", "scaled_dot_product_attention", "constexpr_blockwise_shift_scale"} <= set(
+        report["op_histogram"]
+    )
     assert report["export_check_max_abs_diff"] < 1e-4
     by_param = {w["param"]: w for w in report["weights"] if "param" in w}
     expected_roles = {n + ".weight": r for n, r in
@@ -104,7 +103,9 @@ def test_compression_formats_and_sizes(tmp_path: Path) -> None:
         report = export_coreml(model, tmp_path / f"{weights}.mlpackage", weights=weights)
         sizes[weights], storage[weights] = report["size_bytes"]["weights"], report["weight_storage"]
     assert set(storage["fp16"]) == {"float16"}
-    assert storage["int8"]["int8"] == 10 and storage["palettize4"]["palettized4"] == 10  # 3 embeddings, 2 FiLM, 4 block linears, head
+    assert (
+        storage["int8"]["int8"] == 10 and storage["palettize4"]["palettized4"] == 10
+    )  # 3 embeddings, 2 FiLM, 4 block linears, head
     assert sizes["fp16"] > 1.7 * sizes["int8"] and sizes["int8"] > 1.5 * sizes["palettize4"]
 
 
@@ -121,7 +122,9 @@ def test_a_torchao_quantized_model_exports_its_own_int_weights(tmp_path: Path) -
         export_coreml(model, tmp_path / "again.mlpackage", weights="int8")
 
 
-@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predict needs macOS; on Linux the package is only read back")
+@pytest.mark.skipif(
+    sys.platform != "darwin", reason="Core ML predict needs macOS; on Linux the package is only read back"
+)
 def test_core_ml_numerics_match_pytorch(tmp_path: Path) -> None:
     model = byte_lm()
     export_coreml(model, tmp_path / "m.mlpackage")
@@ -160,7 +163,9 @@ def test_world_model_exports_one_denoiser_call(tmp_path: Path) -> None:
 # -- the command -------------------------------------------------------------------------------------------
 @pytest.fixture
 def export_cli(monkeypatch):
-    monkeypatch.setitem(cli.EXTRA_COMMANDS, "export", ("Export a checkpoint.", "lightning_film.export.cli:export_command"))
+    monkeypatch.setitem(
+        cli.EXTRA_COMMANDS, "export", ("Export a checkpoint.", "lightning_film.export.cli:export_command")
+    )
 
     def run(*args: str) -> None:
         cli.main(["export", *args])
@@ -187,8 +192,14 @@ def test_cli_exports_a_checkpoint_without_touching_it(checkpoint: Path, export_c
     [
         (["--ckpt", "missing.ckpt", "--to", "coreml"], "checkpoint 'missing.ckpt' does not exist"),
         (["--to", "onnx"], "unknown format --to 'onnx'; accepted: coreml"),
-        (["--to", "coreml", "--weights", "int3"], "unknown coreml weight scheme 'int3'; accepted presets: fp16, int8, int4, int4_film, palettize4"),
-        (["--to", "coreml", "--roles", "film=int4"], "unknown role 'film'; accepted roles: conditioner, backbone, embedding, head"),
+        (
+            ["--to", "coreml", "--weights", "int3"],
+            "unknown coreml weight scheme 'int3'; accepted presets: fp16, int8, int4, int4_film, palettize4",
+        ),
+        (
+            ["--to", "coreml", "--roles", "film=int4"],
+            "unknown role 'film'; accepted roles: conditioner, backbone, embedding, head",
+        ),
         (["--to", "coreml", "--weights", "int4", "--target", "iOS17"], "int4 weights .* need deployment target iOS18"),
         (["--to", "coreml", "--target", "iOS99"], "unknown deployment target 'iOS99'; accepted: iOS13"),
         (["--to", "coreml", "--out", "{blocker}/m.mlpackage"], "cannot write to the output folder"),
@@ -232,7 +243,9 @@ def test_a_failing_export_leaves_the_checkpoint_and_no_partial_file(checkpoint: 
 
     monkeypatch.setattr(coreml_module, "read_package", fail)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        coreml_module.export_checkpoint(checkpoint, out, "lightning_film.models.ByteLM", weights="int4_film", group_size=8)
+        coreml_module.export_checkpoint(
+            checkpoint, out, "lightning_film.models.ByteLM", weights="int4_film", group_size=8
+        )
     assert digest(checkpoint) == before
     assert (digest(report_path(out)), sorted(p.name for p in out.rglob("*"))) == earlier  # the old export intact
     assert not leftovers(checkpoint.parent.parent)
@@ -278,7 +291,9 @@ class _Masked(nn.Module):
 
 
 def test_a_data_dependent_shape_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match=r"has a data-dependent shape \(u\d+,\); the Neural Engine runs fixed shapes only"):
+    with pytest.raises(
+        ExportError, match=r"has a data-dependent shape \(u\d+,\); the Neural Engine runs fixed shapes only"
+    ):
         export_coreml(_Masked(), tmp_path / "masked.mlpackage")
     assert not list(tmp_path.iterdir())
 
@@ -300,10 +315,15 @@ def test_callback_exports_at_fit_end_float_and_torchao_quantized(tmp_path: Path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer.fit(model, ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
     assert json.loads((tmp_path / "export" / "float.json").read_text())["compression"]["label"] == "int4_film"
-    assert callbacks[1].report["compression"]["torchao_quantized"] and callbacks[1].report["weight_storage"]["int8"] >= 9
+    assert (
+        callbacks[1].report["compression"]["torchao_quantized"] and callbacks[1].report["weight_storage"]["int8"] >= 9
+    )
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) is False  # it trained...
     assert all(type(v) is torch.Tensor for v in after.values())  # ...and stayed a float model
-    with pytest.raises(ValueError, match="from_quantization='int4' names no QuantizationCallback of this trainer; their labels: \\['int8'\\]"):
+    with pytest.raises(
+        ValueError,
+        match="from_quantization='int4' names no QuantizationCallback of this trainer; their labels: \\['int8'\\]",
+    ):
         L.Trainer(callbacks=[ANEExportCallback(from_quantization="int4"), QuantizationCallback()], logger=False,
                   max_steps=1, enable_progress_bar=False).fit(ByteLM(**TINY), ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))  # fmt: skip

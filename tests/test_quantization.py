@@ -45,19 +45,13 @@ TINY = {"dim": 32, "depth": 1, "num_heads": 2, "seq_len": SEQ, "nibble_dim": 8, 
 def sources(tmp_path: Path) -> list[str]:
     rng = np.random.default_rng(0)
     a, b = tmp_path / "multi.txt", tmp_path / "plain.txt"
-    a.write_bytes("Whereas «Ὅλοι οἱ ἄνθρωποι» 人人生而自由 😀 12 \t".encode() * 30 + bytes(rng.integers(0, 256, 200, dtype=np.uint8)))
+    a.write_bytes(
+        "Whereas «Ὅλοι οἱ ἄνθρωποι» 人人生而自由 😀 12 \t".encode() * 30
+        + bytes(rng.integers(0, 256, 200, dtype=np.uint8))
+    )
     b.write_bytes(b"To be, or not to be, that is the question. " * 40)
     return [str(a), str(b)]
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds contention (on a busy 2-core machine, 100x slower forwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def datamodule(sources: list[str]) -> ByteDataModule:
     return ByteDataModule(sources, seq_len=SEQ, batch_size=8, split_blocks=10, val_fraction=0.1, test_fraction=0.1)
@@ -128,7 +122,12 @@ def test_schemes_as_presets_mappings_and_text() -> None:
     assert parse_roles({"conditioner": "int4", "*": "int8"}) == film  # the seed's path, one line
     assert parse_roles("conditioner=int4,*=int8") == film
     assert Scheme.parse(film).label == "int4_film"
-    assert parse_roles({"backbone": "int8"}) == {"conditioner": "float", "backbone": "int8", "embedding": "float", "head": "float"}
+    assert parse_roles({"backbone": "int8"}) == {
+        "conditioner": "float",
+        "backbone": "int8",
+        "embedding": "float",
+        "head": "float",
+    }
     assert Scheme.parse({"backbone": "int8", "conditioner": "int4"}).label == "c4-b8-ef-hf"
     assert parse_roles("palettize4", "coreml") == dict.fromkeys(ROLES, "palettize4")
     assert effective_group_size(48, 32) == 16 and effective_group_size(64, 32) == 32
@@ -140,7 +139,10 @@ def test_schemes_as_presets_mappings_and_text() -> None:
     [
         ("int3", "unknown torchao weight scheme 'int3'; accepted presets: int8, int4, int4_film"),
         ("film=int4", "unknown role 'film'; accepted roles: conditioner, backbone, embedding, head"),
-        ({"conditioner": "int2"}, "unknown torchao format 'int2' for role 'conditioner'; accepted formats: float, int8, int4"),
+        (
+            {"conditioner": "int2"},
+            "unknown torchao format 'int2' for role 'conditioner'; accepted formats: float, int8, int4",
+        ),
         ("conditioner=int4,x", "bad role setting .x. in"),
     ],
 )
@@ -198,7 +200,10 @@ def test_int4_film_quantizes_per_role_and_leaves_the_original_alone() -> None:
 # -- PTQ ------------------------------------------------------------------------------------------------
 def test_ptq_logs_quantized_metrics_beside_float_ones_and_changes_no_checkpoint(tmp_path: Path, sources) -> None:
     saved = {}
-    for run, callbacks in (("plain", []), ("ptq", [QuantizationCallback("ptq", "int8"), QuantizationCallback("ptq", "int4_film")])):
+    for run, callbacks in (
+        ("plain", []),
+        ("ptq", [QuantizationCallback("ptq", "int8"), QuantizationCallback("ptq", "int4_film")]),
+    ):
         m, t = model(), trainer(tmp_path / run, callbacks)
         t.fit(m, datamodule(sources))
         path = tmp_path / f"{run}.ckpt"
@@ -257,7 +262,9 @@ def test_a_failing_quantization_leaves_model_and_checkpoint_intact(tmp_path: Pat
     m = model()
     t = trainer(tmp_path, [QuantizationCallback("ptq", "int4", save_path=str(tmp_path / "q.pt")), probe, save],
                 enable_checkpointing=True)  # fmt: skip
-    with pytest.raises(RuntimeError, match="with int4 failed .*simulated failure.*float model and its checkpoints are untouched"):
+    with pytest.raises(
+        RuntimeError, match="with int4 failed .*simulated failure.*float model and its checkpoints are untouched"
+    ):
         t.fit(m, datamodule(sources))
     assert digest(ckpt_dir / "last.ckpt") == probe.digest
     assert_same_state(probe.state, state(m))
@@ -273,7 +280,9 @@ def test_missing_torchao_names_the_extra(tmp_path: Path, sources, monkeypatch) -
 
 def test_a_model_without_the_roles_is_an_error(tmp_path: Path, sources) -> None:
     callback = QuantizationCallback(weights={"conditioner": "int4"})
-    with pytest.raises(ValueError, match="no module in the roles this scheme quantizes \\(conditioner\\); its roles: conditioner: 0"):
+    with pytest.raises(
+        ValueError, match="no module in the roles this scheme quantizes \\(conditioner\\); its roles: conditioner: 0"
+    ):
         trainer(tmp_path, [callback]).fit(model(variant="byte", block_conditioner="none"), datamodule(sources))
 
 
@@ -293,14 +302,21 @@ def test_qat_trains_fake_quantized_from_a_step_then_converts(tmp_path: Path, sou
     # a checkpoint written while fake quantization was on loads into a plain model; test after conversion works
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     state_key = next(k for k in ckpt["callbacks"] if k.startswith("QuantizationCallback"))
-    assert ckpt["callbacks"][state_key] == {"mode": "qat", "scheme": callback.scheme.as_dict(), "prepared": True, "prepared_at_step": 2}
+    assert ckpt["callbacks"][state_key] == {
+        "mode": "qat",
+        "scheme": callback.scheme.as_dict(),
+        "prepared": True,
+        "prepared_at_step": 2,
+    }
     result = trainer(tmp_path, [callback]).test(m, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt", verbose=False)[0]
     assert math.isfinite(result["test/bpb"]) and math.isfinite(result["test/bpb_int4_film"])
 
 
 def test_qat_from_an_epoch(tmp_path: Path, sources) -> None:
     callback, probe = QuantizationCallback("qat", "int8", start_epoch=1, evaluate=False), _Probe()
-    trainer(tmp_path, [callback, probe], max_steps=4, limit_train_batches=2, val_check_interval=None).fit(model(), datamodule(sources))
+    trainer(tmp_path, [callback, probe], max_steps=4, limit_train_batches=2, val_check_interval=None).fit(
+        model(), datamodule(sources)
+    )
     assert probe.prepared == {0: False, 1: False, 2: True, 3: True}
 
 
@@ -330,7 +346,9 @@ def test_qat_state_resumes_from_a_checkpoint(tmp_path: Path, sources) -> None:
 
     ckpt_dir = tmp_path / "ckpt"
     save = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=3)
-    trainer(tmp_path / "first", [qat(), save], max_steps=3, val_check_interval=3, enable_checkpointing=True).fit(model(max_lr_steps=6), datamodule(sources))
+    trainer(tmp_path / "first", [qat(), save], max_steps=3, val_check_interval=3, enable_checkpointing=True).fit(
+        model(max_lr_steps=6), datamodule(sources)
+    )
     callback, probe = qat(), _Probe()
     resumed = model(max_lr_steps=6)
     t = trainer(tmp_path / "first", [callback, probe], max_steps=6, val_check_interval=3)

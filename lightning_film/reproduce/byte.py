@@ -21,12 +21,10 @@ from __future__ import annotations
 import functools
 import io
 import json
-import shlex
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,6 @@ from lightning_film.errors import CommandParser
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
-    commit,
     config_tree,
     fmt_mean_std,
     header,
@@ -45,6 +42,7 @@ from lightning_film.reproduce.report import (
     mean_std,
     override_args,
     parse_override,
+    report_basics,
 )
 from lightning_film.reproduce.runner import Run, execute_all
 
@@ -279,7 +277,7 @@ def cost_notes(facts: dict[str, dict[str, int]], model_args: dict) -> list[str]:
             f"- `{v}`: +{f['embedding_params'] - byte_table:,} embedding parameters = the 16/256-row tables "
             f"({tables:,}, {100 * tables / byte_table:.1f}% of the byte table) + the conditioner's projections "
             f"({projections:,}, {100 * projections / byte_table:.1f}%); the seed's \"about 6% extra embedding "
-            "parameters\" counts a 16-row table alone."
+            'parameters" counts a 16-row table alone.'
         )
     return notes
 
@@ -332,15 +330,15 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     args = parser.parse_args(argv)
     if not args.config.is_file():
-        raise ValueError(
-            f"config {str(args.config)!r} does not exist; run from the repository root or pass --config"
-        )
+        raise ValueError(f"config {str(args.config)!r} does not exist; run from the repository root or pass --config")
     preset = PRESETS[args.preset]
     if args.max_steps is not None or args.repeats is not None:
         changes = {k: v for k, v in (("max_steps", args.max_steps), ("repeats", args.repeats)) if v is not None}
         if any(v < 1 for v in changes.values()):
             raise ValueError(f"--max-steps and --repeats must be >= 1, got {changes}")
-        preset = Preset(**{**asdict(preset), **changes, "val_every": min(preset.val_every, changes.get("max_steps", 10**9))})
+        preset = Preset(
+            **{**asdict(preset), **changes, "val_every": min(preset.val_every, changes.get("max_steps", 10**9))}
+        )
     seeds = tuple(args.seeds) if args.seeds else preset.seeds
     variants = tuple(args.variants)
     out = make_folder(args.out or Path("benchmarks/results/byte") / args.preset, "--out")
@@ -349,23 +347,18 @@ def main(argv: list[str]) -> None:
 
     start = time.perf_counter()
     runs = build_runs(preset, args.config, variants, seeds, args.overrides)
-    print(f"byte table, preset {args.preset}: {len(runs)} runs of {preset.max_steps} steps into {args.runs / args.preset}")
+    print(
+        f"byte table, preset {args.preset}: {len(runs)} runs of {preset.max_steps} steps into {args.runs / args.preset}"
+    )
     results = execute_all(runs, args.runs / args.preset)
     print(f"timing {', '.join(variants)} interleaved ({preset.repeats} repeats) ...")
     speed = throughput(model_args, data_args, variants, preset.repeats, preset.steps_per_repeat)
     facts = model_facts(model_args, variants)
     summary = summarize(results, variants)
     report = {
-        "command": shlex.join(["lightning-film", "reproduce", "byte", *argv]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit(),
-        "machine": machine_info(),
-        "preset_name": args.preset,
-        "preset": asdict(preset),
-        "seeds": list(seeds),
+        **report_basics("byte", argv, args, preset, seeds, machine_info()),
         "variants": list(variants),
         "config": str(args.config),
-        "overrides": [f"{k}={v}" for k, v in args.overrides],
         "model": model_args,
         "data": data_args,
         "summary": summary,

@@ -37,14 +37,12 @@ import io
 import json
 import logging
 import math
-import shlex
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +53,6 @@ from lightning_film.errors import CommandParser, UsageError
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
-    commit,
     config_tree,
     header,
     init_args,
@@ -63,6 +60,7 @@ from lightning_film.reproduce.report import (
     mean_std,
     override_args,
     parse_override,
+    report_basics,
 )
 from lightning_film.reproduce.runner import Run, execute_all
 
@@ -867,18 +865,14 @@ def main(argv: list[str]) -> None:
 
     summary = summarize(assessments, results, models)
     first = {m: assessments[f"{m}/film/seed{seeds[0]}"] for m in models}
+    basics = report_basics(
+        "quant", argv, args, preset, seeds, machine_info(extra_packages=("torchao", "coremltools", "lightning"))
+    )
     report = {
-        "command": shlex.join(["lightning-film", "reproduce", "quant", *argv]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit(),
-        "machine": machine_info(extra_packages=("torchao", "coremltools", "lightning")),
-        "preset_name": args.preset,
-        "preset": asdict(preset),
-        "seeds": list(seeds),
+        **basics,
         "models": list(models),
         "configs": {m: str(configs[m]) for m in models},
-        "overrides": [f"{k}={v}" for k, v in args.overrides]
-        + [f"{m}: {k}={v}" for m in models for k, v in getattr(args, f"{m}_set")],
+        "overrides": basics["overrides"] + [f"{m}: {k}={v}" for m in models for k, v in getattr(args, f"{m}_set")],
         "group_size": GROUP,
         "qat_weights": QAT_WEIGHTS,
         "schemes": first[models[0]]["schemes"],

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import subprocess
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from lightning_film.io import folder_problem
 
 __all__ = [
     "commit", "config_tree", "fmt_mean_std", "header", "make_folder", "mean_std", "override_args", "parse_override",
+    "report_basics",
 ]  # fmt: skip
 
 
@@ -86,6 +90,23 @@ def commit() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def report_basics(
+    table: str, argv: list[str], args: argparse.Namespace, preset: Any, seeds: tuple[int, ...], machine: dict[str, Any]
+) -> dict[str, Any]:
+    """What every results.json starts with: the exact command, date, commit, machine, preset
+    (a dataclass) and seeds; the overrides are ``args.overrides`` as ``key=value``."""
+    return {
+        "command": shlex.join(["lightning-film", "reproduce", table, *argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "machine": machine,
+        "preset_name": args.preset,
+        "preset": asdict(preset),
+        "seeds": list(seeds),
+        "overrides": [f"{k}={v}" for k, v in args.overrides],
+    }
 
 
 def header(report: dict[str, Any]) -> list[str]:

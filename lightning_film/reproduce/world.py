@@ -27,12 +27,10 @@ import argparse
 import functools
 import io
 import json
-import shlex
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,6 @@ from lightning_film.errors import CommandParser
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
-    commit,
     config_tree,
     fmt_mean_std,
     header,
@@ -51,6 +48,7 @@ from lightning_film.reproduce.report import (
     mean_std,
     override_args,
     parse_override,
+    report_basics,
 )
 from lightning_film.reproduce.runner import Run, execute_all
 
@@ -452,19 +450,6 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
     return args, preset, seeds, out
 
 
-def _base_report(table: str, argv: list[str], args: argparse.Namespace, preset: Preset, seeds: tuple[int, ...]) -> dict:
-    return {
-        "command": shlex.join(["lightning-film", "reproduce", table, *argv]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit(),
-        "machine": machine_info(),
-        "preset_name": args.preset,
-        "preset": asdict(preset),
-        "seeds": list(seeds),
-        "overrides": [f"{k}={v}" for k, v in args.overrides],
-    }
-
-
 def _execute(runs: list[Run], root: Path) -> dict[str, dict]:
     for run in runs:  # the pretrained checkpoint's path depends on where the runs live
         run.fit_args = [a.replace("{runs}", str(root)) for a in run.fit_args]
@@ -483,7 +468,7 @@ def main_kid(argv: list[str]) -> None:
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     kid, psnr = _collect(results, "test/kid_mean"), _collect(results, "test/psnr")
     report = {
-        **_base_report("world-kid", argv, args, preset, seeds),
+        **report_basics("world-kid", argv, args, preset, seeds, machine_info()),
         "kid": kid, "psnr": psnr, "verdict": kid_verdict(kid), "baseline": baseline,
         "seed_kid": {r.name: r.seed_kid for r in KID_ROWS},
         "runs": results, "wall_s": time.perf_counter() - start,
@@ -511,7 +496,7 @@ def main_conditioning(argv: list[str]) -> None:
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     kid, psnr = _collect(results, "test/kid_mean"), _collect(results, "test/psnr")
     report = {
-        **_base_report("world-conditioning", argv, args, preset, seeds),
+        **report_basics("world-conditioning", argv, args, preset, seeds, machine_info()),
         "kid": kid, "psnr": psnr, "costs": costs, "dit_fid": DIT_FID, "baseline": baseline,
         "runs": results, "wall_s": time.perf_counter() - start,
     }  # fmt: skip
