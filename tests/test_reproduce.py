@@ -85,12 +85,24 @@ def test_reproduce_bad_input_is_one_line(argv: list[str], message: str, capsys) 
 def test_world_kid_plan_chains_pretraining_and_tests_the_finetuned_model(tmp_path: Path) -> None:
     from lightning_film.reproduce.world import KID_ROWS, PRESETS, kid_runs
 
-    runs = kid_runs(PRESETS["world-kid"]["quick"], REPO / "configs/world", (0, 1), [("model.dim", "16")])
+    preset = PRESETS["world-kid"]["quick"]
+    runs = kid_runs(preset, REPO / "configs/world", (0, 1), [("model.dim", "16")])
     keys = [r.key for r in runs]
-    assert keys[:5] == ["pretrain/seed0", *(f"{r.name}/seed0" for r in KID_ROWS)] and len(runs) == 10
+    assert keys[:7] == ["pretrain/seed0", "pretrain_half/seed0", *(f"{r.name}/seed0" for r in KID_ROWS)]
+    assert len(runs) == 14 and len(preset.seeds) >= 3
     pre = next(r for r in runs if r.key == "world_filmcond_pre/seed1")
     assert pre.after == ["pretrain/seed1"] and pre.fit_args[-1] == "{runs}/pretrain/seed1/checkpoints/last.ckpt"
     assert pre.test_args == ["--model.init_from", "null"]
+
+    def steps(key: str) -> int:
+        run = next(r for r in runs if r.key == key)
+        return int(run.args[run.args.index("--trainer.max_steps") + 1])
+
+    # the split row: pretraining + finetuning = the steps of a row trained from scratch
+    half = next(r for r in runs if r.key == "world_filmcond_pre_half/seed1")
+    assert half.after == ["pretrain_half/seed1"] and "pretrain_half/seed1/checkpoints" in half.fit_args[-1]
+    assert steps("pretrain_half/seed1") + steps("world_filmcond_pre_half/seed1") == steps("world_filmcond/seed1")
+    assert steps("pretrain/seed1") + steps("world_filmcond_pre/seed1") == 2 * steps("world_filmcond/seed1")
     for run in runs:
         assert run.config.is_file() and run.args[run.args.index("--model.dim") + 1] == "16"
 
@@ -114,7 +126,7 @@ def test_copy_baseline_scores_the_last_context_frame_on_the_test_windows(tmp_pat
 
     from lightning_film.data.world import WorldDataModule
     from lightning_film.measure import machine_info
-    from lightning_film.reproduce.world import PRESETS, Preset, copy_baseline, render_kid
+    from lightning_film.reproduce.world import PRESETS, Preset, analyse_kid, copy_baseline, render_kid
     from tests.helpers.configs import world_config
 
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
@@ -130,7 +142,6 @@ def test_copy_baseline_scores_the_last_context_frame_on_the_test_windows(tmp_pat
     assert got["windows"] == 10
     assert got["psnr"] == pytest.approx(float(peak_signal_noise_ratio(last, truth, data_range=255.0)), rel=1e-5)
     assert abs(got["kid_mean"]) < 0.5 and got["kid_std"] >= 0
-    report = {"preset_name": "quick", "preset": preset.__dict__, "seeds": [0], "overrides": [], "kid": {}, "psnr": {},
-              "verdict": [], "baseline": got, "command": "c", "date": "d", "commit": "x", "machine": machine_info(),
-              "wall_s": 1.0}  # fmt: skip
-    assert "copy the last context frame" in render_kid(report)
+    report = {"preset_name": "quick", "preset": preset.__dict__, "seeds": [0], "overrides": [], "runs": {},
+              "baseline": got, "command": "c", "date": "d", "commit": "x", "machine": machine_info(), "wall_s": 1.0}  # fmt: skip
+    assert "copy the last context frame" in render_kid(analyse_kid(report))

@@ -94,12 +94,12 @@ def _summary(film: list[float], tanh: list[float]) -> dict:
         ([1.0], [0.5], "not established by this preset"),
         ([1.0, 1.1, 0.9], [0.5, 0.55, 0.45], "supported"),
         ([0.5, 0.55, 0.45], [1.0, 1.1, 0.9], "contradicted"),
-        ([1.0, 0.2, 1.8], [0.9, 0.1, 1.7], "not shown"),
+        ([1.0, 0.2, 1.8], [0.2, 1.1, 1.5], "not shown"),
+        # film_tanh loses 0.1 less on every seed: the seeds' spread is large, the paired difference is not
+        ([1.0, 0.2, 1.8], [0.9, 0.1, 1.7], "supported"),
     ],
 )
-def test_claim_verdict_weighs_the_gap_against_the_seed_spread(
-    film: list[float], tanh: list[float], verdict: str
-) -> None:
+def test_claim_verdict_tests_the_gap_paired_over_seeds(film: list[float], tanh: list[float], verdict: str) -> None:
     lines = claim_verdict(_summary(film, tanh), ("byte",), len(film))
     assert verdict in lines[0]
     assert sum(line.startswith("| byte | test bpb |") for line in lines) == 2

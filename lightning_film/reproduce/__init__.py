@@ -22,7 +22,7 @@ __all__ = ["TABLES", "reproduce_command"]
 TABLES: dict[str, tuple[str, str]] = {
     "byte": ("byte vs nibble vs nibble_acc byte LMs: test bpb per corpus, cost, speed",
              "lightning_film.reproduce.byte:main"),
-    "world-kid": ("the seed's four world-model rows (base, filmcond, filmcond_pre, flow_clsfg): KID over seeds",
+    "world-kid": ("the seed's world-model rows (base, filmcond, filmcond_pre[_half], flow_clsfg): KID, control, over seeds",
                   "lightning_film.reproduce.world:main_kid"),
     "world-conditioning": ("every conditioner (rmsnorm) and normalizer (film) in the world model: KID, cost",
                            "lightning_film.reproduce.world:main_conditioning"),

@@ -35,18 +35,19 @@ from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
     config_tree,
-    fmt_mean_std,
     header,
     init_args,
     make_folder,
-    mean_std,
     override_args,
     parse_override,
     report_basics,
+    rerender,
 )
-from lightning_film.reproduce.runner import Run, execute_all
+from lightning_film.reproduce.runner import Run, execute_all, print_plan
+from lightning_film.reproduce.stats import compare, fmt_ci, fmt_p, holm, interval, paired_section
 
-__all__ = ["PRESETS", "Preset", "build_runs", "build_variant", "config_parts", "main", "model_facts", "throughput"]
+__all__ = ["PRESETS", "Preset", "analyse", "build_runs", "build_variant", "config_parts", "main", "model_facts",
+           "per_seed", "throughput"]  # fmt: skip
 
 VARIANTS = ("byte", "nibble", "nibble_acc")
 BASELINE = "byte"
@@ -173,6 +174,26 @@ def summarize(results: dict[str, dict], variants: tuple[str, ...]) -> dict[str, 
     return table
 
 
+def per_seed(runs: dict[str, dict], variants: list[str]) -> dict[str, dict[str, dict[int, float]]]:
+    """metric -> variant -> seed -> test value (the bpb metrics), from the runs' results."""
+    table: dict[str, dict[str, dict[int, float]]] = {}
+    for result in runs.values():
+        for metric, value in result["test"].items():
+            if metric.startswith("test/bpb") and result["variant"] in variants:
+                table.setdefault(metric, {}).setdefault(result["variant"], {})[result["seed"]] = value
+    return {m: {v: table[m][v] for v in variants if v in table[m]} for m in sorted(table)}
+
+
+def analyse(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with ``stats`` (per metric and variant the mean and 95% CI; paired comparisons of
+    every pair of variants, Holm-adjusted over the table) and the ``verdict`` sentences built on them."""
+    seeds = per_seed(report["runs"], report["variants"])
+    comparisons = holm([c for m, rows in seeds.items() for c in compare(rows, metric=m)])
+    rows = {m: {v: interval(list(s.values())) for v, s in rows.items()} for m, rows in seeds.items()}
+    return {**report, "stats": {"rows": rows, "paired": comparisons},
+            "verdict": verdict(rows, comparisons, report["variants"])}  # fmt: skip
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     variants, summary, facts, speed = report["variants"], report["summary"], report["facts"], report["throughput"]
     corpora = sorted({m.split("/", 2)[2] for v in summary.values() for m in v if m.count("/") == 2})
@@ -185,7 +206,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['data'].get('seq_len')} bytes; seeds {list(report['seeds'])}; config `{report['config']}` "
         f"with `--model.variant`; overrides {report['overrides'] or 'none'}",
         "",
-        "## Test bits per byte (mean ± std over seeds; lower is better)",
+        "## Test bits per byte (mean ± 95% CI half-width over the seeds, Student t; lower is better)",
         "",
         "| variant | seeds | all | " + " | ".join(corpora) + " |",
         "|---|---:|---:|" + "---:|" * len(corpora),
@@ -194,11 +215,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         row = summary.get(v, {})
         n = len(row.get("test/bpb", []))
         lines.append(
-            f"| {v} | {n} | {fmt_mean_std(row.get('test/bpb'))} | "
-            + " | ".join(fmt_mean_std(row.get(f"test/bpb/{c}")) for c in corpora)
+            f"| {v} | {n} | {fmt_ci(row.get('test/bpb'))} | "
+            + " | ".join(fmt_ci(row.get(f"test/bpb/{c}")) for c in corpora)
             + " |"
         )
-    lines += ["", *report["verdict"], "", "## What the nibble path and the accumulator cost", ""]
+    if any(len(r.get("test/bpb", [])) == 1 for r in summary.values()):
+        lines += ["", "A row of one seed shows its value alone: one seed has no interval."]
+    lines += ["", *report["verdict"], "", *paired_section(report["stats"]["paired"])]
+    lines += ["## What the nibble path and the accumulator cost", ""]
     lines += [
         "| variant | params | vs byte | embedding params | embedding vs byte's | "
         "train tokens/s | vs byte (IQR) | inference tokens/s | vs byte (IQR) |",
@@ -227,37 +251,28 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verdict(summary: dict[str, dict[str, list[float]]], variants: tuple[str, ...]) -> list[str]:
-    """Plain sentences: who wins per metric, by how much, against the seed-to-seed spread."""
+def verdict(rows: dict[str, dict[str, dict]], comparisons: list[dict], variants: list[str]) -> list[str]:
+    """Plain sentences per metric: the best variant, the runner-up, and whether the paired test over
+    the seeds separates them (``rows``: metric -> variant -> :func:`interval`)."""
     lines = []
-    metrics = sorted({k for v in summary.values() for k in v})
-    for metric in metrics:
-        scored = {v: mean_std(summary[v][metric]) for v in variants if summary[v].get(metric)}
+    for metric, scored in rows.items():
         if len(scored) < 2:
             continue
-        order = sorted(scored, key=lambda v: scored[v][0])
-        best, runner_up = order[0], order[1]
-        gap = scored[runner_up][0] - scored[best][0]
-        noise = max(scored[best][1], scored[runner_up][1])
-        if min(len(summary[v][metric]) for v in scored) < 2:
-            lines.append(
-                f"- `{metric}`: **{best}** {scored[best][0]:.3f}, then {runner_up} {scored[runner_up][0]:.3f} "
-                "(one seed: no spread to judge the gap against)"
-            )
-            continue
-        strength = "more than" if gap > 2 * noise else "within" if gap <= noise else "between 1x and 2x"
+        best, runner_up = sorted(scored, key=lambda v: scored[v]["mean"])[:2]
+        test = next(c for c in comparisons if c["metric"] == metric and {c["a"], c["b"]} == {best, runner_up})
+        judged = "one seed: no test" if test["p"] is None else f"Holm p {fmt_p(test['p_holm'])}"
+        base = scored.get(BASELINE) if BASELINE not in (best, runner_up) else None
         lines.append(
-            f"- `{metric}`: **{best}** {scored[best][0]:.3f}, then {runner_up} {scored[runner_up][0]:.3f} "
-            f"(gap {gap:.3f}, {strength} {'2x ' if strength == 'more than' else ''}the larger seed std {noise:.3f})"
-            + (f"; {BASELINE} {scored[BASELINE][0]:.3f}" if BASELINE in scored and BASELINE not in order[:2] else "")
+            f"- `{metric}`: **{best}** {scored[best]['mean']:.3f}, then {runner_up} {scored[runner_up]['mean']:.3f} "
+            f"(gap {scored[runner_up]['mean'] - scored[best]['mean']:.3f} over {test['n']} shared seeds: "
+            f"**{test['verdict']}**, {judged})" + (f"; {BASELINE} {base['mean']:.3f}" if base else "")
         )
-    shakespeare = [scored for v in variants if (scored := summary[v].get("test/bpb/shakespeare"))]
+    shakespeare = [s["mean"] for s in rows.get("test/bpb/shakespeare", {}).values()]
     if shakespeare:
-        best = min(mean_std(s)[0] for s in shakespeare)
         lines.append(
             f"- For scale: a character-level nanoGPT on tiny Shakespeare reaches about {NANOGPT_BITS_PER_CHAR} bits "
-            f"per character; our best Shakespeare test score here is {best:.3f} bits per byte (bytes are characters "
-            "for this ASCII text), on the 38 plays with their Markdown, at this preset's budget."
+            f"per character; our best Shakespeare test score here is {min(shakespeare):.3f} bits per byte (bytes are "
+            "characters for this ASCII text), on the 38 plays with their Markdown, at this preset's budget."
         )
     return lines
 
@@ -328,7 +343,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce/byte"), help="where the runs live")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/byte/<preset>)")
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.render_only:
+        out = args.out or Path("benchmarks/results/byte") / args.preset
+        print(rerender(out, analyse, render_markdown))
+        return
     if not args.config.is_file():
         raise ValueError(f"config {str(args.config)!r} does not exist; run from the repository root or pass --config")
     preset = PRESETS[args.preset]
@@ -347,28 +368,27 @@ def main(argv: list[str]) -> None:
 
     start = time.perf_counter()
     runs = build_runs(preset, args.config, variants, seeds, args.overrides)
-    print(
-        f"byte table, preset {args.preset}: {len(runs)} runs of {preset.max_steps} steps into {args.runs / args.preset}"
-    )
+    print_plan(f"byte table, preset {args.preset}", runs, args.runs / args.preset)
     results = execute_all(runs, args.runs / args.preset)
     print(f"timing {', '.join(variants)} interleaved ({preset.repeats} repeats) ...")
     speed = throughput(model_args, data_args, variants, preset.repeats, preset.steps_per_repeat)
     facts = model_facts(model_args, variants)
     summary = summarize(results, variants)
-    report = {
-        **report_basics("byte", argv, args, preset, seeds, machine_info()),
-        "variants": list(variants),
-        "config": str(args.config),
-        "model": model_args,
-        "data": data_args,
-        "summary": summary,
-        "verdict": verdict(summary, variants),
-        "facts": facts,
-        "cost_notes": cost_notes(facts, model_args),
-        "throughput": speed,
-        "runs": results,
-        "wall_s": time.perf_counter() - start,
-    }
+    report = analyse(
+        {
+            **report_basics("byte", argv, args, preset, seeds, machine_info()),
+            "variants": list(variants),
+            "config": str(args.config),
+            "model": model_args,
+            "data": data_args,
+            "summary": summary,
+            "facts": facts,
+            "cost_notes": cost_notes(facts, model_args),
+            "throughput": speed,
+            "runs": results,
+            "wall_s": time.perf_counter() - start,
+        }
+    )
     write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out / "results.md", render_markdown(report))
     write_atomic(out / "val_curves.png", render_png(report))

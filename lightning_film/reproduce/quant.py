@@ -61,13 +61,15 @@ from lightning_film.reproduce.report import (
     override_args,
     parse_override,
     report_basics,
+    rerender,
 )
-from lightning_film.reproduce.runner import Run, execute_all
+from lightning_film.reproduce.runner import Run, execute_all, print_plan
+from lightning_film.reproduce.stats import compare, fmt_ci, fmt_p, holm, paired, paired_section
 
 __all__ = [
     "COREML", "MODELS", "PRESETS", "REFERENCE", "SPECS", "SPEED_NOTE", "VARIANTS", "Budget", "MetricSpec", "Preset",
-    "add_scores", "assess_checkpoint", "build_runs", "change", "claim_verdict", "coreml_packages", "coreml_table",
-    "corpus_table", "forward_speed", "main", "quantized_copy", "quiet_trainers", "score", "speed_table", "summarize",
+    "add_scores", "analyse", "assess_checkpoint", "build_runs", "change", "claim_verdict", "coreml_packages", "coreml_table",
+    "corpus_table", "forward_speed", "main", "paired_comparisons", "quantized_copy", "quiet_trainers", "score", "speed_table", "summarize",
     "variant_table",
 ]  # fmt: skip
 
@@ -432,9 +434,7 @@ def summarize(assessments: dict[str, dict], runs: dict[str, dict], models: tuple
 
 
 def _fmt(values: list[float], digits: int, signed: bool = False, unit: str = "") -> str:
-    mean, std = mean_std(values)
-    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    return text + unit + (f" ± {std:.{digits}f}{unit}" if len(values) > 1 else "")
+    return fmt_ci(values, digits, signed, unit)  # mean ± 95% CI half-width; one seed: the value alone
 
 
 def _unit(metric: MetricSpec) -> str:
@@ -447,70 +447,93 @@ def _change_digits(metric: MetricSpec) -> int:
 
 def claim_verdict(summary: dict[str, Any], models: tuple[str, ...], seeds: int) -> list[str]:
     """film vs film_tanh at ``int4_film`` and ``int4``: what quantization costs each (> 0: worse than its
-    own float), which loses less, and whether the gap beats the seed-to-seed spread: the verdict, then
-    a table."""
-    rows: list[str] = []
-    hints, firm = {"film": 0, "film_tanh": 0}, {"film": 0, "film_tanh": 0}
+    own float), which loses less, and whether a paired t-test over the seeds (Holm-adjusted over these
+    comparisons) establishes the gap: the verdict, then a table."""
+    found: list[tuple[str, MetricSpec, str, dict, dict]] = []
     for model in models:
         table = summary["table"][model]
         if not all(c in table for c in CONDITIONERS):
             continue
         for metric in SPECS[model].metrics:
-            sign, digits, unit = (1 if metric.lower_is_better else -1), _change_digits(metric), _unit(metric)
+            sign = 1 if metric.lower_is_better else -1
             for scheme in ("int4_film", "int4"):
                 cost = {c: [sign * x for x in table[c][scheme][metric.key]["changes"]] for c in CONDITIONERS}
-                (film, film_sd), (tanh, tanh_sd) = mean_std(cost["film"]), mean_std(cost["film_tanh"])
-                gap, noise = film - tanh, max(film_sd, tanh_sd)
-                less = "film_tanh" if gap > 0 else "film" if gap < 0 else "neither"
-                hints[less] = hints.get(less, 0) + 1
-                if seeds < 2:
-                    judged = "one seed: no spread"
-                elif abs(gap) > 2 * noise:
-                    judged = f"beyond (std {noise:.2g}{unit})"
-                    firm[less] += 1
-                else:
-                    judged = f"within (std {noise:.2g}{unit})"
-                cells = []
-                for c in CONDITIONERS:
-                    before, after = (mean_std(table[c][v][metric.key]["values"])[0] for v in ("float", scheme))
-                    cells += [
-                        f"{before:.{metric.digits}f} → {after:.{metric.digits}f}",
-                        _fmt(cost[c], digits, True, unit),
-                    ]
-                rows.append(f"| {model} | {metric.name} | {scheme} | " + " | ".join(cells) + f" | {less} | {judged} |")
-    if not rows:
+                test = paired(dict(enumerate(cost["film"])), dict(enumerate(cost["film_tanh"])))  # film - film_tanh
+                found.append((model, metric, scheme, cost, test))
+    if not found:
         return []
-    total = len(rows)
-    if seeds < 2:
+    holm([t for *_, t in found])
+    rows: list[str] = []
+    hints, firm = {"film": 0, "film_tanh": 0, "neither": 0}, {"film": 0, "film_tanh": 0, "neither": 0}
+    for model, metric, scheme, cost, test in found:
+        digits, unit, table = _change_digits(metric), _unit(metric), summary["table"][model]
+        less = "film_tanh" if test["diff"] > 0 else "film" if test["diff"] < 0 else "neither"
+        hints[less] += 1
+        firm[less] += test["verdict"] == "established"
+        judged = "one seed: no test" if test["p"] is None else f"{test['verdict']} (Holm p {fmt_p(test['p_holm'])})"
+        cells = []
+        for c in CONDITIONERS:
+            before, after = (statistics.fmean(table[c][v][metric.key]["values"]) for v in ("float", scheme))
+            cells += [f"{before:.{metric.digits}f} → {after:.{metric.digits}f}", _fmt(cost[c], digits, True, unit)]
+        rows.append(f"| {model} | {metric.name} | {scheme} | " + " | ".join(cells) + f" | {less} | {judged} |")
+    total, one = len(rows), seeds < 2 or all(t["p"] is None for *_, t in found)
+    if one:
         head = (
             "**Verdict on the seed's claim (a bounded gamma survives low bits): not established by this preset.** "
             f"With one seed, film_tanh lost less in {hints['film_tanh']} of {total} comparisons and film in "
             f"{hints['film']}: single measurements, their direction a hint at most (the `full` preset runs 3 seeds)."
         )
     elif firm["film_tanh"] and not firm["film"]:
-        head = (f"**Verdict on the seed's claim: supported**: film_tanh loses less by more than 2x the seed std in "
-                f"{firm['film_tanh']} of {total} comparisons, film in none.")  # fmt: skip
+        head = (f"**Verdict on the seed's claim: supported**: film_tanh loses less, established by the paired test, "
+                f"in {firm['film_tanh']} of {total} comparisons, film in none.")  # fmt: skip
     elif firm["film"] and not firm["film_tanh"]:
-        head = (f"**Verdict on the seed's claim: contradicted**: film loses less by more than 2x the seed std in "
-                f"{firm['film']} of {total} comparisons, film_tanh in none.")  # fmt: skip
+        head = (f"**Verdict on the seed's claim: contradicted**: film loses less, established by the paired test, "
+                f"in {firm['film']} of {total} comparisons, film_tanh in none.")  # fmt: skip
     elif firm["film"] or firm["film_tanh"]:
-        head = (f"**Verdict on the seed's claim: mixed**: beyond 2x the seed std, film_tanh loses less in "
+        head = (f"**Verdict on the seed's claim: mixed**: established by the paired test, film_tanh loses less in "
                 f"{firm['film_tanh']} of {total} comparisons, film in {firm['film']}.")  # fmt: skip
     else:
-        head = (f"**Verdict on the seed's claim: not shown**: no gap exceeds 2x the seed std (on average film_tanh "
-                f"lost less in {hints['film_tanh']} of {total} comparisons, film in {hints['film']}).")  # fmt: skip
+        head = (f"**Verdict on the seed's claim: not shown**: the paired test establishes no gap (on average "
+                f"film_tanh lost less in {hints['film_tanh']} of {total} comparisons, film in {hints['film']}).")  # fmt: skip
     return [
         head,
         "",
         "| model | metric | scheme | film: float → quantized | film: cost | film_tanh: float → quantized | "
-        "film_tanh: cost | loses less | gap vs 2x seed std |",
+        "film_tanh: cost | loses less | paired test of the costs |",
         "|---|---|---|---:|---:|---:|---:|---|---|",
         *rows,
         "",
         "**cost**: the quantized model against its own float (% for bpb and loss, a difference for PSNR and KID), "
-        "signed so that > 0 is worse; `int4_film` puts only the conditioner's projections (FiLM's gamma and beta) "
-        "at int4, so it tests the claim most directly; `int4` quantizes everything.",
+        "signed so that > 0 is worse, mean ± 95% CI half-width over seeds; `int4_film` puts only the conditioner's "
+        "projections (FiLM's gamma and beta) at int4, so it tests the claim most directly; `int4` quantizes "
+        "everything. The paired test compares the two costs seed by seed, Holm-adjusted over this table's rows.",
     ]
+
+
+def paired_comparisons(summary: dict[str, Any], models: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    """Per model, metric and conditioner: every quantized variant against the same runs' float; and the
+    QAT arm's int4 against PTQ's int4. Paired by seed, Holm-adjusted over the whole table."""
+    found = []
+    for model in models:
+        for m in SPECS[model].metrics:
+            label = f"{model} {m.name}"
+            for cond, variants in summary["table"][model].items():
+                rows = {f"{cond} {v}": dict(zip(seeds, c[m.key]["values"])) for v, c in variants.items()}
+                found += compare(rows, reference=f"{cond} float", metric=label)
+            arms = summary["qat"][model]
+            if arms:
+                rows = {
+                    f"{arm} {QAT_WEIGHTS}": dict(zip(seeds, arms[arm][QAT_WEIGHTS][m.key])) for arm in ("qat", "ptq")
+                }
+                found += compare(rows, reference=f"ptq {QAT_WEIGHTS}", metric=label)
+    return holm(found)
+
+
+def analyse(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with what its summary implies: the claim's verdict and the paired comparisons."""
+    models, seeds = report["models"], report["seeds"]
+    return {**report, "verdict": claim_verdict(report["summary"], tuple(models), len(seeds)),
+            "stats": {"paired": paired_comparisons(report["summary"], models, seeds)}}  # fmt: skip
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -673,7 +696,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += corpus_table(table)
     lines += [
         "**vs float**: against the same run's float model (% for bpb and loss; a difference for PSNR and KID), "
-        "mean ± std over seeds. **stored**: `torch.save(state_dict)` bytes (torchao keeps int4 unpacked in int8 "
+        f"mean ± 95% CI half-width over the {len(report['seeds'])} seed(s) (Student t; one seed: the value alone, "
+        "no interval). **stored**: `torch.save(state_dict)` bytes (torchao keeps int4 unpacked in int8 "
         "on CPU); **packed**: what the bit widths imply (bits per weight + one fp16 scale per group or channel), "
         "which is what Core ML reaches below.",
         "",
@@ -684,6 +708,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     lines += qat_section(report)
+    digits = {f"{model} {m.name}": m.digits for model in models for m in SPECS[model].metrics}
+    lines += paired_section(report["stats"]["paired"], digits)
     lines += ["## CPU inference speed (forward time as a ratio to float; > 1 is slower)", ""]
     for model in models:
         speed = report["speed"].get(model)
@@ -770,6 +796,8 @@ def _parser() -> CommandParser:
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/quant/<preset>)")
     p.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     p.add_argument("--threads", type=int, help="torch threads for this process's scoring and timing (default torch's)")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
     return p
 
 
@@ -837,6 +865,9 @@ def _job(run: Run, first_seed: int, preset: Preset, coreml: tuple[str, ...]) -> 
 def main(argv: list[str]) -> None:
     """``lightning-film reproduce quant ...``"""
     args = _parser().parse_args(argv)
+    if args.render_only:
+        print(rerender(args.out or Path("benchmarks/results/quant") / args.preset, analyse, render_markdown))
+        return
     models = tuple(args.models)
     _check_setup(args)
     preset = _preset(args)
@@ -851,7 +882,7 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     runs = build_runs(preset, models, seeds, configs, overrides, root)
     _check_qat_starts(runs, root)
-    print(f"quant table, preset {args.preset}: {len(runs)} runs ({', '.join(models)}) into {root}")
+    print_plan(f"quant table, preset {args.preset} ({', '.join(models)})", runs, root)
     results = execute_all(runs, root)
     quiet_trainers()
     assessments = {}
@@ -868,23 +899,24 @@ def main(argv: list[str]) -> None:
     basics = report_basics(
         "quant", argv, args, preset, seeds, machine_info(extra_packages=("torchao", "coremltools", "lightning"))
     )
-    report = {
-        **basics,
-        "models": list(models),
-        "configs": {m: str(configs[m]) for m in models},
-        "overrides": basics["overrides"] + [f"{m}: {k}={v}" for m in models for k, v in getattr(args, f"{m}_set")],
-        "group_size": GROUP,
-        "qat_weights": QAT_WEIGHTS,
-        "schemes": first[models[0]]["schemes"],
-        "summary": summary,
-        "verdict": claim_verdict(summary, models, len(seeds)),
-        "sizes": {m: first[m]["sizes"] for m in models},
-        "speed": {m: first[m].get("speed") for m in models},
-        "coreml": {m: first[m].get("coreml") for m in models},
-        "assessments": assessments,
-        "runs": results,
-        "wall_s": time.perf_counter() - start,
-    }
+    report = analyse(
+        {
+            **basics,
+            "models": list(models),
+            "configs": {m: str(configs[m]) for m in models},
+            "overrides": basics["overrides"] + [f"{m}: {k}={v}" for m in models for k, v in getattr(args, f"{m}_set")],
+            "group_size": GROUP,
+            "qat_weights": QAT_WEIGHTS,
+            "schemes": first[models[0]]["schemes"],
+            "summary": summary,
+            "sizes": {m: first[m]["sizes"] for m in models},
+            "speed": {m: first[m].get("speed") for m in models},
+            "coreml": {m: first[m].get("coreml") for m in models},
+            "assessments": assessments,
+            "runs": results,
+            "wall_s": time.perf_counter() - start,
+        }
+    )
     markdown = render_markdown(report)
     files = {"results.md": markdown, "results.json": json.dumps(report, indent=1, default=str) + "\n",
              "quant.png": render_png(report)}  # fmt: skip

@@ -1,11 +1,16 @@
-"""What every results table shares: config overrides, mean ± std, the commit, the header."""
+"""What every results table shares: config overrides, the commit, the header, re-rendering.
+
+The statistics of the tables (95% CIs, paired tests) are :mod:`lightning_film.reproduce.stats`;
+``mean_std`` here is for plots' error bars."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,11 +19,11 @@ from typing import Any
 import yaml
 
 from lightning_film.errors import UsageError
-from lightning_film.io import folder_problem
+from lightning_film.io import folder_problem, write_atomic
 
 __all__ = [
-    "commit", "config_tree", "fmt_mean_std", "header", "make_folder", "mean_std", "override_args", "parse_override",
-    "report_basics",
+    "commit", "config_tree", "header", "make_folder", "mean_std", "override_args", "parse_override",
+    "report_basics", "rerender",
 ]  # fmt: skip
 
 
@@ -75,15 +80,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def fmt_mean_std(values: list[float] | None, digits: int = 3) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:  # one seed: no spread to show (a "± 0" would claim one)
-        return f"{values[0]:.{digits}f}"
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
@@ -112,10 +108,32 @@ def report_basics(
 def header(report: dict[str, Any]) -> list[str]:
     """Command, date, commit, wall time and machine lines of a results file."""
     m = report["machine"]
+    again = report.get("rerendered")
     return [
         f"- Command: `{report['command']}`",
         f"- Date: {report['date']}; commit {report['commit']}; wall time {report['wall_s'] / 60:.1f} min "
         "(runs finished earlier are read, not redone)",
         f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         "**CPU timings**",
+        *([f"- Re-rendered at commit {again['commit']} ({again['date']}) from {again['source']}"] if again else []),
     ]
+
+
+def rerender(
+    out: Path, analyse: Callable[[dict[str, Any]], dict[str, Any]], render: Callable[[dict[str, Any]], str]
+) -> str:
+    """Write ``out``'s results.md and results.json again from the runs its results.json stores:
+    ``analyse`` recomputes what is derived from them (statistics, verdicts), ``render`` the markdown.
+    Nothing is trained, scored or timed again; the report says at which commit it was re-rendered."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise UsageError(f"--render-only: {str(path)!r} does not exist; run the table first")
+    report = analyse(json.loads(path.read_text()))
+    report["rerendered"] = {
+        "commit": commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "source": "the per-run results stored in results.json (nothing retrained, rescored or retimed)",
+    }  # fmt: skip
+    markdown = render(report)
+    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_atomic(out / "results.md", markdown)
+    return markdown

@@ -32,7 +32,7 @@ from typing import Any
 from lightning_film.errors import UsageError
 from lightning_film.io import write_atomic
 
-__all__ = ["ReproduceError", "Run", "execute", "execute_all", "read_metrics"]
+__all__ = ["ReproduceError", "Run", "execute", "execute_all", "plan_lines", "print_plan", "read_metrics"]
 
 
 class ReproduceError(UsageError):
@@ -156,9 +156,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def execute_all(
-    runs: list[Run], root: Path, say: Callable[[str], None] = print
-) -> dict[str, dict[str, Any]]:
+def execute_all(runs: list[Run], root: Path, say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run every run in order (``after`` first), printing progress and an estimate of the time left."""
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
@@ -186,3 +184,19 @@ def execute_all(
         say(f"{head}: done in {_duration(spent[-1])} ({summary}){eta}")
     return results
 
+
+def plan_lines(runs: list[Run]) -> list[str]:
+    """The run plan, one line per row: its seeds and steps (``--trainer.max_steps``), in run order."""
+    rows: dict[str, list[str]] = {}
+    for run in runs:
+        row, _, seed = run.key.rpartition("/seed")
+        args = [*run.args, *run.fit_args]
+        steps = args[args.index("--trainer.max_steps") + 1] if "--trainer.max_steps" in args else "?"
+        rows.setdefault(f"{row or run.key} ({steps} steps)", []).append(seed)
+    return [f"  {row}: seeds {', '.join(seeds)}" for row, seeds in rows.items()]
+
+
+def print_plan(title: str, runs: list[Run], root: Path, say: Callable[[str], None] = print) -> None:
+    say(f"{title}: {len(runs)} runs into {root}")
+    for line in plan_lines(runs):
+        say(line)

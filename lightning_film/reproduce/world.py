@@ -1,20 +1,24 @@
 """``lightning-film reproduce world-kid`` and ``world-conditioning``: the world-model tables.
 
-    lightning-film reproduce world-kid --preset quick            # the seed's four rows x seeds
+    lightning-film reproduce world-kid --preset quick            # the seed's rows (and a same-total pretrained row) x seeds
     lightning-film reproduce world-conditioning --preset quick   # every conditioner (rmsnorm), every norm (film)
 
 **world-kid** reproduces the seed's comparison (not its digits: its data is not ours): base
 (LayerNorm + additive), filmcond (RMSNorm + FiLM), filmcond_pre (the same, finetuned from an
 unconditional pretraining run made by the table itself) and flow_clsfg (FiLM + classifier-free
 guidance, flow matching), each over several seeds at the same conditional-training budget
-(the ``_pre`` row's pretraining steps are reported on top). The unconditional pretraining run is
-tested too and shown as a reference row.
+(the ``_pre`` row's pretraining steps are reported on top; ``_pre_half`` pretrains and finetunes
+half the budget each, the same total as the rows from scratch). The unconditional pretraining run
+is tested too and shown as a reference row. Every row: mean ± 95% CI over seeds, and paired
+comparisons against ``world_filmcond`` (:mod:`lightning_film.reproduce.world_report`).
 
 **world-conditioning** trains ``configs/world/filmcond.yaml`` with every registered conditioner
 under RMSNorm, and with FiLM under every other registered normalizer, at equal budget; per row
 it also reports parameters, forward GFLOPs of one denoiser call (``FlopCounterMode``) and the
 training-step time against ``none`` (interleaved, same run). DiT's own ablation (ImageNet
-256, FID-50K at 400K steps) is shown beside it as the reference ordering.
+256, FID-50K at 400K steps) and Nano World Model's action-injection ablation (RT-1, PSNR / FID)
+are shown beside it as reference orderings; whether ``none`` comes out clearly worst (every other
+row better by the paired test) is computed.
 
 Every run is the real ``lightning-film fit`` + ``test`` (resumable; see
 :mod:`lightning_film.reproduce.runner`). Results: ``benchmarks/results/world/<table>/<preset>/``
@@ -41,18 +45,31 @@ from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
     config_tree,
-    fmt_mean_std,
-    header,
     init_args,
     make_folder,
     mean_std,
     override_args,
     parse_override,
     report_basics,
+    rerender,
 )
-from lightning_film.reproduce.runner import Run, execute_all
+from lightning_film.reproduce.runner import Run, execute_all, print_plan
+from lightning_film.reproduce.world_report import (
+    DIT_FID,
+    KID_REFERENCE,
+    KID_ROWS,
+    NANOWM,
+    NONE_ROW,
+    PRETRAIN,
+    PRETRAIN_HALF,
+    analyse,
+    kid_verdict,
+    render_conditioning,
+    render_kid,
+)
 
-__all__ = ["KID_ROWS", "PRESETS", "Preset", "conditioning_runs", "kid_runs", "main_conditioning", "main_kid"]
+__all__ = ["KID_ROWS", "PRESETS", "Preset", "conditioning_runs", "copy_baseline", "kid_runs", "main_conditioning",
+           "main_kid", "render_conditioning", "render_kid"]  # fmt: skip
 
 CONFIGS = Path("configs/world")
 
@@ -74,43 +91,18 @@ class Preset:
 
 PRESETS: dict[str, dict[str, Preset]] = {
     "world-kid": {
-        "quick": Preset(seeds=(0, 1), max_steps=1000, pretrain_steps=1000, val_every=500, eval_samples=200,
+        "quick": Preset(seeds=(0, 1, 2), max_steps=1000, pretrain_steps=1000, val_every=500, eval_samples=200,
                         kid_subset_size=100, sample_steps=20),
         "full": Preset(seeds=(0, 1, 2, 3, 4), max_steps=6000, pretrain_steps=6000, val_every=1000,
                        eval_samples=1000, kid_subset_size=500, sample_steps=50),
     },
     "world-conditioning": {
-        "quick": Preset(seeds=(0,), max_steps=1000, pretrain_steps=0, val_every=500, eval_samples=200,
+        "quick": Preset(seeds=(0, 1, 2), max_steps=1000, pretrain_steps=0, val_every=500, eval_samples=200,
                         kid_subset_size=100, sample_steps=20),
         "full": Preset(seeds=(0, 1, 2), max_steps=6000, pretrain_steps=0, val_every=1000, eval_samples=1000,
                        kid_subset_size=500, sample_steps=50),
     },
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class KidRow:
-    """A row of the seed's table: the config behind it and the seed's own KID."""
-
-    name: str
-    config: str
-    normalization: str
-    conditioning: str
-    seed_kid: float | None
-    pretrained: bool = False
-
-
-KID_ROWS: tuple[KidRow, ...] = (
-    KidRow("world_base", "base.yaml", "LayerNorm", "additive", 0.157),
-    KidRow("world_filmcond", "filmcond.yaml", "RMSNorm", "FiLM", 0.128),
-    KidRow("world_filmcond_pre", "filmcond_pre.yaml", "RMSNorm", "FiLM, from an unconditional pretrained model",
-           0.106, pretrained=True),
-    KidRow("world_flow_clsfg", "flow_clsfg.yaml", "RMSNorm", "FiLM + classifier-free guidance (flow matching)", 0.102),
-)  # fmt: skip
-PRETRAIN = KidRow("pretrain (reference)", "pretrain.yaml", "RMSNorm", "none: action always dropped", None)
-
-#: DiT (Peebles & Xie), Table 4: ImageNet 256, FID-50K at 400K steps, XL/2 (lower is better).
-DIT_FID = {"concat": 35.24, "cross_attention": 26.14, "adaln": 25.21, "adaln_zero": 19.47}
 
 
 # -- runs ----------------------------------------------------------------------------------------------
@@ -124,19 +116,23 @@ def _budget(preset: Preset, seed: int, steps: int) -> list[str]:
 
 
 def kid_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides: list[tuple[str, str]]) -> list[Run]:
-    """Per seed: the unconditional pretraining run, then the four rows (``_pre`` finetunes it)."""
-    extra = override_args(overrides)
+    """Per seed: the unconditional pretraining runs (the preset's steps; half the conditional budget),
+    then the rows: ``_pre`` finetunes the first for the whole budget (more steps in total), ``_pre_half``
+    the second for the other half (the same total as the rows trained from scratch)."""
+    extra, half = override_args(overrides), preset.max_steps // 2
     runs = []
     for seed in seeds:
-        pre_key = f"pretrain/seed{seed}"
-        args = _budget(preset, seed, preset.pretrain_steps) + ["--model.init_from", "null", *extra]
-        runs.append(Run(pre_key, configs / PRETRAIN.config, args, labels={"row": PRETRAIN.name, "seed": seed}))
+        pre = {False: f"pretrain/seed{seed}", True: f"pretrain_half/seed{seed}"}
+        for split, row, steps in ((False, PRETRAIN, preset.pretrain_steps), (True, PRETRAIN_HALF, half)):
+            args = _budget(preset, seed, steps) + ["--model.init_from", "null", *extra]
+            runs.append(Run(pre[split], configs / row.config, args, labels={"row": row.name, "seed": seed}))
         for row in KID_ROWS:
-            run = Run(f"{row.name}/seed{seed}", configs / row.config, _budget(preset, seed, preset.max_steps) + extra,
+            steps = preset.max_steps - half if row.split else preset.max_steps
+            run = Run(f"{row.name}/seed{seed}", configs / row.config, _budget(preset, seed, steps) + extra,
                       labels={"row": row.name, "seed": seed})  # fmt: skip
             if row.pretrained:
-                run.after = [pre_key]
-                run.fit_args = ["--model.init_from", "{runs}/" + pre_key + "/checkpoints/last.ckpt"]
+                run.after = [pre[row.split]]
+                run.fit_args = ["--model.init_from", "{runs}/" + pre[row.split] + "/checkpoints/last.ckpt"]
                 run.test_args = ["--model.init_from", "null"]  # the test loads the finetuned checkpoint
             else:
                 run.args += ["--model.init_from", "null"]
@@ -255,137 +251,7 @@ def copy_baseline(config: Path, overrides: list[tuple[str, str]], preset: Preset
     return {"kid_mean": float(kid_mean), "kid_std": float(kid_std), "psnr": float(psnr), "windows": n}
 
 
-# -- reports -------------------------------------------------------------------------------------------
-def _collect(results: dict[str, dict], metric: str) -> dict[str, list[float]]:
-    by_row: dict[str, list[float]] = {}
-    for result in results.values():
-        if metric in result["test"]:
-            by_row.setdefault(result["row"], []).append(result["test"][metric])
-    return by_row
-
-
-def _ranking(means: dict[str, float]) -> str:
-    return " < ".join(sorted(means, key=means.get))
-
-
-def _baseline_row(report: dict[str, Any], columns: int) -> str:
-    b = report.get("baseline")
-    if not b:
-        return ""
-    cells = ["copy the last context frame (no model)", f"{b['kid_mean']:.4f} ± {b['kid_std']:.4f} (subsets)",
-             f"{b['psnr']:.2f}"]  # fmt: skip
-    if columns == 6:
-        cells = [cells[0], "–", "–", cells[1], cells[2], "–"]
-    else:
-        cells += ["–"] * (columns - len(cells))
-    return "| " + " | ".join(cells) + " |"
-
-
-def _baseline_note(report: dict[str, Any]) -> str:
-    if not report.get("baseline"):
-        return ""
-    return (
-        "- Baseline: the last context frame given as the next one, scored on the same test windows, features "
-        "and KID subsets. Its frames are real frames, so its KID is near 0 and no generator beats it there; "
-        "KID says how real the generated frames look, PSNR how close they are to what happened."
-    )
-
-
-def render_kid(report: dict[str, Any]) -> str:
-    kid, psnr = report["kid"], report["psnr"]
-    p = report["preset"]
-    lines = [
-        f"# World model: the seed's KID table (preset `{report['preset_name']}`)",
-        "",
-        *header(report),
-        f"- Budget: {p['max_steps']} conditional-training steps per row; the `_pre` row starts from an "
-        f"unconditional run of {p['pretrain_steps']} steps; seeds {report['seeds']}; KID over "
-        f"{p['eval_samples']} held-out test frames (subset size {p['kid_subset_size']}), {p['sample_steps']} "
-        f"sampling steps (preset values; the overrides below win); overrides {report['overrides'] or 'none'}",
-        "",
-        "| run | normalization | conditioning | KID (ours, mean ± std over seeds) | PSNR (dB) | KID (seed's data) |",
-        "|---|---|---|---:|---:|---:|",
-    ]
-    for row in (*KID_ROWS, PRETRAIN):
-        seed_kid = f"{row.seed_kid:.3f}" if row.seed_kid is not None else "–"
-        lines.append(
-            f"| {row.name} | {row.normalization} | {row.conditioning} | {fmt_mean_std(kid.get(row.name), 4)} | "
-            f"{fmt_mean_std(psnr.get(row.name), 2)} | {seed_kid} |"
-        )
-    lines += [
-        _baseline_row(report, 6),
-        "",
-        _baseline_note(report),
-        *report["verdict"],
-        "",
-        "Per-run metrics, curves and commands: `results.json`; plot: `kid.png`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def kid_verdict(kid: dict[str, list[float]]) -> list[str]:
-    ours = {r.name: mean_std(kid[r.name])[0] for r in KID_ROWS if kid.get(r.name)}
-    seed = {r.name: r.seed_kid for r in KID_ROWS if r.name in ours}
-    if len(ours) < 2:
-        return []
-    lines = [
-        f"- Our ordering (best first): {_ranking(ours)}.",
-        f"- The seed's ordering: {_ranking(seed)}.",
-    ]
-    agree = _ranking(ours) == _ranking(seed)
-    lines.append(
-        "- The orderings agree." if agree else
-        "- The orderings differ; the seed's numbers come from its own data and budget, ours from the built-in "
-        "world at this preset's budget: read the std column before reading anything into a gap."
-    )  # fmt: skip
-    return lines
-
-
-def render_conditioning(report: dict[str, Any]) -> str:
-    kid, psnr, costs = report["kid"], report["psnr"], report["costs"]
-    p = report["preset"]
-    rows = sorted(costs, key=lambda r: mean_std(kid[r])[0] if kid.get(r) else float("inf"))
-    lines = [
-        f"# World model: conditioners and normalizers at equal budget (preset `{report['preset_name']}`)",
-        "",
-        *header(report),
-        f"- Budget: {p['max_steps']} steps per row from `configs/world/filmcond.yaml`; seeds {report['seeds']}; "
-        f"KID over {p['eval_samples']} test frames (subset {p['kid_subset_size']}), {p['sample_steps']} sampling "
-        f"steps; overrides {report['overrides'] or 'none'}",
-        "- Step time: loss + backward + fused AdamW (the models' optimizer) on one batch of random frames (timing does not depend on content), "
-        f"all rows interleaved, {p['repeats']} repeats x {p['steps_per_repeat']} steps; ratio to rmsnorm + none "
-        "per repeat (median, IQR). GFLOPs: one denoiser forward at batch 1 (`FlopCounterMode`).",
-        "",
-        "| row (best KID first) | KID (mean ± std) | PSNR (dB) | params | forward GFLOPs | step (ms) | step vs none | DiT FID-50K |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in rows:
-        c = costs[name]
-        r = c["step_ratio_vs_none"]
-        cond = name.split(" + ")[1]
-        dit = f"{DIT_FID[cond]:.2f}" if cond in DIT_FID and name.startswith("rmsnorm") else "–"
-        lines.append(
-            f"| {name} | {fmt_mean_std(kid.get(name), 4)} | {fmt_mean_std(psnr.get(name), 2)} | {c['params']:,} | "
-            f"{c['forward_gflops']:.3f} | {c['step_ms']:.1f} | {r['median']:.3f} ({r['q1']:.3f}–{r['q3']:.3f}) | {dit} |"
-        )
-    ours = {c: mean_std(kid[f"rmsnorm + {c}"])[0] for c in DIT_FID if kid.get(f"rmsnorm + {c}")}
-    lines += [_baseline_row(report, 8), "", _baseline_note(report)]
-    if len(report["seeds"]) == 1:
-        lines.append(
-            "- One seed per row, so no spread here: `world-kid` at the same budget gives the seed-to-seed std of "
-            "one config; read gaps smaller than it as noise (`--preset full` runs 3 seeds)."
-        )
-    if len(ours) == len(DIT_FID):
-        agree = _ranking(ours) == _ranking(DIT_FID)
-        lines += [
-            f"- DiT's ordering of its four (best first): {_ranking(DIT_FID)}.",
-            f"- Ours for the same four: {_ranking(ours)} — {'the same' if agree else 'a different'} ordering.",
-        ]
-    lines += ["", "Per-run metrics and commands: `results.json`; plot: `kid.png`.", ""]
-    return "\n".join(lines)
-
-
+# -- reports (the tables themselves: world_report) -----------------------------------------------------
 def render_png(kid: dict[str, list[float]], order: list[str], title: str, reference: dict[str, float] | None) -> bytes:
     import matplotlib
 
@@ -426,6 +292,8 @@ def _parser(table: str) -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce") / table, help="where the runs live")
     parser.add_argument("--out", type=Path, help=f"results folder (default benchmarks/results/world/{table}/<preset>)")
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
     return parser
 
 
@@ -456,50 +324,83 @@ def _execute(runs: list[Run], root: Path) -> dict[str, dict]:
     return execute_all(runs, root)
 
 
+def _collect(results: dict[str, dict], metric: str) -> dict[str, list[float]]:
+    by_row: dict[str, list[float]] = {}
+    for result in results.values():
+        if metric in result["test"]:
+            by_row.setdefault(result["row"], []).append(result["test"][metric])
+    return by_row
+
+
+def analyse_kid(report: dict[str, Any]) -> dict[str, Any]:
+    """The world-kid report's derived parts: KID and PSNR per row, the orderings, the statistics."""
+    kid, psnr = _collect(report["runs"], "test/kid_mean"), _collect(report["runs"], "test/psnr")
+    return analyse({**report, "kid": kid, "psnr": psnr, "verdict": kid_verdict(kid)}, KID_REFERENCE)
+
+
+def analyse_conditioning(report: dict[str, Any]) -> dict[str, Any]:
+    kid, psnr = _collect(report["runs"], "test/kid_mean"), _collect(report["runs"], "test/psnr")
+    return analyse({**report, "kid": kid, "psnr": psnr, "dit_fid": DIT_FID, "nanowm": NANOWM}, NONE_ROW)
+
+
+def _render_only(table: str, argv: list[str]) -> bool:
+    """``--render-only``: re-render the table from its results.json, train nothing (True when done)."""
+    args = _parser(table).parse_args(argv)
+    if not args.render_only:
+        return False
+    analyse_, render = (
+        (analyse_kid, render_kid) if table == "world-kid" else (analyse_conditioning, render_conditioning)
+    )
+    print(rerender(args.out or Path("benchmarks/results/world") / table / args.preset, analyse_, render))
+    return True
+
+
 def main_kid(argv: list[str]) -> None:
     """``lightning-film reproduce world-kid ...``"""
+    if _render_only("world-kid", argv):
+        return
     start = time.perf_counter()
     args, preset, seeds, out = _setup("world-kid", argv)
     runs = kid_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
-    print(f"world-kid, preset {args.preset}: {len(runs)} runs into {root}")
+    print_plan(f"world-kid, preset {args.preset}", runs, root)
     results = _execute(runs, root)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
-    kid, psnr = _collect(results, "test/kid_mean"), _collect(results, "test/psnr")
-    report = {
+    report = analyse_kid({
         **report_basics("world-kid", argv, args, preset, seeds, machine_info()),
-        "kid": kid, "psnr": psnr, "verdict": kid_verdict(kid), "baseline": baseline,
-        "seed_kid": {r.name: r.seed_kid for r in KID_ROWS},
+        "baseline": baseline, "seed_kid": {r.name: r.seed_kid for r in KID_ROWS},
         "runs": results, "wall_s": time.perf_counter() - start,
-    }  # fmt: skip
+    })  # fmt: skip
     order = [r.name for r in (*KID_ROWS, PRETRAIN)]
     write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out / "results.md", render_kid(report))
-    write_atomic(out / "kid.png", render_png(kid, order, "World model: the seed's four rows", report["seed_kid"]))
+    png = render_png(report["kid"], order, "World model: the seed's rows", report["seed_kid"])
+    write_atomic(out / "kid.png", png)
     print(render_kid(report))
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'kid.png'}", file=sys.stderr)
 
 
 def main_conditioning(argv: list[str]) -> None:
     """``lightning-film reproduce world-conditioning ...``"""
+    if _render_only("world-conditioning", argv):
+        return
     start = time.perf_counter()
     args, preset, seeds, out = _setup("world-conditioning", argv)
     runs = conditioning_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
-    print(f"world-conditioning, preset {args.preset}: {len(runs)} runs into {root}")
+    print_plan(f"world-conditioning, preset {args.preset}", runs, root)
     results = _execute(runs, root)
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
     costs = model_costs(base_args, conditioning_rows(), preset.repeats, preset.steps_per_repeat, batch)
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
-    kid, psnr = _collect(results, "test/kid_mean"), _collect(results, "test/psnr")
-    report = {
+    report = analyse_conditioning({
         **report_basics("world-conditioning", argv, args, preset, seeds, machine_info()),
-        "kid": kid, "psnr": psnr, "costs": costs, "dit_fid": DIT_FID, "baseline": baseline,
-        "runs": results, "wall_s": time.perf_counter() - start,
-    }  # fmt: skip
+        "costs": costs, "baseline": baseline, "runs": results, "wall_s": time.perf_counter() - start,
+    })  # fmt: skip
+    kid = report["kid"]
     order = sorted(costs, key=lambda r: mean_std(kid[r])[0] if kid.get(r) else float("inf"))
     write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out / "results.md", render_conditioning(report))

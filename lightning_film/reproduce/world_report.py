@@ -1,0 +1,275 @@
+"""The world tables' reports: what each row is, its metrics over seeds (mean ± 95% CI), the paired
+comparisons, and the verdicts computed from them (:mod:`lightning_film.reproduce.stats`).
+
+Controllability columns come from the world model's ``test`` stage when a run logged them
+(``test/agent_acc``: the agent placed right with the true action; ``test/agent_acc_wrong``: sampled
+with a wrong action; ``test/rollout_agent_acc``: after the last rollout step; ``test/psnr_copy``:
+copying the last context frame); runs made before these metrics existed show "–".
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from lightning_film.reproduce.report import header
+from lightning_film.reproduce.stats import compare, fmt_ci, holm, interval, paired_section
+
+__all__ = ["DIT_FID", "KID_ROWS", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
+           "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KidRow:
+    """A row of the seed's table: the config behind it and the seed's own KID; ``pretrained``: finetuned
+    from an unconditional run; ``split``: that run and the finetune share the other rows' budget (half
+    each) instead of the pretraining coming on top."""
+
+    name: str
+    config: str
+    normalization: str
+    conditioning: str
+    seed_kid: float | None
+    pretrained: bool = False
+    split: bool = False
+
+
+KID_ROWS: tuple[KidRow, ...] = (
+    KidRow("world_base", "base.yaml", "LayerNorm", "additive", 0.157),
+    KidRow("world_filmcond", "filmcond.yaml", "RMSNorm", "FiLM", 0.128),
+    KidRow("world_filmcond_pre", "filmcond_pre.yaml", "RMSNorm", "FiLM, from an unconditional pretrained model",
+           0.106, pretrained=True),
+    KidRow("world_filmcond_pre_half", "filmcond_pre.yaml", "RMSNorm",
+           "FiLM, half the steps unconditional + half finetuned: the other rows' total", None, pretrained=True,
+           split=True),
+    KidRow("world_flow_clsfg", "flow_clsfg.yaml", "RMSNorm", "FiLM + classifier-free guidance (flow matching)", 0.102),
+)  # fmt: skip
+PRETRAIN = KidRow("pretrain (reference)", "pretrain.yaml", "RMSNorm", "none: action always dropped", None)
+#: the split row's own pretraining run: half the conditional budget
+PRETRAIN_HALF = KidRow("pretrain, half budget", "pretrain.yaml", "RMSNorm", "none: action always dropped", None)
+KID_REFERENCE = "world_filmcond"
+NONE_ROW = "rmsnorm + none"
+
+#: DiT (Peebles & Xie), Table 4: ImageNet 256, FID-50K at 400K steps, XL/2 (lower is better).
+DIT_FID = {"concat": 35.24, "cross_attention": 26.14, "adaln": 25.21, "adaln_zero": 19.47}
+#: Nano World Model's action-injection ablation: NanoWM-B/2 on RT-1, 50k steps, (PSNR dB, FID).
+NANOWM = {
+    "additive": (23.07, 42.27),
+    "adaln": (23.19, 43.62),
+    "film": (23.20, 40.62),
+    "cross_attention": (20.82, 51.12),
+}
+NANOWM_NOTE = (
+    "Nano World Model (NanoWM-B/2, RT-1, 50k steps), action injection, PSNR / FID: additive 23.07 / 42.27, "
+    "adaLN 23.19 / 43.62, FiLM 23.20 / 40.62, cross-attention 20.82 / 51.12; on PushT (2-D actions) all five "
+    "land within 0.32 dB and additive is best"
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A column: its key (a logged ``test/`` metric or a derived one), header, digits, which way is better."""
+
+    key: str
+    name: str
+    digits: int
+    higher_is_better: bool | None
+
+
+METRICS = (
+    Metric("test/kid_mean", "KID", 4, False),
+    Metric("test/psnr", "PSNR (dB)", 2, True),
+    Metric("psnr_vs_copy", "PSNR − copy (dB)", 2, True),
+    Metric("test/agent_acc", "agent acc", 3, True),
+    Metric("test/agent_acc_wrong", "agent acc, wrong action", 3, None),  # low: the model obeys the action
+    Metric("test/rollout_agent_acc", "rollout agent acc", 3, True),
+)
+BY_KEY = {m.key: m for m in METRICS}
+#: compared pair by pair (the rest are shown, not tested)
+PAIRED = ("test/kid_mean", "test/psnr", "test/agent_acc", "test/rollout_agent_acc")
+
+
+def _values(test: dict[str, float]) -> dict[str, float]:
+    """A run's test metrics plus ``psnr_vs_copy`` (its PSNR minus copying the last frame's) when both exist."""
+    out = dict(test)
+    if "test/psnr" in test and "test/psnr_copy" in test:
+        out["psnr_vs_copy"] = test["test/psnr"] - test["test/psnr_copy"]
+    return out
+
+
+def per_seed(runs: dict[str, dict]) -> dict[str, dict[str, dict[int, float]]]:
+    """metric -> row -> seed -> value, for the metrics each run has."""
+    table: dict[str, dict[str, dict[int, float]]] = {}
+    for result in runs.values():
+        for key, value in _values(result["test"]).items():
+            table.setdefault(key, {}).setdefault(result["row"], {})[result["seed"]] = value
+    return table
+
+
+def none_verdict(values: dict[str, dict[str, dict[int, float]]], none: str = NONE_ROW) -> dict[str, Any]:
+    """Does ``none`` come out clearly worst? On the main metric (agent accuracy when logged, else KID),
+    every other row against ``none``, paired over seeds, Holm over those pairs: established and better,
+    for every row. {"metric", "clear", "comparisons", "sentence"}."""
+    key = "test/agent_acc" if values.get("test/agent_acc", {}).get(none) else "test/kid_mean"
+    metric = BY_KEY[key]
+    tests = holm(compare(values.get(key, {}), reference=none, metric=key))
+    better = [c for c in tests if c["verdict"] == "established" and (c["diff"] > 0) == metric.higher_is_better]
+    clear = bool(tests) and len(better) == len(tests)
+    if clear:
+        sentence = (f"**`none` comes out clearly worst** on {metric.name}: each of the {len(tests)} other rows beats "
+                    f"it, established by the paired test over the seeds (Holm over these {len(tests)} pairs).")  # fmt: skip
+    else:
+        untested = sum(c["p"] is None for c in tests)
+        why = f"; {untested} without a test (fewer than 2 shared seeds)" if untested else ""
+        sentence = (f"**The table answers nothing** on whether conditioning matters: `none` is not established "
+                    f"worst on {metric.name} (the paired test, Holm over {len(tests)} pairs, has {len(better)} of "
+                    f"{len(tests)} rows clearly better{why}).")  # fmt: skip
+    return {"metric": key, "clear": clear, "comparisons": tests, "sentence": sentence}
+
+
+def analyse(report: dict[str, Any], reference: str) -> dict[str, Any]:
+    """``report`` with ``stats``: per metric and row the mean and 95% CI; every row against ``reference``
+    on :data:`PAIRED` metrics (Holm over the table); in world-conditioning the none-is-worst check."""
+    values = per_seed(report["runs"])
+    rows = {k: {r: interval(list(s.values())) for r, s in by_row.items()} for k, by_row in values.items()}
+    paired = holm([c for k in PAIRED if k in values for c in compare(values[k], reference=reference, metric=k)])
+    stats: dict[str, Any] = {"rows": rows, "paired": paired}
+    if reference == NONE_ROW:
+        stats["none_worst"] = none_verdict(values)
+    return {**report, "stats": stats}
+
+
+def _cells(values: dict[str, dict[str, dict[int, float]]], row: str) -> list[str]:
+    seeds = max((len(values[m.key].get(row, {})) for m in METRICS if m.key in values), default=0)
+    return [str(seeds)] + [fmt_ci(list(values.get(m.key, {}).get(row, {}).values()), m.digits) for m in METRICS]
+
+
+def _baseline_row(report: dict[str, Any], values: dict[str, dict], first: list[str], last: list[str]) -> str:
+    """Copying the last context frame: its KID and PSNR (scored here), its agent accuracy (the runs')."""
+    b = report.get("baseline")
+    if not b:
+        return ""
+    copy = [v for by_seed in values.get("test/agent_acc_copy", {}).values() for v in by_seed.values()]
+    by_key = {"test/kid_mean": f"{b['kid_mean']:.4f} ± {b['kid_std']:.4f} (subsets)", "test/psnr": f"{b['psnr']:.2f}",
+              "test/agent_acc": f"{statistics.fmean(copy):.3f}" if copy else "–"}  # fmt: skip
+    cells = ["copy the last context frame (no model)", *first, "–", *(by_key.get(m.key, "–") for m in METRICS), *last]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _notes(report: dict[str, Any], values: dict[str, dict]) -> list[str]:
+    lines = [
+        "- Cells: mean ± 95% CI half-width over the seeds (Student t); a row of one seed shows its value alone "
+        "(one seed has no interval). PSNR − copy: each run's PSNR minus copying the last context frame on the "
+        "same windows (`test/psnr_copy`), > 0: better than predicting no change. Agent acc: the agent drawn in "
+        "the right cell of the sampled frame with the true action; with a wrong action (a model that obeys the "
+        "action scores low there); after the last rollout step. Runs that did not log a metric show –.",
+    ]
+    if report.get("baseline"):
+        lines.append(
+            "- Baseline: the last context frame given as the next one, scored on the same test windows, features "
+            "and KID subsets. Its frames are real frames, so its KID is near 0 and no generator beats it there; "
+            "KID says how real the generated frames look, PSNR how close they are to what happened"
+            + ("; its agent acc is the runs' `test/agent_acc_copy`." if "test/agent_acc_copy" in values else ".")
+        )
+    return lines
+
+
+def _digits_names() -> tuple[dict[str, int], dict[str, str]]:
+    return {m.key: m.digits for m in METRICS}, {m.key: m.name for m in METRICS}
+
+
+def _ranking(means: dict[str, float]) -> str:
+    return " < ".join(sorted(means, key=means.get))
+
+
+def _head(report: dict[str, Any], title: str, budget: str, first: str, extra: list[str]) -> list[str]:
+    columns = ["seeds", *(m.name for m in METRICS), *extra]
+    return [f"# World model: {title} (preset `{report['preset_name']}`)", "", *header(report), budget, "",
+            f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]  # fmt: skip
+
+
+def render_kid(report: dict[str, Any]) -> str:
+    p, values = report["preset"], per_seed(report["runs"])
+    budget = (
+        f"- Budget: {p['max_steps']} conditional-training steps per row; `world_filmcond_pre` starts from an "
+        f"unconditional run of {p['pretrain_steps']} steps (more steps in total), `world_filmcond_pre_half` from one "
+        f"of {p['max_steps'] // 2} and finetunes {p['max_steps'] - p['max_steps'] // 2} (the same total); seeds "
+        f"{report['seeds']}; KID over {p['eval_samples']} held-out test frames (subset size {p['kid_subset_size']}), "
+        f"{p['sample_steps']} sampling steps (preset values; the overrides below win); overrides "
+        f"{report['overrides'] or 'none'}"
+    )
+    lines = _head(report, "the seed's KID table", budget, "run | normalization | conditioning", ["KID (seed's data)"])
+    lines[-1] = "|---|---|---|" + lines[-1][5:]
+    for row in (*KID_ROWS, PRETRAIN):
+        seed_kid = f"{row.seed_kid:.3f}" if row.seed_kid is not None else "–"
+        cells = [row.name, row.normalization, row.conditioning, *_cells(values, row.name), seed_kid]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [_baseline_row(report, values, ["–", "–"], ["–"]), "", *_notes(report, values), *report["verdict"], ""]
+    lines += [*paired_section(report["stats"]["paired"], *_digits_names())]
+    return "\n".join([*lines, "Per-run metrics, curves and commands: `results.json`; plot: `kid.png`.", ""])
+
+
+def kid_verdict(kid: dict[str, list[float]]) -> list[str]:
+    ours = {r.name: statistics.fmean(kid[r.name]) for r in KID_ROWS if kid.get(r.name) and r.seed_kid is not None}
+    seed = {r.name: r.seed_kid for r in KID_ROWS if r.name in ours}
+    if len(ours) < 2:
+        return []
+    agree = _ranking(ours) == _ranking(seed)
+    return [
+        f"- Our ordering of the seed's rows (best KID first): {_ranking(ours)}.",
+        f"- The seed's ordering: {_ranking(seed)}.",
+        "- The orderings agree." if agree else
+        "- The orderings differ; the seed's numbers come from its own data and budget, ours from the built-in "
+        "world at this preset's budget: the paired comparisons below say which of our gaps the seeds establish.",
+    ]  # fmt: skip
+
+
+def _references(name: str) -> list[str]:
+    norm, _, cond = name.partition(" + ")
+    dit = f"{DIT_FID[cond]:.2f}" if cond in DIT_FID and norm == "rmsnorm" else "–"
+    nano = f"{NANOWM[cond][0]:.2f} / {NANOWM[cond][1]:.2f}" if cond in NANOWM and norm == "rmsnorm" else "–"
+    return [dit, nano]
+
+
+def _orderings(values: dict[str, dict], key: str, reference: dict[str, float], who: str, ours_by: str,
+               higher: bool) -> list[str]:  # fmt: skip
+    ours = {c: statistics.fmean(values[key][f"rmsnorm + {c}"].values()) for c in reference
+            if values.get(key, {}).get(f"rmsnorm + {c}")}  # fmt: skip
+    if len(ours) < len(reference):
+        return []
+    sign = -1 if higher else 1
+    theirs = _ranking({c: sign * v for c, v in reference.items()})
+    mine = _ranking({c: sign * v for c, v in ours.items()})
+    return [f"- {who} orders its {len(reference)} (best first): {theirs}; {ours_by} orders the same "
+            f"{len(reference)}: {mine} — {'the same' if theirs == mine else 'a different'} ordering."]  # fmt: skip
+
+
+def render_conditioning(report: dict[str, Any]) -> str:
+    p, costs, values = report["preset"], report["costs"], per_seed(report["runs"])
+    kid = values.get("test/kid_mean", {})
+    rows = sorted(costs, key=lambda r: statistics.fmean(kid[r].values()) if kid.get(r) else float("inf"))
+    budget = (
+        f"- Budget: {p['max_steps']} steps per row from `configs/world/filmcond.yaml`; seeds {report['seeds']}; "
+        f"KID over {p['eval_samples']} test frames (subset {p['kid_subset_size']}), {p['sample_steps']} sampling "
+        f"steps; overrides {report['overrides'] or 'none'}\n"
+        "- Step time: loss + backward + fused AdamW (the models' optimizer) on one batch of random frames (timing "
+        f"does not depend on content), all rows interleaved, {p['repeats']} repeats x {p['steps_per_repeat']} steps; "
+        "ratio to rmsnorm + none per repeat (median, IQR). GFLOPs: one denoiser forward at batch 1 (`FlopCounterMode`)."
+    )
+    extra = ["params", "forward GFLOPs", "step (ms)", "step vs none", "DiT FID-50K", "NanoWM PSNR / FID"]
+    lines = _head(report, "conditioners and normalizers at equal budget", budget, "row (best KID first)", extra)
+    for name in rows:
+        c, r = costs[name], costs[name]["step_ratio_vs_none"]
+        cost = [f"{c['params']:,}", f"{c['forward_gflops']:.3f}", f"{c['step_ms']:.1f}",
+                f"{r['median']:.3f} ({r['q1']:.3f}–{r['q3']:.3f})"]  # fmt: skip
+        lines.append("| " + " | ".join([name, *_cells(values, name), *cost, *_references(name)]) + " |")
+    lines += [_baseline_row(report, values, [], ["–"] * len(extra)), "", *_notes(report, values)]
+    lines += [f"- Ablation check: {report['stats']['none_worst']['sentence']}"]
+    lines += _orderings(values, "test/kid_mean", DIT_FID, "DiT (ImageNet 256, FID-50K)", "our KID", False)
+    lines += [f"- Reference: {NANOWM_NOTE}."]
+    lines += _orderings(
+        values, "test/psnr", {c: v[0] for c, v in NANOWM.items()}, "NanoWM (RT-1 PSNR)", "our PSNR", True
+    )
+    lines += ["", *paired_section(report["stats"]["paired"], *_digits_names())]
+    return "\n".join([*lines, "Per-run metrics and commands: `results.json`; plot: `kid.png`.", ""])
