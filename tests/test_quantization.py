@@ -112,7 +112,7 @@ def test_byte_lm_roles() -> None:
     assert roles["embed.conditioner.scale.0"] == roles["transformer.blocks.0.cond1.shift.0"] == "conditioner"
     assert roles["transformer.final_cond.scale.0"] == "conditioner"
     assert roles["transformer.blocks.0.attn.qkv"] == roles["transformer.blocks.0.mlp.fc2"] == "backbone"
-    assert roles["net.head"] == "head"
+    assert roles["head"] == "head"
 
 
 # -- schemes ----------------------------------------------------------------------------------------
