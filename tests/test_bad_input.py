@@ -159,10 +159,10 @@ class Env:
         return str(self.tmp / name)
 
     def reshaped_world_ckpt(self, name: str = "other_patch.ckpt") -> str:
-        """The world checkpoint with ``patch_embed`` of another input width (another context length)."""
+        """The world checkpoint with ``net.patch_embed`` of another input width (another context length)."""
         checkpoint = torch.load(self.trained.world_ckpt, map_location="cpu", weights_only=True)
         state = checkpoint["state_dict"]
-        state["patch_embed.weight"] = torch.zeros(16, 7 * 3 * 4 * 4)
+        state["net.patch_embed.weight"] = torch.zeros(16, 7 * 3 * 4 * 4)
         torch.save({"state_dict": state}, self.tmp / name)
         return str(self.tmp / name)
 

@@ -154,8 +154,8 @@ def test_world_model_exports_one_denoiser_call(tmp_path: Path) -> None:
     assert report["outputs"] == [{"name": "prediction", "shape": [1, 3, 16, 16], "dtype": "FLOAT16"}]
     assert {"pixel_unshuffle", "pixel_shuffle", "scaled_dot_product_attention"} <= set(report["op_histogram"])
     storage = {w["param"]: w["storage"] for w in report["weights"] if "param" in w}
-    assert storage["model.transformer.blocks.0.cond1.scale.0.weight"] == "int4"
-    assert storage["model.patch_embed.weight"] == storage["model.action_embed.weight"] == "int8"
+    assert storage["net.transformer.blocks.0.cond1.scale.0.weight"] == "int4"
+    assert storage["net.patch_embed.weight"] == storage["net.action_embed.weight"] == "int8"
     assert any("timestep embedding" in w for w in report["warnings"])
     assert report["export_check_max_abs_diff"] < 1e-4
 

@@ -379,9 +379,16 @@ def test_world_model_roles_and_a_quantized_copy() -> None:
         for p in world.parameters():
             p.add_(0.1 * torch.randn_like(p))
     roles = assign_roles(world)
-    assert roles["action_embed"] == "embedding" and roles["head"] == "head"
-    assert roles["patch_embed"] == roles["time_embed.mlp.0"] == roles["transformer.blocks.0.attn.qkv"] == "backbone"
-    assert roles["transformer.blocks.0.cond1.scale.0"] == roles["transformer.final_cond.shift.0"] == "conditioner"
+    assert roles["net.action_embed"] == "embedding" and roles["net.head"] == "head"
+    assert (
+        roles["net.patch_embed"]
+        == roles["net.time_embed.mlp.0"]
+        == roles["net.transformer.blocks.0.attn.qkv"]
+        == "backbone"
+    )
+    assert (
+        roles["net.transformer.blocks.0.cond1.scale.0"] == roles["net.transformer.final_cond.shift.0"] == "conditioner"
+    )
     copy = WorldModel(**world.hparams)
     copy.load_state_dict(world.state_dict())
     quantize(copy, Scheme.parse("int4_film"))

@@ -72,7 +72,7 @@ def test_every_pair_trains_a_step_and_samples(normalizer: str, conditioner: str)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     loss = m.loss(make_batch(), dropout=0.2)
     loss.backward()
-    assert math.isfinite(loss.item()) and m.head.weight.grad.abs().sum() > 0
+    assert math.isfinite(loss.item()) and m.net.head.weight.grad.abs().sum() > 0
     opt.step()
     frames = m.sample_next(make_batch()["context"], torch.tensor([0, 1, 4, A]))  # A: the null action
     assert frames.shape == (4, 3, FRAME, FRAME) and frames.dtype == torch.uint8
@@ -83,7 +83,7 @@ def test_frames_enter_per_patch_and_return_in_place() -> None:
     output when attention is blind (no blocks' mixing): pixel_unshuffle / pixel_shuffle are inverse."""
     m = model()
     perturb_(m)
-    for block in m.transformer.blocks:  # make every token see only itself
+    for block in m.net.transformer.blocks:  # make every token see only itself
         block.attn.forward = lambda x, key_mask=None: torch.zeros_like(x)
     x, t, ctx, a = inputs(1)
     base = m(x, t, ctx, a)
@@ -143,14 +143,14 @@ def test_guidance_formula_on_every_channel() -> None:
 def test_cond_dropout_and_unconditional_training_use_the_null_action() -> None:
     seen: list[torch.Tensor] = []
     m = model(cond_dropout=0.5)
-    m.action_embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    m.net.action_embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     torch.manual_seed(0)
     m.loss(make_batch(400), dropout=0.5)
     assert 0.4 < (seen[-1] == A).float().mean() < 0.6
     m.loss(make_batch(400))  # evaluation: no dropout
     assert not (seen[-1] == A).any()
     u = model(condition="none")
-    u.action_embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    u.net.action_embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     u.loss(make_batch(8))
     assert (seen[-1] == A).all()
     u.sample_next(make_batch(2)["context"], torch.tensor([0, 3]))
@@ -199,7 +199,7 @@ def test_init_from_starts_where_the_pretrained_model_was(tmp_path: Path, pre_con
     torch.testing.assert_close(fine(x, t, ctx, torch.full_like(a, A)), expected, rtol=0, atol=0)
     # every action starts as the pretrained null action: the same output for any action
     torch.testing.assert_close(fine(x, t, ctx, torch.arange(5)), expected, rtol=0, atol=0)
-    assert report["actions_from_null"] == ["action_embed.weight"]
+    assert report["actions_from_null"] == ["net.action_embed.weight"]
     if pre_conditioner == "none":  # the new FiLM layers keep their identity init and are named
         assert report["missing"] and all("cond" in k for k in report["missing"])
         assert any(k.endswith("final_cond.scale.0.weight") for k in report["missing"])
@@ -313,12 +313,17 @@ def test_fit_and_test_log_metrics_write_sheets_and_cache_real_features(
         assert key in logged and math.isfinite(logged[key]), key
 
     embedded: list[int] = []
-    extractor = m.test_kid.inception
+    extractor = m.evaluator.kid.inception
     original = extractor.forward
     monkeypatch.setattr(extractor, "forward", lambda imgs: embedded.append(len(imgs)) or original(imgs))
     first = trainer.test(m, dm, verbose=False)[0]
-    for key in ("test/loss", "test/psnr", "test/kid_mean", "test/kid_std", "test/rollout_psnr"):
+    for key in ("test/loss", "test/psnr", "test/kid_mean", "test/kid_std", *CONTROL_KEYS):
         assert key in first and math.isfinite(first[key]), key
+    for r in range(1, TINY["rollout_steps"] + 1):
+        for kind in ("rollout_agent_acc", "rollout_psnr", "rollout_psnr_copy"):
+            assert f"test/{kind}/step_{r}" in first
+    assert first["test/rollout_psnr"] == first[f"test/rollout_psnr/step_{TINY['rollout_steps']}"]
+    assert 0 <= first["test/agent_acc"] <= 1 and first["test/agent_acc_copy"] > 0  # the agent often stays put
     assert sum(embedded) == 2 * 8  # 8 sampled frames, then their 8 real frames (cache miss)
     assert len(list((tmp_path / "cache" / "kid").glob(f"{dm.dataset_key}-test-tiny-n8-*.pt"))) == 1
     sheets = tmp_path / "samples"
@@ -333,6 +338,100 @@ def test_fit_and_test_log_metrics_write_sheets_and_cache_real_features(
     second = trainer.test(m, dm, verbose=False)[0]
     assert sum(embedded) == 8, "the real frames' features must come from the cache"
     assert second == pytest.approx(first)  # seeded: the same noise, the same KID subsets
+
+
+CONTROL_KEYS = (
+    "test/agent_acc", "test/agent_acc_wrong", "test/agent_acc_copy", "test/psnr_copy", "test/ssim", "test/ssim_copy",
+    "test/x0_psnr", "test/x0_psnr_wrong", "test/rollout_agent_acc", "test/rollout_psnr", "test/rollout_psnr_copy",
+)  # fmt: skip
+
+
+def test_a_world_without_a_locator_skips_the_agent_metrics(caplog: pytest.LogCaptureFixture) -> None:
+    from lightning_film.data.worlds import World
+
+    class Plain(World):  # a gym world, say: frames but no locator
+        name, num_actions, action_names = "plain", A, tuple("abcde")
+
+    m, batch = model(), make_batch(4)
+    perturb_(m, 0.05)
+    g = [torch.Generator().manual_seed(i) for i in range(4)]
+    with caplog.at_level("INFO"):
+        m.evaluator.reset(Plain(FRAME))
+    assert "world 'plain' has no agent locator; agent metrics skipped" in caplog.text
+    m.evaluator.update(m, *m.unpack_batch(batch), g)
+    metrics, sheets = m.evaluator.finish(m, None, "synthetic")
+    assert not any("agent" in key for key in metrics)
+    for key in ("test/psnr", "test/psnr_copy", "test/ssim", "test/ssim_copy", "test/x0_psnr", "test/x0_psnr_wrong"):
+        assert math.isfinite(float(metrics[key])), key
+    assert set(sheets) == {"next_frames"}  # no episodes: no rollout
+
+
+def test_evaluation_separates_the_true_action_from_a_wrong_one() -> None:
+    """x0 from pure noise under the true and the wrong action: the same noise, so a model whose
+    action embedding is ablated scores both alike, and the copy baseline ignores the model."""
+    m, batch = model(), make_batch(4)
+    perturb_(m, 0.05)
+    with torch.no_grad():
+        m.net.action_embed.weight.zero_()  # the action cannot matter
+    m.evaluator.reset(None)
+    m.evaluator.update(m, *m.unpack_batch(batch), [torch.Generator().manual_seed(i) for i in range(4)])
+    metrics, _ = m.evaluator.finish(m, None, "synthetic")
+    assert float(metrics["test/x0_psnr"]) == pytest.approx(float(metrics["test/x0_psnr_wrong"]))
+
+
+def test_checkpoints_of_the_layout_before_net_still_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    m = model()
+    perturb_(m, 0.1)
+    trainer = quick_trainer(tmp_path)
+    trainer.strategy.connect(m)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    checkpoint["state_dict"] = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
+    assert "transformer.final_cond.scale.0.weight" in checkpoint["state_dict"]  # the old layout
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with caplog.at_level("INFO"):
+        loaded = WorldModel.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert "predates WorldModel.net" in caplog.text
+    for key, value in m.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    fresh = model()
+    report = fresh.initialize_from(tmp_path / "old.ckpt")
+    assert report["missing"] == report["ignored"] == [] and all(k.startswith("net.") for k in report["copied"])
+    assert torch.equal(fresh.net.head.weight, m.net.head.weight)
+
+
+def test_the_network_stands_alone_and_evaluation_imports_one_way() -> None:
+    """WorldDenoiser is the whole network (export and quantization take ``model.net``); the
+    evaluator reaches the model through its public methods and never imports it at run time."""
+    import ast
+
+    from lightning_film.models.world_net import WorldDenoiser
+
+    m = model()
+    assert isinstance(m.net, WorldDenoiser) and sum(p.numel() for p in m.net.parameters()) == sum(
+        p.numel() for p in m.parameters()
+    )
+    x, t, ctx, a = inputs()
+    perturb_(m)
+    torch.testing.assert_close(m(x, t, ctx, a), m.net(x, m.objective.model_time(t), ctx, a), rtol=0, atol=0)
+    models = REPO / "lightning_film" / "models"
+
+    def runtime_imports(path: Path) -> set[str]:
+        names, tree = set(), ast.parse(path.read_text())
+        for node in tree.body:  # top level only: `if TYPE_CHECKING:` blocks are typing, not imports
+            if isinstance(node, ast.ImportFrom):
+                names.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return names
+
+    assert "lightning_film.models.world_model" not in runtime_imports(models / "world_eval.py")
+    assert not any(
+        n.startswith("lightning") and not n.startswith("lightning_film")
+        for n in runtime_imports(models / "world_net.py")
+    )
+    source = (models / "world_eval.py").read_text()
+    assert "model._" not in source  # no private attribute of the model
 
 
 ROWS = {  # the design notes' rows: normalizer, conditioner, objective, guidance

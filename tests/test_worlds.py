@@ -207,3 +207,51 @@ def test_sticky_policy_repeats_and_is_seeded():
     assert abs((drawn[1:] == drawn[:-1]).mean() - 0.2) < 0.03
     with pytest.raises(ValueError, match=r"stickiness must be in \[0, 1\).*got 1.0"):
         StickyRandomPolicy(5, stickiness=1.0)
+
+
+# -- the agent locator ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("frame_size", [32, 64])
+def test_bounce_room_locates_its_agent_to_well_under_a_pixel(frame_size):
+    import torch
+
+    world = BounceRoom(frame_size, num_balls=4, spawn_prob=0.5)
+    frames, truth = [world.reset(7)], [world.agent.copy()]
+    for action in [UP, UP, LEFT, DOWN, RIGHT, RIGHT, NOOP, DOWN] * 3:
+        frames.append(world.step(action))
+        truth.append(world.agent.copy())
+    frames = np.stack(frames)  # (B, H, W, 3)
+    # (x, y) in room units -> (row, col) in pixels, pixel i's centre at i
+    expected = np.asarray(truth)[:, ::-1] * frame_size / 32.0 - 0.5
+    found = world.locate_agent(frames)
+    assert found.shape == (len(frames), 2) and np.abs(found - expected).max() < 0.5
+    from_tensor = world.locate_agent(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (B, 3, H, W) too
+    np.testing.assert_array_equal(from_tensor, found)
+    assert world.agent_tolerance == 1.5 * frame_size / 32
+    no_agent = np.broadcast_to(world._background, frames.shape[1:])[None]
+    assert np.isnan(world.locate_agent(no_agent)).all()
+
+
+def test_agent_matches_truth_and_not_a_shifted_agent():
+    from lightning_film.data.worlds import agent_matches
+
+    world = BounceRoom(32, num_balls=3, spawn_prob=0.3)
+    frames = rollout(world, 3, [UP, LEFT, DOWN, RIGHT, UP, RIGHT])
+    found = world.locate_agent(frames)
+    assert agent_matches(found, found, world.agent_tolerance).all()  # truth vs itself: 1
+    moved = [copy.deepcopy(world) for _ in range(2)]
+    shifted = np.stack([w.step(a) for w, a in zip(moved, [UP, RIGHT])])
+    moved[0].agent, moved[1].agent = moved[0].agent + [0, 4], moved[1].agent - [4, 0]  # undo the step
+    truth = np.stack([moved[0].render(), moved[1].render()])  # the agent one 4-pixel step away
+    assert not agent_matches(world.locate_agent(shifted), world.locate_agent(truth), world.agent_tolerance).any()
+    nan = np.full((1, 2), np.nan)
+    assert not agent_matches(nan, nan, 1.5).any()  # no agent found: no match
+
+
+def test_worlds_without_a_locator_say_so():
+    class Plain(World):
+        name = "plain"
+
+    plain = Plain(16)
+    assert plain.agent_tolerance is None
+    with pytest.raises(NotImplementedError, match="world 'plain' has no agent locator"):
+        plain.locate_agent(np.zeros((1, 16, 16, 3), np.uint8))

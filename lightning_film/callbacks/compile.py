@@ -36,7 +36,9 @@ class TorchCompile(Callback):
 
     Args:
         modules: attribute paths of the submodules to compile (``"transformer"``,
-            ``"transformer.blocks.0"``, ...); ``""`` is the whole LightningModule.
+            ``"net.transformer.blocks.0"``, ...); ``""`` is the whole LightningModule. Default: the
+            model's transformer (``transformer``, or ``net.transformer`` for a model that wraps
+            its network as ``net``, as WorldModel does).
         mode, fullgraph, dynamic, backend: passed to ``torch.compile`` (see its documentation).
         stages: the stages during which the modules run compiled.
     """
@@ -51,6 +53,7 @@ class TorchCompile(Callback):
         stages: list[str] | None = None,
     ) -> None:
         super().__init__()
+        self._default = modules is None
         modules = ["transformer"] if modules is None else modules
         stages = ["fit", "validate", "test"] if stages is None else stages
         if isinstance(modules, str) or not all(isinstance(m, str) for m in modules) or not modules:
@@ -67,7 +70,8 @@ class TorchCompile(Callback):
 
     def _targets(self, pl_module: LightningModule) -> list[nn.Module]:
         targets = []
-        for path in self.modules:
+        wrapped = self._default and not hasattr(pl_module, "transformer") and hasattr(pl_module, "net")
+        for path in ["net.transformer"] if wrapped else self.modules:
             try:
                 targets.append(pl_module.get_submodule(path))
             except AttributeError:

@@ -18,6 +18,12 @@ Built-in worlds:
 - ``gym``: any Gymnasium environment that renders ``rgb_array``
   (:mod:`lightning_film.data.gym_adapter`, extra ``gym``).
 
+A world may know where its agent is: :meth:`World.locate_agent` finds it in rendered frames
+(``bounce_room``: the only near-white object) and :attr:`World.agent_tolerance` says how close a
+found agent must be to count as the same place (:func:`agent_matches`); evaluation uses them to
+tell whether a model's frame follows its action. A world without a locator (``gym``) leaves
+``agent_tolerance`` at ``None``.
+
 Dynamics live in room units (the room is 32 units wide whatever ``frame_size``), so the same
 seed and actions give the same trajectory at 32 x 32 and at 64 x 64, rendered finer.
 
@@ -39,6 +45,7 @@ __all__ = [
     "BounceRoom",
     "StickyRandomPolicy",
     "World",
+    "agent_matches",
     "build_world",
     "check_frame_size",
     "list_worlds",
@@ -110,6 +117,15 @@ class World:
     def close(self) -> None:
         """Release what the world holds (a Gymnasium env, say)."""
 
+    #: pixels within which a located agent counts as in the same place; None: no locator
+    agent_tolerance: float | None = None
+
+    def locate_agent(self, frames: Any) -> np.ndarray:
+        """Frames, uint8 (B, H, W, 3) array or (B, 3, H, W) tensor -> (B, 2) float (row, col) of
+        the agent's centre in pixels (pixel i's centre is i), NaN where no agent is found.
+        Worlds with a locator override this and set :attr:`agent_tolerance`."""
+        raise NotImplementedError(f"world {self.name!r} has no agent locator")
+
     def check_action(self, action: object) -> int:
         if isinstance(action, bool) or not isinstance(action, (int, np.integer)) or not 0 <= action < self.num_actions:
             raise ValueError(
@@ -127,6 +143,9 @@ AGENT_SPEED = 4.0
 BALL_RADIUS = 2.5
 ITEM_HALF = 2.0
 MOVES = np.array([[0, 0], [0, -1], [0, 1], [-1, 0], [1, 0]], dtype=np.float64) * AGENT_SPEED  # (x, y) per action
+
+AGENT_WHITE = 200  # min channel above which a pixel is the agent's
+AGENT_TOLERANCE = 1.5  # pixels at 32 x 32, scaled with frame_size
 
 FLOOR = (16, 18, 32)
 WALL_COLOUR = (112, 112, 124)
@@ -209,6 +228,28 @@ class BounceRoom(World):
             self.item_colour = np.append(self.item_colour, self.rng.integers(len(ITEM_COLOURS)))
         return self.render()
 
+    def locate_agent(self, frames: Any) -> np.ndarray:
+        """(B, 2) (row, col) centroid of the near-white pixels (min channel > 200): the agent is
+        the only such object (ball, item, wall and floor colours all have a channel <= 140);
+        NaN when fewer than a few are found (an agent hidden or not drawn)."""
+        white = _hwc_frames(frames).min(axis=3) > AGENT_WHITE  # (B, H, W)
+        count = white.sum(axis=(1, 2))  # (B,)
+        rows, cols = np.arange(white.shape[1], dtype=np.float64), np.arange(white.shape[2], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            found = np.stack(
+                [(white.sum(axis=2) * rows).sum(axis=1) / count, (white.sum(axis=1) * cols).sum(axis=1) / count],
+                axis=1,
+            )  # (B, 2)
+        # a full agent covers (6 / 32 frame)^2 pixels; a quarter of it at least, and never under 3
+        enough = max(3, int((2 * AGENT_HALF * self.frame_size / ROOM) ** 2 / 4))
+        found[count < enough] = np.nan
+        return found
+
+    @property
+    def agent_tolerance(self) -> float:  # type: ignore[override]
+        # the agent moves 4 px per step at 32 x 32: 1.5 px tells a step apart from no step
+        return AGENT_TOLERANCE * self.frame_size / 32
+
     def _move_balls(self) -> None:
         lo, hi = WALL + BALL_RADIUS, ROOM - WALL - BALL_RADIUS
         pos = self.ball_pos + self.ball_vel
@@ -233,6 +274,23 @@ class BounceRoom(World):
         )  # (L, 3)
         top = len(masks) - 1 - np.argmax(masks[::-1], axis=0)  # (H, W): the last layer covering each pixel
         return np.where(masks.any(axis=0)[..., None], colours[top], self._background)  # (H, W, 3)
+
+
+def _hwc_frames(frames: Any) -> np.ndarray:
+    """uint8 (B, H, W, 3) array or (B, 3, H, W) tensor -> (B, H, W, 3) array."""
+    if hasattr(frames, "permute"):  # a torch tensor, channels first (no torch import for numpy users)
+        frames = frames.detach().permute(0, 2, 3, 1).cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"locate_agent expects frames (B, H, W, 3) or a tensor (B, 3, H, W), got {frames.shape}")
+    return frames
+
+
+def agent_matches(found: np.ndarray, truth: np.ndarray, tolerance: float) -> np.ndarray:
+    """(B,) bool: both agents located (no NaN) and max(|d_row|, |d_col|) <= ``tolerance`` pixels;
+    ``found``, ``truth``: (B, 2) from :meth:`World.locate_agent`."""
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.abs(np.asarray(found) - np.asarray(truth)).max(axis=1), nan=np.inf) <= tolerance
 
 
 # -- policy --------------------------------------------------------------------------------------------

@@ -290,18 +290,18 @@ class AneWorldModelStep(nn.Module):
 
     def __init__(self, model: nn.Module, min_eps: float | None = FP16_SAFE_EPS) -> None:
         super().__init__()
-        hp, build = model.hparams, _Builder(model, min_eps)
-        self.id_limits = {"action": hp.num_actions + 1}
-        self.patch, self.grid = hp.patch_size, hp.frame_size // hp.patch_size
-        self.combine = hp.combine
+        net, build = model.net, _Builder(model.net, min_eps)  # the WorldDenoiser, as export's default step
+        self.id_limits = {"action": net.num_actions + 1}
+        self.patch, self.grid = net.patch_size, net.grid
+        self.combine = net.combine
         self.objective = copy.deepcopy(model.objective)  # the time unit of the embedding
-        self.freq_dim = model.time_embed.freq_dim
-        self.time_mlp = build.projection(model.time_embed.mlp)
-        self.action = build.embedding(model.action_embed)
-        self.patch_embed = build.conv(model.patch_embed)
-        self.register_buffer("pos", channels_first(model.pos).clone(), persistent=False)  # (1, D, 1, N)
-        self.transformer = build.transformer(model.transformer, causal_len=None)
-        self.head = build.conv(model.head)
+        self.freq_dim = net.time_embed.freq_dim
+        self.time_mlp = build.projection(net.time_embed.mlp)
+        self.action = build.embedding(net.action_embed)
+        self.patch_embed = build.conv(net.patch_embed)
+        self.register_buffer("pos", channels_first(net.pos).clone(), persistent=False)  # (1, D, 1, N)
+        self.transformer = build.transformer(net.transformer, causal_len=None)
+        self.head = build.conv(net.head)
         self.notes = build.notes()
 
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:

@@ -84,16 +84,18 @@ def _byte_lm(model: nn.Module, batch_size: int, seq_len: int | None) -> Inferenc
 
 
 class WorldModelStep(nn.Module):
-    """WorldModel's inference step: one denoiser call (no sampler loop, no guidance)."""
+    """WorldModel's inference step: one call of its network ``model.net`` (a
+    :class:`~lightning_film.models.world_net.WorldDenoiser`, shared, not copied), with the time
+    in the objective's unit as the sampler gives it (no sampler loop, no guidance)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.net, self.objective = model.net, model.objective
         self.id_limits = {"action": model.hparams.num_actions + 1}
 
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
         """x_t (B, C, H, W), t (B,), context (B, K, C, H, W), action (B,) int32 -> (B, C, H, W)."""
-        return self.model(x_t, t, context, action)  # (B, C, H, W)
+        return self.net(x_t, self.objective.model_time(t), context, action)  # (B, C, H, W)
 
 
 def _world_model(model: nn.Module, batch_size: int, seq_len: int | None) -> InferenceStep:

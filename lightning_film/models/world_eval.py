@@ -1,50 +1,64 @@
-"""The world model's test-time evaluation: sampled next frames scored by KID and PSNR, an
-autoregressive rollout, and PNG sheets in ``<log_dir>/samples/``.
+"""``WorldEvaluator``: a world model's test metrics and PNG sheets, through its public methods.
 
-- Next frames are sampled for the first ``max_eval_samples`` test windows (in batches, with
-  each batch's seeded noise). KID compares them with the true next frames of the same windows;
-  the real frames' features come from the cache (:func:`~lightning_film.metrics.kid.real_features`)
-  after the first evaluation, so only generated frames are embedded. ``test/psnr`` is the PSNR of
-  the pooled squared error to the true frames (data range 255).
-- The rollout starts from the first K real frames of up to two test episodes and feeds samples
-  back for ``rollout_steps`` steps, taking the episode's own actions: ``test/rollout_psnr``.
-- ``next_frames.png``: per window, the K context frames, the truth, then a sample under each
-  action (``num_actions`` columns; one for an unconditional model). ``rollout.png``: per episode,
-  a row of true frames and a row of sampled ones, the shared context first.
+The evaluator never reads a model's internals: it calls ``sample_next``, ``rollout``,
+``noisiest_time``, ``predict_x0``, ``null_action`` and ``hparams`` of
+:class:`~lightning_film.models.WorldModel` (imported for typing only: the model imports this
+module, never the reverse). What it measures, all on the first ``max_eval_samples`` test windows
+(each with its seeded noise, the same noise for every action it tries):
+
+- ``test/kid_mean``, ``test/kid_std``: KID of sampled next frames against the true ones (the real
+  features come from :func:`~lightning_film.metrics.kid.real_features`' cache after the first run).
+- ``test/psnr``, ``test/ssim``: sampled next frame (true action) vs the truth; ``test/psnr_copy``,
+  ``test/ssim_copy``: the last context frame vs the truth, the score of a model that copies.
+- ``test/agent_acc``: fraction of sampled frames whose agent is where the truth has it
+  (:meth:`~lightning_film.data.worlds.World.locate_agent`, within the world's tolerance);
+  ``test/agent_acc_wrong``: the same with the action (true + 1) mod A, so a model that follows
+  its action scores low here; ``test/agent_acc_copy``: the last context frame. Skipped (one info
+  line) when the world has no locator.
+- ``test/x0_psnr``, ``test/x0_psnr_wrong``: the model's one-call clean-frame prediction from pure
+  noise at the noisiest time (true / wrong action) vs the truth: what the context alone tells it.
+- Rollouts of R = ``rollout_steps`` frames from up to ``rollout_windows`` starting points spread
+  evenly over the test episodes, each sample fed back with the episode's own actions: per step r
+  (1..R) ``test/rollout_agent_acc/step_{r}``, ``test/rollout_psnr/step_{r}`` and
+  ``test/rollout_psnr_copy/step_{r}`` (the last real frame held), and ``test/rollout_agent_acc``,
+  ``test/rollout_psnr``, ``test/rollout_psnr_copy`` at the last step.
+
+Sheets: ``next_frames``: per window, the K context frames, the truth, then a sample under each
+action, under a header row naming the columns; ``rollout``: per rollout, a row of true frames and a
+row of sampled ones, the shared context first. Under DDP each rank evaluates its share (windows
+r, r + W, ...) and the torchmetrics states sum across ranks.
 
 Legend: B batch, K context frames, C channels, H, W frame size, A actions, R rollout steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from lightning_film.metrics.kid import compute_kid, real_features
-from lightning_film.models.world_render import frame_grid, save_png
+from lightning_film.data.worlds import World, agent_matches, build_world
+from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
+from lightning_film.models.world_net import to_uint8, to_unit
+from lightning_film.models.world_render import frame_grid, label_columns
 
 if TYPE_CHECKING:
     from lightning_film.models.world_model import WorldModel
 
-__all__ = ["EvalState", "finish_test", "test_samples", "rollout_episodes"]
+__all__ = ["WorldEvaluator", "datamodule_world", "rollout_starts"]
 
-ROLLOUT_EPISODES = 2
-
-
-@dataclass
-class EvalState:
-    """What a test epoch gathers besides its metrics (per rank)."""
-
-    seen: int = 0
-    real: list[Tensor] = field(default_factory=list)  # uint8 (n, C, H, W) on the CPU
-    grid: tuple[Tensor, Tensor] | None = None  # context (W, K, C, H, W), target (W, C, H, W)
+#: rollouts drawn on the rollout sheet
+SHEET_ROLLOUTS = 2
+#: seeds of rollout noise: (seed, ROLLOUT_CODE, episode, start), apart from val (1) and test (2)
+ROLLOUT_CODE = 3
+SEED_MASK = 2**63 - 1
 
 
 def _rgb(frames: Tensor) -> Tensor:
@@ -56,93 +70,260 @@ def _rgb(frames: Tensor) -> Tensor:
     return frames
 
 
-def test_samples(model: WorldModel, batch: dict[str, Tensor], generators: list[torch.Generator]) -> None:
-    """Sample the next frames of this batch's windows (within ``max_eval_samples``) and score them;
-    ``generators``: one per window."""
-    context, action, target = model._batch(batch)
-    state, hp = model._eval, model.hparams
-    if state.grid is None and hp.grid_windows:
-        state.grid = (context[: hp.grid_windows].cpu(), target[: hp.grid_windows].cpu())
-    # this rank's share of the first max_eval_samples windows (ranks read windows r, r + W, ...)
-    world = model.trainer.world_size if model._trainer is not None else 1
-    n = min(target.shape[0], len(range(model.global_rank, hp.max_eval_samples, world)) - state.seen)
-    if n <= 0:
-        return
-    fake = model.sample_next(context[:n], action[:n], generator=generators[:n])  # (n, C, H, W) uint8
-    model.test_psnr.update(fake.float(), target[:n].float())
-    model.test_kid.update(_rgb(fake), real=False)
-    state.real.append(target[:n].cpu())
-    state.seen += n
+def _twin(generator: torch.Generator) -> torch.Generator:
+    """A generator in the same state: a second action sampled from the same noise."""
+    twin = torch.Generator()
+    twin.set_state(generator.get_state())
+    return twin
 
 
-def finish_test(model: WorldModel) -> None:
-    """Log test/psnr, test/kid_mean, test/kid_std and test/rollout_psnr; write the PNG sheets."""
-    state, hp = model._eval, model.hparams
-    total = int(model.all_gather(torch.tensor(state.seen, device=model.device)).sum())
-    if total:
-        model.log("test/psnr", model.test_psnr.compute())
-    model.test_psnr.reset()
-    if total >= 2:
-        real = _rgb(torch.cat(state.real)) if state.real else None
-        if real is not None:
-            features = real_features(model.test_kid.inception, real, model.dataset_key, "test")
-            model.test_kid.real_features.append(features.to(model.device))
-        model.test_kid.subset_size = min(hp.kid_subset_size, total)
-        kid_mean, kid_std = compute_kid(model.test_kid, seed=hp.seed)
-        model.log("test/kid_mean", kid_mean)
-        model.log("test/kid_std", kid_std)
-    model.test_kid.reset()
+def datamodule_world(datamodule: Any) -> World | None:
+    """The world a WorldDataModule recorded (from its manifest), or None when it does not say."""
+    manifest = getattr(datamodule, "manifest", None)
+    if manifest is None:
+        return None
+    settings = {k: v for k, v in manifest.world_settings.items() if k != "frame_size"}
+    return build_world({"name": manifest.world, **settings}, frame_size=manifest.frame_size)
 
-    sheets: dict[str, np.ndarray] = {}
-    rolled = rollout_episodes(model)
-    if rolled is not None:
-        context, truth, sampled = rolled
-        model.log("test/rollout_psnr", peak_signal_noise_ratio(sampled.float(), truth.float(), data_range=255.0))
-        sheets["rollout"] = frame_grid(
-            [row for e in range(len(truth)) for row in ([*context[e], *truth[e]], [*context[e], *sampled[e]])]
+
+def rollout_starts(lengths: list[int], context: int, steps: int, count: int) -> list[tuple[int, int]]:
+    """Up to ``count`` (episode, first frame) starts, evenly spaced over every start of the episodes
+    (``lengths`` frames each) that leaves ``context`` frames and ``steps`` future frames."""
+    starts = [(e, s) for e, n in enumerate(lengths) for s in range(n - context - steps + 1)]
+    if not starts or count < 1:
+        return []
+    picks = np.unique(np.linspace(0, len(starts) - 1, min(count, len(starts))).round().astype(int))
+    return [starts[i] for i in picks]
+
+
+class WorldEvaluator(nn.Module):
+    """Test metrics of a WorldModel (see the module docstring); a child module of the model, so
+    its metric states follow it to the device.
+
+    Args:
+        kid_feature, kid_subsets, kid_subset_size: the KID feature extractor and subsets.
+        max_eval_samples: test windows scored. rollout_steps: R. rollout_windows: rollouts.
+        grid_windows: rows of the next-frame sheet. seed: seeds the rollouts' noise.
+    """
+
+    def __init__(
+        self,
+        kid_feature: str = "inception",
+        kid_subsets: int = 50,
+        kid_subset_size: int = 100,
+        max_eval_samples: int = 500,
+        rollout_steps: int = 8,
+        rollout_windows: int = 64,
+        grid_windows: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.kid_subset_size, self.max_eval_samples, self.rollout_steps = (
+            kid_subset_size,
+            max_eval_samples,
+            rollout_steps,
         )
-    if model.global_rank == 0 and state.grid is not None:
-        sheets["next_frames"] = _next_frame_sheet(model, *state.grid)
-    if model.global_rank == 0:
-        _write_sheets(model, sheets)
+        self.rollout_windows, self.grid_windows, self.seed = rollout_windows, grid_windows, seed
+        self.kid = kid_metric(build_kid_feature(kid_feature), kid_subsets, kid_subset_size)
+        psnr = ("psnr", "psnr_copy", "x0_psnr", "x0_psnr_wrong")
+        self.scores = nn.ModuleDict({name: PeakSignalNoiseRatio(data_range=255.0) for name in psnr})
+        self.scores.update({name: StructuralSimilarityIndexMeasure(data_range=255.0) for name in ("ssim", "ssim_copy")})
+        self.scores.update({name: MeanMetric() for name in ("agent_acc", "agent_acc_wrong", "agent_acc_copy")})
+        self.count = SumMetric()
+        self.rolled = nn.ModuleDict(
+            {f"{kind}/step_{r}": PeakSignalNoiseRatio(data_range=255.0) if "psnr" in kind else MeanMetric()
+             for kind in ("rollout_agent_acc", "rollout_psnr", "rollout_psnr_copy") for r in range(1, rollout_steps + 1)}
+        )  # fmt: skip
+        self.reset()
 
+    def reset(self, world: World | None = None) -> None:
+        """Forget the last test; ``world`` locates agents (None, or one without a locator: skipped)."""
+        for metric in (self.kid, self.count, *self.scores.values(), *self.rolled.values()):
+            metric.reset()
+        self.world = world if world is not None and world.agent_tolerance is not None else None
+        self.action_names = tuple(world.action_names) if world is not None else ()
+        self.seen = 0
+        self.real: list[Tensor] = []  # uint8 (n, C, H, W) on the CPU
+        self.grid: tuple[Tensor, Tensor] | None = None  # context (G, K, C, H, W), target (G, C, H, W)
+        self.timings: dict[str, float] = {}
+        if world is not None and self.world is None:
+            rank_zero_info(f"WorldEvaluator: world {world.name!r} has no agent locator; agent metrics skipped")
 
-def rollout_episodes(model: WorldModel) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Roll out up to two test episodes from their first K frames with their own actions:
-    (context (E, K, C, H, W), truth (E, R, C, H, W), sampled (E, R, C, H, W)), uint8 on the CPU;
-    ``None`` when the data has no ``episodes(split)`` or no episode is long enough."""
-    hp = model.hparams
-    dm = getattr(model.trainer, "datamodule", None)
-    k = hp.context_frames
-    if hp.rollout_steps < 1 or not callable(getattr(dm, "episodes", None)):
-        return None
-    episodes = [(f, a) for f, a in dm.episodes("test") if len(f) > k][:ROLLOUT_EPISODES]
-    if not episodes:
-        return None
-    r = min(hp.rollout_steps, *(len(f) - k for f, _ in episodes))
-    frames = torch.stack([torch.as_tensor(np.asarray(f[: k + r])).permute(0, 3, 1, 2) for f, _ in episodes])
-    actions = torch.stack([torch.as_tensor(np.asarray(a[k - 1 : k - 1 + r]), dtype=torch.long) for _, a in episodes])
-    generator = torch.Generator().manual_seed(hp.seed)
-    sampled = model.rollout(frames[:, :k].contiguous(), actions, generator=generator).cpu()  # (E, R, C, H, W)
-    return frames[:, :k], frames[:, k:], sampled
+    def _agent(self, name: str, frames: Tensor, truth_at: np.ndarray) -> None:
+        if self.world is not None:
+            hits = agent_matches(self.world.locate_agent(frames), truth_at, self.world.agent_tolerance)
+            self.scores[name].update(torch.as_tensor(hits, dtype=torch.float32, device=self.count.device))
 
+    def _tick(self, name: str, start: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
-def _next_frame_sheet(model: WorldModel, context: Tensor, target: Tensor) -> np.ndarray:
-    """Rows: the K context frames, the truth, and a sample under each action (one when unconditional)."""
-    windows = context.shape[0]
-    actions = [model.null_action] if model.hparams.condition == "none" else list(range(model.null_action))
-    ctx = context.repeat_interleave(len(actions), dim=0)  # (W A, K, C, H, W)
-    act = torch.tensor(actions * windows)
-    generator = torch.Generator().manual_seed(model.hparams.seed)
-    samples = model.sample_next(ctx, act, generator=generator).cpu().view(windows, len(actions), *target.shape[1:])
-    return frame_grid([[*context[w], target[w], *samples[w]] for w in range(windows)])
+    @torch.inference_mode()
+    def update(
+        self,
+        model: WorldModel,
+        context: Tensor,
+        action: Tensor,
+        target: Tensor,
+        generators: list[torch.Generator],
+        share: tuple[int, int] = (0, 1),
+    ) -> None:
+        """Score this batch's windows within ``max_eval_samples``: context (B, K, C, H, W) and
+        target (B, C, H, W) uint8, action (B,), one generator per window; ``share`` = (rank, world
+        size): ranks read windows r, r + W, ..."""
+        if self.grid is None and self.grid_windows:
+            self.grid = (context[: self.grid_windows].cpu(), target[: self.grid_windows].cpu())
+        rank, world = share
+        n = min(target.shape[0], len(range(rank, self.max_eval_samples, world)) - self.seen)
+        if n <= 0:
+            return
+        context, action, target, generators = context[:n], action[:n], target[:n], generators[:n]
+        start = time.perf_counter()
+        wrong = (action + 1) % model.null_action
+        # the true and the wrong action in one batched call, from the same noise per window
+        both = model.sample_next(
+            torch.cat([context, context]),
+            torch.cat([action, wrong]),
+            generator=generators + [_twin(g) for g in generators],
+        )  # (2n, C, H, W) uint8
+        fake, fake_wrong = both[:n], both[n:]
+        self._tick("sample next frames", start)
+        last, truth = context[:, -1].to(fake.device), target.to(fake.device)
+        for name, frames in (("psnr", fake), ("psnr_copy", last)):
+            self.scores[name].update(frames.float(), truth.float())
+            self.scores[name.replace("psnr", "ssim")].update(frames.float(), truth.float())
+        start = time.perf_counter()
+        noise = torch.stack([torch.randn(target.shape[1:], generator=g) for g in generators]).to(fake.device)
+        x0 = model.predict_x0(
+            torch.cat([noise, noise]),
+            model.noisiest_time(2 * n),
+            to_unit(torch.cat([context, context]).to(fake.device)),
+            torch.cat([action, wrong]).to(fake.device),
+        )  # (2n, C, H, W)
+        x0 = to_uint8(x0).float()
+        self.scores["x0_psnr"].update(x0[:n], truth.float())
+        self.scores["x0_psnr_wrong"].update(x0[n:], truth.float())
+        self._tick("x0 prediction", start)
+        if self.world is not None:
+            start = time.perf_counter()
+            truth_at = self.world.locate_agent(target)
+            for name, frames in (("agent_acc", fake), ("agent_acc_wrong", fake_wrong), ("agent_acc_copy", last)):
+                self._agent(name, frames, truth_at)
+            self._tick("agent locator", start)
+        start = time.perf_counter()
+        self.kid.update(_rgb(fake), real=False)
+        self._tick("KID features (samples)", start)
+        self.real.append(target.cpu())
+        self.count.update(torch.tensor(float(n), device=self.count.device))
+        self.seen += n
 
+    @torch.inference_mode()
+    def finish(
+        self, model: WorldModel, datamodule: Any, dataset_key: str, share: tuple[int, int] = (0, 1)
+    ) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
+        """The test's metrics {key: scalar} (keys ``test/...``) and sheets {name: (H, W, 3) uint8}
+        (this rank's; rank 0 writes them). ``datamodule`` gives the rollouts' episodes
+        (``episodes("test")``), ``dataset_key`` names the real frames' KID feature cache."""
+        with warnings.catch_warnings():  # a rank may have had no window: its count is 0
+            warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+            total = int(self.count.compute())
+        metrics: dict[str, Tensor] = {}
+        if total:
+            for name, metric in self.scores.items():
+                if not name.startswith("agent") or self.world is not None:
+                    metrics[f"test/{name}"] = metric.compute()
+        if total >= 2:
+            start = time.perf_counter()
+            rank_zero_info(f"WorldEvaluator: KID of {total} sampled frames against the true ones ...")
+            real = _rgb(torch.cat(self.real)) if self.real else None
+            if real is not None:
+                features = real_features(self.kid.inception, real, dataset_key, "test")
+                self.kid.real_features.append(features.to(self.count.device))
+            self.kid.subset_size = min(self.kid_subset_size, total)
+            metrics["test/kid_mean"], metrics["test/kid_std"] = compute_kid(self.kid, seed=self.seed)
+            self._tick("KID features (truth) and subsets", start)
+        sheets: dict[str, np.ndarray] = {}
+        start = time.perf_counter()
+        rolled = self._rollouts(model, datamodule, share)
+        if rolled is not None:
+            metrics.update(rolled[0])
+            sheets["rollout"] = rolled[1]
+        self._tick("rollouts", start)
+        if share[0] == 0 and self.grid is not None:
+            start = time.perf_counter()
+            sheets["next_frames"] = self._next_frame_sheet(model, *self.grid)
+            self._tick("next-frame sheet", start)
+        return metrics, sheets
 
-def _write_sheets(model: WorldModel, sheets: dict[str, np.ndarray]) -> None:
-    trainer = model.trainer
-    root = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
-    for name, image in sheets.items():
-        save_png(image, root / f"{name}.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(f"test/{name}", image, model.global_step, dataformats="HWC")
+    def _rollouts(
+        self, model: WorldModel, datamodule: Any, share: tuple[int, int]
+    ) -> tuple[dict[str, Tensor], np.ndarray] | None:
+        """Roll out R frames from evenly spaced starts of the test episodes (this rank's share)."""
+        k, r = model.hparams.context_frames, self.rollout_steps
+        if r < 1 or self.rollout_windows < 1 or not callable(getattr(datamodule, "episodes", None)):
+            return None
+        episodes = datamodule.episodes("test")
+        starts = rollout_starts([len(f) for f, _ in episodes], k, r, self.rollout_windows)
+        if not starts:
+            return None
+        rank_zero_info(f"WorldEvaluator: {len(starts)} rollouts of {r} steps ...")
+        mine = starts[share[0] :: share[1]]
+        if not mine:  # more ranks than rollouts: this rank only joins the metrics' sync
+            return self._rollout_metrics(r), np.zeros((1, 1, 3), dtype=np.uint8)
+        frames = torch.stack(
+            [torch.as_tensor(np.asarray(episodes[e][0][s : s + k + r])).permute(0, 3, 1, 2) for e, s in mine]
+        )  # (E, K + R, C, H, W)
+        # frame s + j follows action s + j - 1: the window's first future frame follows action s + k - 1
+        actions = torch.stack(
+            [torch.as_tensor(np.asarray(episodes[e][1][s + k - 1 : s + k - 1 + r]), dtype=torch.long) for e, s in mine]
+        )  # (E, R)
+        generators = [torch.Generator().manual_seed(hash((self.seed, ROLLOUT_CODE, e, s)) & SEED_MASK) for e, s in mine]
+        context, truth = frames[:, :k].contiguous(), frames[:, k:]
+        sampled = model.rollout(context, actions, generator=generators).cpu()  # (E, R, C, H, W)
+        device = self.count.device
+        for step in range(r):
+            label = f"step_{step + 1}"
+            self.rolled[f"rollout_psnr/{label}"].update(
+                sampled[:, step].float().to(device), truth[:, step].float().to(device)
+            )
+            self.rolled[f"rollout_psnr_copy/{label}"].update(
+                context[:, -1].float().to(device), truth[:, step].float().to(device)
+            )
+            if self.world is not None:
+                hits = agent_matches(
+                    self.world.locate_agent(sampled[:, step]), self.world.locate_agent(truth[:, step]),
+                    self.world.agent_tolerance,
+                )  # fmt: skip
+                self.rolled[f"rollout_agent_acc/{label}"].update(
+                    torch.as_tensor(hits, dtype=torch.float32, device=device)
+                )
+        shown = range(min(SHEET_ROLLOUTS, len(mine)))
+        sheet = frame_grid([row for e in shown for row in ([*context[e], *truth[e]], [*context[e], *sampled[e]])])
+        return self._rollout_metrics(r), sheet
+
+    def _rollout_metrics(self, steps: int) -> dict[str, Tensor]:
+        """Per step, and at the last step under the summary keys."""
+        metrics = {
+            f"test/{name}": metric.compute()
+            for name, metric in self.rolled.items()
+            if not name.startswith("rollout_agent") or self.world is not None
+        }
+        for kind in ("rollout_agent_acc", "rollout_psnr", "rollout_psnr_copy"):
+            if f"test/{kind}/step_{steps}" in metrics:
+                metrics[f"test/{kind}"] = metrics[f"test/{kind}/step_{steps}"]
+        return metrics
+
+    def _next_frame_sheet(self, model: WorldModel, context: Tensor, target: Tensor) -> np.ndarray:
+        """Rows: the K context frames, the truth, and a sample under each action (one when
+        unconditional), under a header naming the columns."""
+        windows, k = context.shape[0], context.shape[1]
+        unconditional = model.hparams.condition == "none"
+        actions = [model.null_action] if unconditional else list(range(model.null_action))
+        ctx = context.repeat_interleave(len(actions), dim=0)  # (G A, K, C, H, W)
+        act = torch.tensor(actions * windows)
+        generator = torch.Generator().manual_seed(self.seed)
+        samples = model.sample_next(ctx, act, generator=generator).cpu().view(windows, len(actions), *target.shape[1:])
+        grid = frame_grid([[*context[w], target[w], *samples[w]] for w in range(windows)])
+        names = self.action_names
+        labels = [f"t-{k - i - 1}" if k - i - 1 else "t" for i in range(k)] + ["truth t+1"]
+        labels += ["null action"] if unconditional else [names[a] if a < len(names) else f"action {a}" for a in actions]
+        return label_columns(grid, labels, cell=target.shape[-1] * 4)

@@ -1,15 +1,10 @@
-"""``WorldModel``: a DiT-style denoiser of the next frame, given past frames and an action.
+"""``WorldModel``: training, sampling and evaluation of a next-frame world model.
 
-    frames = cat(context_1..K, x_t)                       # (B, (K+1) C, H, W), channel concat
-    tokens = pixel_unshuffle(frames, p) -> Linear + pos   # (B, N, D), N = (H / p)(W / p)
-    c = Conditioning.from_signals([time(t), action(a)])   # vector (B, Dc') and 2 tokens (B, 2, Dc)
-    h = Transformer(tokens, c)                            # (B, N, D), bidirectional
-    out = pixel_shuffle(head(h), p)                       # (B, C, H, W), head zero-initialised
-
-Context frames enter *per patch* (each token sees its own patch of every context frame), with
-``F.pixel_unshuffle`` rather than a rank-6 reshape, which Core ML export cannot convert. Frames
-are uint8 on the way in and out, [-1, 1] inside. The objective (``diffusion`` or ``flow``) and
-its sampler come from :mod:`lightning_film.nn.diffusion`.
+The network is :class:`~lightning_film.models.world_net.WorldDenoiser` (``model.net``), a plain
+``nn.Module`` that export, quantization and evaluation all take; this module adds the objective
+(``diffusion`` or ``flow``, :mod:`lightning_film.nn.diffusion`) and its sampler, the loss,
+pretrain -> finetune, the optimizer and logging. Frames are uint8 on the way in and out,
+[-1, 1] inside.
 
 Actions are ``0 .. num_actions - 1``; index ``num_actions`` is the learned *null action*: the
 condition dropped for classifier-free guidance (``cond_dropout`` in training, ``guidance_scale``
@@ -18,12 +13,14 @@ at sampling, both halves in one batched forward), and the only action a ``condit
 checkpoint (see :meth:`WorldModel.initialize_from`).
 
 Evaluation: ``val/loss`` and ``test/loss`` at fixed seeded times and noise (comparable across
-runs), ``val/psnr`` of sampled frames of the first validation batch, and at test KID of sampled
-next frames against the true ones, PSNR, an autoregressive rollout and PNG sheets
-(:mod:`lightning_film.models.world_eval`).
+runs), ``val/psnr`` of sampled frames of the first validation batch, and at test what
+:class:`~lightning_film.models.world_eval.WorldEvaluator` measures (KID, PSNR, SSIM, whether the
+agent follows the action, rollouts, PNG sheets) through this class's public methods.
 
-Legend: B batch, K context frames, C channels, H = W = ``frame_size``, p ``patch_size``,
-N tokens, D width (``dim``), Dc conditioning width (``cond_dim``), A actions.
+Checkpoints written before the network became ``model.net`` (keys ``transformer.*`` rather than
+``net.transformer.*``) are converted when loaded, with one info line.
+
+Legend: B batch, K context frames, C channels, H = W = ``frame_size``, N tokens, A actions.
 """
 
 from __future__ import annotations
@@ -33,30 +30,23 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.checkpoints import read_checkpoint
-from lightning_film.metrics.kid import build_kid_feature, kid_metric
 from lightning_film.models.optim import adamw_warmup_cosine
-from lightning_film.models.world_eval import EvalState, finish_test, test_samples
-from lightning_film.nn import Conditioning, Transformer
-from lightning_film.nn.conditioning import Combine, combined_dim
-from lightning_film.nn.diffusion import (
-    ObjectiveName,
-    Prediction,
-    SamplerName,
-    TimestepEmbedder,
-    build_objective,
-    check_sampler,
-)
+from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
+from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
+from lightning_film.models.world_render import save_png
+from lightning_film.nn.conditioning import Combine
+from lightning_film.nn.diffusion import ObjectiveName, Prediction, SamplerName, build_objective, check_sampler
 from lightning_film.registry import Spec
 
-__all__ = ["WorldModel", "sincos_2d", "to_uint8", "to_unit"]
+__all__ = ["WorldDenoiser", "WorldModel", "sincos_2d", "to_uint8", "to_unit", "upgrade_state_dict"]
 
 #: the data settings a WorldDataModule must share with the model (checked in ``setup``)
 DATA_SETTINGS = ("frame_size", "channels", "context_frames", "num_actions")
@@ -67,33 +57,17 @@ SEED_MASK = 2**63 - 1
 VAL_SAMPLES = 16
 
 
-def to_unit(frames: Tensor) -> Tensor:
-    """uint8 frames [0, 255] -> float [-1, 1]."""
-    return frames.float() / 127.5 - 1.0
+#: the network's own modules, whose keys had no ``net.`` prefix before the network was split out
+NET_MODULES = ("time_embed", "action_embed", "patch_embed", "transformer", "head")
 
 
-def to_uint8(x: Tensor) -> Tensor:
-    """float [-1, 1] -> uint8 frames [0, 255] (rounded, clamped)."""
-    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def sincos_2d(grid: int, dim: int) -> Tensor:
-    """Fixed 2D sine-cosine positions of a grid x grid patch map -> (1, grid^2, dim), row-major.
-
-    Half the channels encode the row, half the column, each as [sin, cos] of geometric
-    frequencies (MAE/DiT's layout); ``dim`` must be a multiple of 4.
-    """
-    if dim % 4:
-        raise ValueError(f"2D sin-cos positions need dim divisible by 4, got dim={dim}")
-    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    coords = torch.arange(grid, dtype=torch.float64)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-
-    def encode(pos: Tensor) -> Tensor:
-        angles = pos.reshape(-1, 1) * freqs  # (N, dim / 4)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (N, dim / 2)
-
-    return torch.cat([encode(rows), encode(cols)], dim=1).float().unsqueeze(0)  # (1, N, dim)
+def upgrade_state_dict(state: dict[str, Tensor]) -> list[str]:
+    """Rename, in place, the keys of a state_dict written before the network became ``net``
+    (``transformer.blocks.0...`` -> ``net.transformer.blocks.0...``); returns the old names."""
+    old = [k for k in state if k.split(".", 1)[0] in NET_MODULES]
+    for key in old:
+        state[f"net.{key}"] = state.pop(key)
+    return old
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -102,7 +76,8 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 class WorldModel(LightningModule):
-    """Next-frame denoiser conditioned on context frames (per patch), time and action.
+    """Trains, samples and evaluates :class:`WorldDenoiser` (``self.net``), a next-frame denoiser
+    conditioned on context frames (per patch), time and action.
 
     Args:
         frame_size: H = W of the frames. channels: C. context_frames: K past frames given.
@@ -125,8 +100,9 @@ class WorldModel(LightningModule):
             cosine to ``min_lr_ratio * lr`` over ``max_lr_steps`` (default: the trainer's steps).
         kid_feature: KID feature extractor (``"inception"``, or ``"tiny"`` for tests).
         kid_subset_size, kid_subsets: KID subsets (subset size capped by the sample count).
-        max_eval_samples: test windows whose next frame is sampled (KID, PSNR).
-        rollout_steps: autoregressive rollout length at test. grid_windows: rows of the sheet.
+        max_eval_samples: test windows whose next frame is sampled (KID, PSNR, SSIM, agent).
+        rollout_steps: R, the autoregressive rollout length at test. rollout_windows: rollouts,
+            from starting points spread evenly over the test episodes. grid_windows: rows of the sheet.
         seed: seeds evaluation times and noise (every run sees the same ones).
     """
 
@@ -165,6 +141,7 @@ class WorldModel(LightningModule):
         max_eval_samples: int = 500,
         rollout_steps: int = 8,
         grid_windows: int = 4,
+        rollout_windows: int = 64,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -199,59 +176,32 @@ class WorldModel(LightningModule):
         self.sampler = check_sampler(objective, sampler)
         if self.sampler == "ddim" and sample_steps > train_timesteps:
             raise ValueError(f"WorldModel: sample_steps={sample_steps} exceeds train_timesteps={train_timesteps}")
-        cond_dim = dim if cond_dim is None else cond_dim
-        _check_int("cond_dim", cond_dim, 1)
-        grid = frame_size // patch_size
-        self.time_embed = TimestepEmbedder(cond_dim)
-        self.action_embed = nn.Embedding(num_actions + 1, cond_dim)  # row num_actions: the null action
-        nn.init.normal_(self.action_embed.weight, std=0.02)
-        self.patch_embed = nn.Linear((context_frames + 1) * channels * patch_size**2, dim)
-        self.register_buffer("pos", sincos_2d(grid, dim), persistent=False)  # (1, N, D)
-        self.transformer = Transformer(
-            dim, depth, num_heads, combined_dim([cond_dim, cond_dim], combine), mlp_ratio,
-            normalizer=normalizer, conditioner=conditioner, causal=False,
+        _check_int("cond_dim", dim if cond_dim is None else cond_dim, 1)
+        _check_int("rollout_windows", rollout_windows, 0)
+        self.net = WorldDenoiser(
+            frame_size, channels, context_frames, num_actions, patch_size, dim, depth, num_heads, mlp_ratio,
+            cond_dim, normalizer, conditioner, combine,
         )  # fmt: skip
-        self.head = nn.Linear(dim, channels * patch_size**2)
-        nn.init.zeros_(self.head.weight)  # the model predicts exactly 0 at init
-        nn.init.zeros_(self.head.bias)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_psnr = PeakSignalNoiseRatio(data_range=255.0)
-        self.test_psnr = PeakSignalNoiseRatio(data_range=255.0)
-        self.test_kid = kid_metric(build_kid_feature(kid_feature), kid_subsets, kid_subset_size)
+        self.evaluator = WorldEvaluator(
+            kid_feature, kid_subsets, kid_subset_size, max_eval_samples, rollout_steps, rollout_windows,
+            grid_windows, seed,
+        )  # fmt: skip
         self.dataset_key = "unknown"
         self._initialized_from: str | None = None
         self._step_start: float | None = None
-        self._eval = EvalState()
+        self._test_start = 0.0
 
     @property
     def null_action(self) -> int:
         return self.hparams.num_actions
 
     # -- the network ----------------------------------------------------------------------------
-    def conditioning(self, t: Tensor, action: Tensor) -> Conditioning:
-        """Times (B,) in the objective's unit, actions (B,) in 0..A (A = null) -> Conditioning."""
-        t_emb = self.time_embed(self.objective.model_time(t))  # (B, Dc)
-        a_emb = self.action_embed(action)  # (B, Dc)
-        return Conditioning.from_signals([t_emb, a_emb], self.hparams.combine)
-
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
-        """x_t: (B, C, H, W) noisy frame, t: (B,), context: (B, K, C, H, W) in [-1, 1], action:
-        (B,) long in 0..A (A = null) -> (B, C, H, W) the objective's prediction."""
-        hp, p = self.hparams, self.hparams.patch_size
-        b = x_t.shape[0]
-        frame = (hp.channels, hp.frame_size, hp.frame_size)
-        if tuple(x_t.shape[1:]) != frame or tuple(context.shape) != (b, hp.context_frames, *frame):
-            raise ValueError(
-                f"WorldModel expects x_t (B, {', '.join(map(str, frame))}) and context "
-                f"(B, {hp.context_frames}, {', '.join(map(str, frame))}); got {tuple(x_t.shape)} and {tuple(context.shape)}"
-            )
-        frames = torch.cat([context.flatten(1, 2), x_t], dim=1)  # (B, (K+1) C, H, W)
-        patches = F.pixel_unshuffle(frames, p).flatten(2).transpose(1, 2)  # (B, N, (K+1) C p^2)
-        x = self.patch_embed(patches) + self.pos  # (B, N, D)
-        h = self.transformer(x, self.conditioning(t, action))  # (B, N, D)
-        out = self.head(h).transpose(1, 2)  # (B, C p^2, N)
-        grid = hp.frame_size // p
-        return F.pixel_shuffle(out.reshape(b, -1, grid, grid), p)  # (B, C, H, W)
+        """x_t: (B, C, H, W) noisy frame, t: (B,) in the objective's unit, context: (B, K, C, H, W)
+        in [-1, 1], action: (B,) long in 0..A (A = null) -> (B, C, H, W) the objective's prediction."""
+        return self.net(x_t, self.objective.model_time(t), context, action)
 
     def guided(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor, scale: float | None = None) -> Tensor:
         """The prediction with classifier-free guidance ``uncond + s (cond - uncond)`` on every
@@ -263,6 +213,24 @@ class WorldModel(LightningModule):
         both = self(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, context]), torch.cat([action, null]))
         cond, uncond = both.chunk(2)  # (B, C, H, W) each
         return uncond + s * (cond - uncond)
+
+    def noisiest_time(self, n: int) -> Tensor:
+        """(n,) the objective's noisiest time, where x_t is pure noise: T - 1 (diffusion), 1 (flow)."""
+        if hasattr(self.objective, "timesteps"):
+            return torch.full((n,), self.objective.timesteps - 1, dtype=torch.long, device=self.device)
+        return torch.ones(n, device=self.device)
+
+    @torch.no_grad()
+    def predict_x0(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
+        """The posterior mean of the clean frame in one model call (guided as at sampling):
+        x_t (B, C, H, W), t (B,) in the objective's unit, context (B, K, C, H, W) in [-1, 1],
+        action (B,) -> x0_hat (B, C, H, W) clipped to [-1, 1]."""
+        pred = self.guided(x_t, t, context, self._actions(action, allow_null=True))
+        if hasattr(self.objective, "to_x0_eps"):  # diffusion: eps or v -> x0
+            x0 = self.objective.to_x0_eps(x_t, pred, t)[0]
+        else:  # flow: x0 = x_t - t v
+            x0 = self.objective.to_x0(x_t, pred, t)
+        return x0.clamp(-1.0, 1.0)
 
     # -- sampling -------------------------------------------------------------------------------
     def _actions(self, action: Tensor, allow_null: bool = False) -> Tensor:
@@ -321,10 +289,11 @@ class WorldModel(LightningModule):
         actions: Tensor,
         steps: int | None = None,
         guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Tensor:
         """Autoregressive rollout: context (B, K, C, H, W) uint8, actions (B, R) -> (B, R, C, H, W)
-        uint8, each sampled frame fed back as the newest context frame."""
+        uint8, each sampled frame fed back as the newest context frame (``generator``: as in
+        :meth:`sample_next`, drawn from at every step)."""
         frames = []
         for r in range(actions.shape[1]):
             nxt = self.sample_next(context, actions[:, r], steps, guidance_scale, generator)  # (B, C, H, W)
@@ -346,7 +315,9 @@ class WorldModel(LightningModule):
         """
         path = Path(path)
         checkpoint = read_checkpoint(path, "init_from checkpoint", lightning=False)
-        state = checkpoint.get("state_dict", checkpoint)
+        state = dict(checkpoint.get("state_dict", checkpoint))
+        if upgrade_state_dict(state):
+            rank_zero_info(f"WorldModel: init_from {str(path)!r} predates WorldModel.net; its keys were renamed net.*")
         own = self.state_dict()
         mismatched = [
             f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -374,9 +345,9 @@ class WorldModel(LightningModule):
         source_hp = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         if source_hp.get("condition") == "none" and self.hparams.condition == "action":
             with torch.no_grad():
-                weight = self.action_embed.weight  # (A + 1, Dc)
+                weight = self.net.action_embed.weight  # (A + 1, Dc)
                 weight[: self.null_action] = weight[self.null_action]
-            report["actions_from_null"] = ["action_embed.weight"]
+            report["actions_from_null"] = ["net.action_embed.weight"]
         self._initialized_from = str(path)
         rank_zero_info(
             f"WorldModel: init_from {str(path)!r}: copied {len(copied)} tensors; kept the fresh init of "
@@ -412,8 +383,13 @@ class WorldModel(LightningModule):
         # weights from a checkpoint of this run (load_from_checkpoint, or a restore) are never
         # overwritten by init_from in a later setup()
         self._initialized_from = "checkpoint"
+        # Lightning loads the state_dict (and EMA its current_model_state) after this hook: a
+        # checkpoint of the layout before WorldModel.net loads as it is, renamed
+        renamed = [upgrade_state_dict(checkpoint[k]) for k in ("state_dict", "current_model_state") if k in checkpoint]
+        if any(renamed):
+            rank_zero_info("WorldModel: this checkpoint predates WorldModel.net; its network keys were renamed net.*")
 
-    def _batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def unpack_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """A WorldDataModule batch -> checked (context (B, K, C, H, W), action (B,), target (B, C, H, W))."""
         hp = self.hparams
         frame = (hp.channels, hp.frame_size, hp.frame_size)
@@ -430,6 +406,8 @@ class WorldModel(LightningModule):
         if context.dtype != torch.uint8 or target.dtype != torch.uint8:
             raise ValueError(f"WorldModel expects uint8 frames, got context {context.dtype}, target {target.dtype}")
         return context, self._actions(action), target
+
+    _batch = unpack_batch  # the name reproduce/world.py still calls
 
     def _eval_generators(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> list[torch.Generator]:
         """One CPU generator per window, seeded by (seed, split, episode, step): a window's
@@ -457,7 +435,7 @@ class WorldModel(LightningModule):
         rows) and this rank keeps rows ``rank, rank + world_size, ...``, the rows its sampler gave
         it, so a 2-process fit draws per sample what a 1-process fit of the same global batch does.
         """
-        context, action, target = self._batch(batch)
+        context, action, target = self.unpack_batch(batch)
         x0, ctx = to_unit(target), to_unit(context)
         if isinstance(generator, list):  # per window: (t, noise) drawn from each one in turn
             t = torch.cat([self.objective.sample_time(1, x0.device, g) for g in generator])
@@ -501,7 +479,7 @@ class WorldModel(LightningModule):
         if batch_idx == 0:  # a few sampled frames: is the sampler on track?
             # this rank's share of the first VAL_SAMPLES windows (ranks read windows r, r + W, ...)
             n = len(range(self.global_rank, VAL_SAMPLES, self.trainer.world_size if self._trainer else 1))
-            context, action, target = (t[:n] for t in self._batch(batch))
+            context, action, target = (t[:n] for t in self.unpack_batch(batch))
             self.val_psnr.update(self.sample_next(context, action, generator=g[:n]).float(), target.float())
 
     def on_validation_epoch_end(self) -> None:
@@ -510,20 +488,42 @@ class WorldModel(LightningModule):
         self.val_loss.reset()
         self.val_psnr.reset()
 
+    def _share(self) -> tuple[int, int]:
+        return (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+
+    def _datamodule(self) -> object | None:
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
     def on_test_epoch_start(self) -> None:
-        self._eval = EvalState()
-        for metric in (self.test_loss, self.test_psnr, self.test_kid):  # nothing left from an interrupted test
-            metric.reset()
+        self.test_loss.reset()  # nothing left from an interrupted test
+        dm = self._datamodule()
+        self.evaluator.reset(datamodule_world(dm) if dm is not None else None)
+        self._test_start = time.perf_counter()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         g = self._eval_generators(batch, "test", batch_idx)
+        start = time.perf_counter()
         self.test_loss.update(self.loss(batch, g), weight=batch["target"].shape[0])
-        test_samples(self, batch, g)
+        self.evaluator.timings["test loss"] = self.evaluator.timings.get("test loss", 0.0) + time.perf_counter() - start
+        self.evaluator.update(self, *self.unpack_batch(batch), g, self._share())
 
     def on_test_epoch_end(self) -> None:
         self.log("test/loss", self.test_loss.compute())
         self.test_loss.reset()
-        finish_test(self)
+        metrics, sheets = self.evaluator.finish(self, self._datamodule(), self.dataset_key, self._share())
+        for key, value in metrics.items():
+            self.log(key, value)
+        if self.global_rank == 0 and self._trainer is not None:
+            root = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"
+            for name, image in sheets.items():
+                save_png(image, root / f"{name}.png")
+                for logger in self.trainer.loggers:
+                    if isinstance(logger, TensorBoardLogger):
+                        logger.experiment.add_image(f"test/{name}", image, self.global_step, dataformats="HWC")
+            timings = ", ".join(f"{k} {v:.1f} s" for k, v in self.evaluator.timings.items())
+            rank_zero_info(
+                f"WorldModel test: {time.perf_counter() - self._test_start:.1f} s ({timings}); sample sheets: {root}"
+            )
 
     def configure_optimizers(self) -> dict:
-        return adamw_warmup_cosine(self, self.action_embed.parameters(), betas=(0.9, 0.99))
+        return adamw_warmup_cosine(self, self.net.action_embed.parameters(), betas=(0.9, 0.99))

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lightning_film.io import atomic_path
 
-__all__ = ["frame_grid", "save_png"]
+__all__ = ["frame_grid", "label_columns", "save_png"]
 
 
 def _hwc(frame: Tensor | np.ndarray) -> np.ndarray:
@@ -54,6 +54,20 @@ def frame_grid(
                 y, x = pad + i * (ch + pad), pad + j * (cw + pad)
                 out[y : y + ch, x : x + cw] = cell.repeat(scale, axis=0).repeat(scale, axis=1)
     return out
+
+
+def label_columns(
+    image: np.ndarray, labels: Sequence[str], cell: int, pad: int = 2, height: int = 14, background: int = 255
+) -> np.ndarray:
+    """A :func:`frame_grid` image (H', W', 3) with a header row of ``height`` pixels naming its
+    columns (``cell`` pixels wide each, ``pad`` apart), in Pillow's built-in font."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    header = Image.new("RGB", (image.shape[1], height), (background,) * 3)
+    draw, font = ImageDraw.Draw(header), ImageFont.load_default()
+    for j, label in enumerate(labels):
+        draw.text((pad + j * (cell + pad) + 2, 1), label, fill=(0, 0, 0), font=font)
+    return np.concatenate([np.asarray(header, dtype=np.uint8), image])
 
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
