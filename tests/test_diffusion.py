@@ -7,6 +7,8 @@ flow samplers discretize: a sampler driven by that oracle must land on it.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -186,3 +188,47 @@ def test_timestep_embedding() -> None:
     torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
     assert timestep_embedding(t, 7).shape == (3, 7)
     assert not torch.allclose(emb[1], emb[2])
+
+
+# -- noise shift -------------------------------------------------------------------------------------------
+def log_snr_diffusion(d: Diffusion) -> torch.Tensor:
+    return torch.log(d.alpha_bar / (1 - d.alpha_bar))
+
+
+@pytest.mark.parametrize("shift", [2.0, 4.0])
+def test_diffusion_shift_moves_every_log_snr_by_two_ln_s(shift: float) -> None:
+    plain, shifted = Diffusion(1000), Diffusion(1000, shift=shift)
+    moved = log_snr_diffusion(plain) - log_snr_diffusion(shifted)
+    torch.testing.assert_close(moved, torch.full_like(moved, 2 * math.log(shift)))
+    assert torch.equal(Diffusion(1000, shift=1.0).alpha_bar, plain.alpha_bar)
+
+
+@pytest.mark.parametrize("shift", [2.0, 4.0])
+def test_flow_shift_is_the_same_log_snr_shift(shift: float) -> None:
+    t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    snr = ((1 - t) / t) ** 2
+    ts = Flow(shift).shifted(t)
+    torch.testing.assert_close(((1 - ts) / ts) ** 2, snr / shift**2)
+    ends = Flow(shift).shifted(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert ends.tolist() == [0.0, 1.0]
+    u = Flow(shift).sample_time(4000, generator=torch.Generator().manual_seed(0))
+    assert abs((u > 0.5).float().mean() - shift / (shift + 1)) < 0.02  # t' > 1/2 iff u > 1 / (s + 1)
+
+
+@pytest.mark.parametrize("shift", [1.0, 4.0])
+def test_shifted_samplers_still_land_on_the_oracle(shift: float) -> None:
+    d = Diffusion(1000, "v", shift).double()
+    point = torch.tensor([[0.7, -0.3]], dtype=torch.float64)
+    out = d.sample(diffusion_oracle(d, point, 0.0), noise(16).expand(16, 2).clone(), 3)
+    torch.testing.assert_close(out, point.expand(16, 2), atol=1e-6, rtol=0)
+    n = noise()
+    out = Flow(shift).sample(flow_oracle(MU, S), n, 64, "heun")
+    assert (out - (MU + S * n)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("bad", [0.5, 0, -1, float("nan"), float("inf"), True, "2"])
+def test_bad_shift_is_one_clear_error(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"noise shift must be a number >= 1 \(1: the plain schedule\), got"):
+        build_objective("diffusion", shift=bad)
+    with pytest.raises(ValueError, match="noise shift must be a number >= 1"):
+        build_objective("flow", shift=bad)

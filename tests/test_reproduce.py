@@ -145,3 +145,36 @@ def test_copy_baseline_scores_the_last_context_frame_on_the_test_windows(tmp_pat
     report = {"preset_name": "quick", "preset": preset.__dict__, "seeds": [0], "overrides": [], "runs": {},
               "baseline": got, "command": "c", "date": "d", "commit": "x", "machine": machine_info(), "wall_s": 1.0}  # fmt: skip
     assert "copy the last context frame" in render_kid(analyse_kid(report))
+
+
+def test_execute_all_runs_jobs_at_a_time_and_keeps_after_first(tmp_path, monkeypatch) -> None:
+    import threading
+    import time as _time
+
+    from lightning_film.reproduce import runner
+
+    active, peak, finished = [0], [0], []
+    lock = threading.Lock()
+
+    def fake(run, root):
+        with lock:
+            assert all(k in finished for k in run.after), (run.key, finished)
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        _time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+            finished.append(run.key)
+        return {"key": run.key, "test": {"test/x": 1.0}}, True
+
+    monkeypatch.setattr(runner, "execute", fake)
+    runs = [runner.Run("pre/seed0", Path("c.yaml")), runner.Run("pre/seed1", Path("c.yaml"))]
+    runs += [runner.Run(f"row{i}/seed{s}", Path("c.yaml"), after=[f"pre/seed{s}"]) for i in range(3) for s in (0, 1)]
+    lines: list[str] = []
+    results = runner.execute_all(runs, tmp_path, say=lines.append, jobs=3)
+    assert list(results) == [r.key for r in runs] and peak[0] == 3
+    assert sum("done in" in line for line in lines) == len(runs)
+    with pytest.raises(ValueError, match="jobs must be an int >= 1, got 0"):
+        runner.execute_all(runs, tmp_path, jobs=0)
+    with pytest.raises(ValueError, match=r"run 'b' must come after \['a'\] in the list"):
+        runner.execute_all([runner.Run("b", Path("c.yaml"), after=["a"]), runner.Run("a", Path("c.yaml"))], tmp_path)

@@ -10,6 +10,14 @@ Two objectives with one interface (:class:`Objective`), so a model never branche
   ``x_t = (1 - t) x0 + t noise`` for continuous t in [0, 1]; the model predicts the velocity
   ``dx_t/dt = noise - x0``; sampling integrates dx/dt from t = 1 to t = 0 with Euler or Heun.
 
+Both take a noise ``shift`` s >= 1 (default 1: the plain schedules). Diffusion subtracts
+``2 ln s`` from every level's log-SNR (Hoogeboom et al., 2023, "simple diffusion"); flow maps
+its times through ``t' = s t / (1 + (s - 1) t)`` (Esser et al., 2024, SD3), which is the same
+log-SNR shift. Why: a small frame made of large flat objects stays readable through noise that
+destroys fine texture, so at the plain schedules most training levels can be solved by
+denoising x_t alone and the model rarely has to predict the frame from its conditioning
+(measured on the world model: ``benchmarks/results/world/recipe``).
+
 Times reach the model in a common unit (:meth:`Objective.model_time`, ``[0, 1000)``-ish for
 both) so the same sinusoidal time embedding serves both objectives.
 
@@ -63,6 +71,12 @@ def check_sampler(objective: str, sampler: str | None) -> str:
         pairs = "; ".join(f"{o}: {', '.join(s)}" for o, s in SAMPLERS.items())
         raise ValueError(f"sampler {sampler!r} does not fit objective {objective!r}; accepted pairs are {pairs}")
     return sampler
+
+
+def _check_shift(shift: object) -> float:
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 1.0 <= shift < float("inf"):
+        raise ValueError(f"noise shift must be a number >= 1 (1: the plain schedule), got {shift!r}")
+    return float(shift)
 
 
 def _check_steps(steps: int, who: str, most: int | None = None) -> None:
@@ -160,6 +174,7 @@ class Diffusion(Objective):
 
     Args:
         timesteps: T, the number of training noise levels.
+        shift: s >= 1; every level's log-SNR moves by ``-2 ln s`` (see the module doc).
         prediction: ``"v"`` (the default) or ``"eps"`` (the noise). With eps, the clean sample
             ``x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)`` multiplies the model's error by up to
             1 / sqrt(abar_{T-1}) ~ 2e4 at the noisiest steps, where v gives x0 directly; in short
@@ -168,14 +183,18 @@ class Diffusion(Objective):
 
     samplers = SAMPLERS["diffusion"]
 
-    def __init__(self, timesteps: int = 1000, prediction: Prediction = "v") -> None:
+    def __init__(self, timesteps: int = 1000, prediction: Prediction = "v", shift: float = 1.0) -> None:
         super().__init__()
         _check_steps(timesteps, "Diffusion(timesteps)")
+        self.shift = _check_shift(shift)
         if prediction not in get_args(Prediction):
             raise ValueError(f"unknown prediction {prediction!r} for diffusion; accepted: 'eps', 'v'")
         self.timesteps, self.prediction = timesteps, prediction
         # float64 for the conversions near abar = 0 and 1; not persistent: derived from hparams
-        self.register_buffer("alpha_bar", cosine_alpha_bar(timesteps), persistent=False)
+        alpha_bar = cosine_alpha_bar(timesteps)
+        if self.shift != 1.0:  # sigmoid(log-SNR - 2 ln s): abar / (1 - abar) is the SNR
+            alpha_bar = torch.sigmoid(torch.logit(alpha_bar) - 2 * math.log(self.shift))
+        self.register_buffer("alpha_bar", alpha_bar, persistent=False)
 
     def _levels(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """sqrt(abar_t), sqrt(1 - abar_t) as (B, 1, ...) in ``like``'s dtype."""
@@ -242,11 +261,20 @@ class Flow(Objective):
     """
 
     samplers = SAMPLERS["flow"]
+
+    def __init__(self, shift: float = 1.0) -> None:
+        super().__init__()
+        self.shift = _check_shift(shift)
+
+    def shifted(self, t: Tensor) -> Tensor:
+        """Times in [0, 1] -> ``s t / (1 + (s - 1) t)``: the same ends, more time near the noise."""
+        return t if self.shift == 1.0 else self.shift * t / (1 + (self.shift - 1) * t)
+
     #: model_time = t * time_scale, so flow times span the same range as diffusion steps
     time_scale = 1000.0
 
     def sample_time(self, n, device="cpu", generator=None):
-        return torch.rand(n, generator=generator).to(device)
+        return self.shifted(torch.rand(n, generator=generator)).to(device)
 
     def model_time(self, t: Tensor) -> Tensor:
         return t.float() * self.time_scale
@@ -266,7 +294,7 @@ class Flow(Objective):
     def sample(self, denoiser, noise, steps, sampler=None, clip=None):
         sampler = check_sampler("flow", sampler)
         _check_steps(steps, "flow sampler")
-        grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+        grid = self.shifted(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)).tolist()
         x = noise
 
         def velocity(x: Tensor, t: float) -> Tensor:
@@ -289,15 +317,18 @@ class Flow(Objective):
         return x.clamp(-clip, clip) if clip is not None else x
 
 
-def build_objective(name: ObjectiveName, prediction: Prediction | None = None, timesteps: int = 1000) -> Objective:
-    """``"diffusion"`` (v by default, or eps) or ``"flow"`` (velocity: no ``prediction`` to choose)."""
+def build_objective(
+    name: ObjectiveName, prediction: Prediction | None = None, timesteps: int = 1000, shift: float = 1.0
+) -> Objective:
+    """``"diffusion"`` (v by default, or eps) or ``"flow"`` (velocity: no ``prediction`` to choose),
+    with noise ``shift`` s >= 1 (see the module doc)."""
     if name == "diffusion":
-        return Diffusion(timesteps, prediction or "v")
+        return Diffusion(timesteps, prediction or "v", shift)
     if name == "flow":
         if prediction is not None:
             raise ValueError(
                 f"prediction={prediction!r} applies to objective 'diffusion' only; 'flow' always predicts "
                 f"the velocity (leave prediction unset)"
             )
-        return Flow()
+        return Flow(shift)
     raise ValueError(f"unknown objective {name!r}; accepted: {', '.join(OBJECTIVES)}")

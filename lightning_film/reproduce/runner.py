@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,33 +157,62 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def execute_all(runs: list[Run], root: Path, say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Run every run in order (``after`` first), printing progress and an estimate of the time left."""
+def execute_all(
+    runs: list[Run], root: Path, say: Callable[[str], None] = print, jobs: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Run every run (``after`` first), ``jobs`` at a time, printing progress and an estimate of
+    the time left. Each run is its own subprocess, so ``jobs > 1`` only waits on them in threads
+    (give each child fewer threads, e.g. ``OMP_NUM_THREADS``, when they share the cores)."""
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"run keys must be unique, got {keys}")
-    results: dict[str, dict[str, Any]] = {}
-    spent: list[float] = []
-    for i, run in enumerate(runs, 1):
-        missing = [k for k in run.after if k not in results]
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    for i, run in enumerate(runs):
+        missing = [k for k in run.after if k not in keys[:i]]
         if missing:
             raise ValueError(f"run {run.key!r} must come after {missing} in the list")
-        head = f"[{i}/{len(runs)}] {run.key}"
-        start = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    spent: list[float] = []
+    number = {r.key: i for i, r in enumerate(runs, 1)}
+
+    def one(run: Run) -> tuple[dict[str, Any], bool, float]:
+        head = f"[{number[run.key]}/{len(runs)}] {run.key}"
         if not (root / run.key / "result.json").is_file():
             resumed = (root / run.key / "checkpoints" / "last.ckpt").is_file()
             say(f"{head}: {'resuming' if resumed else 'training'} ... (log: {root / run.key / 'fit.log'})")
+        start = time.perf_counter()
         result, redone = execute(run, root)
+        return result, redone, time.perf_counter() - start
+
+    def report(run: Run, result: dict[str, Any], redone: bool, seconds: float) -> None:
+        head = f"[{number[run.key]}/{len(runs)}] {run.key}"
         results[run.key] = result
         if not redone:
             say(f"{head}: finished before, read from {root / run.key / 'result.json'}")
-            continue
-        spent.append(time.perf_counter() - start)
-        left = sum(1 for r in runs[i:] if not (root / r.key / "result.json").is_file())
-        eta = f"; about {_duration(left * sum(spent) / len(spent))} left" if left else ""
+            return
+        spent.append(seconds)
+        left = sum(1 for r in runs if r.key not in results and not (root / r.key / "result.json").is_file())
+        eta = f"; about {_duration(left * sum(spent) / len(spent) / jobs)} left" if left else ""
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result["test"].items() if k.count("/") == 1)
-        say(f"{head}: done in {_duration(spent[-1])} ({summary}){eta}")
-    return results
+        say(f"{head}: done in {_duration(seconds)} ({summary}){eta}")
+
+    if jobs == 1:
+        for run in runs:
+            report(run, *one(run))
+        return results
+    waiting = list(runs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future, Run] = {}
+        while waiting or running:
+            ready = [r for r in waiting if all(k in results for k in r.after)]
+            for run in ready[: jobs - len(running)]:
+                waiting.remove(run)
+                running[pool.submit(one, run)] = run
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:  # a failed run raises here, after the others in flight finish
+                report(running.pop(future), *future.result())
+    return {r.key: results[r.key] for r in runs}
 
 
 def plan_lines(runs: list[Run]) -> list[str]:

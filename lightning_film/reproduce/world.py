@@ -292,6 +292,8 @@ def _parser(table: str) -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce") / table, help="where the runs live")
     parser.add_argument("--out", type=Path, help=f"results folder (default benchmarks/results/world/{table}/<preset>)")
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (each a subprocess; set OMP_NUM_THREADS so they share the cores)")  # fmt: skip
     parser.add_argument("--render-only", action="store_true",
                         help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
     return parser
@@ -318,10 +320,10 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
     return args, preset, seeds, out
 
 
-def _execute(runs: list[Run], root: Path) -> dict[str, dict]:
+def _execute(runs: list[Run], root: Path, jobs: int = 1) -> dict[str, dict]:
     for run in runs:  # the pretrained checkpoint's path depends on where the runs live
         run.fit_args = [a.replace("{runs}", str(root)) for a in run.fit_args]
-    return execute_all(runs, root)
+    return execute_all(runs, root, jobs=jobs)
 
 
 def _collect(results: dict[str, dict], metric: str) -> dict[str, list[float]]:
@@ -364,7 +366,7 @@ def main_kid(argv: list[str]) -> None:
     runs = kid_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-kid, preset {args.preset}", runs, root)
-    results = _execute(runs, root)
+    results = _execute(runs, root, args.jobs)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     report = analyse_kid({
@@ -390,7 +392,7 @@ def main_conditioning(argv: list[str]) -> None:
     runs = conditioning_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-conditioning, preset {args.preset}", runs, root)
-    results = _execute(runs, root)
+    results = _execute(runs, root, args.jobs)
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
