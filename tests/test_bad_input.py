@@ -406,9 +406,9 @@ CASES: list[Case] = [
          ("is not empty and holds no recording", "choose a new or empty folder"), untouched=("mine",)),
     # -- lightning-film reproduce ----------------------------------------------------------------------
     Case("reproduce-misspelled-table", lambda e: ["reproduce", "bite"],
-         ("unknown table 'bite'", "byte, world-kid, world-conditioning")),
+         ("unknown table 'bite'", "byte, world-kid, world-recipe, world-conditioning")),
     Case("reproduce-no-table", lambda e: ["reproduce", "--preset", "quick"],
-         ("name a table first", "byte, world-kid, world-conditioning")),
+         ("name a table first", "byte, world-kid, world-recipe, world-conditioning")),
     Case("reproduce-misspelled-preset", lambda e: ["reproduce", "byte", "--preset", "quik", "--out", "out"],
          ("argument --preset: invalid choice: 'quik'", "'quick'"), absent=("out",)),
     Case("reproduce-steps-not-an-int", lambda e: ["reproduce", "byte", "--max-steps", "many", "--out", "out"],

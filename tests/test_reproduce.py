@@ -68,7 +68,7 @@ def test_byte_table_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["reproduce", "nosuch"], "unknown table 'nosuch'; tables: byte, world-kid, world-conditioning"),
+        (["reproduce", "nosuch"], "unknown table 'nosuch'; tables: byte, world-kid, world-recipe, world-conditioning"),
         (["reproduce", "byte", "--config", "missing.yaml"], "config 'missing.yaml' does not exist"),
         (["reproduce", "byte", "--max-steps", "0"], "--max-steps and --repeats must be >= 1"),
     ],

@@ -154,9 +154,30 @@ def test_committed_byte_table_rerenders_to_the_same_numbers(tmp_path: Path) -> N
 
 def test_the_run_plan_names_each_row_its_seeds_and_steps() -> None:
     from lightning_film.reproduce.runner import plan_lines
-    from lightning_film.reproduce.world import PRESETS, kid_runs
+    from lightning_film.reproduce.world import PRESETS, kid_runs, recipe_runs
 
     lines = plan_lines(kid_runs(PRESETS["world-kid"]["quick"], REPO / "configs/world", (0, 1, 2), []))
-    assert "  pretrain_half (500 steps): seeds 0, 1, 2" in lines
-    assert "  world_filmcond_pre_half (500 steps): seeds 0, 1, 2" in lines
-    assert "  world_filmcond (1000 steps): seeds 0, 1, 2" in lines
+    assert "  pretrain_half (2000 steps): seeds 0, 1, 2" in lines
+    assert "  world_filmcond_pre_half (2000 steps): seeds 0, 1, 2" in lines
+    assert "  world_filmcond (4000 steps): seeds 0, 1, 2" in lines
+    recipe = plan_lines(recipe_runs(PRESETS["world-recipe"]["quick"], REPO / "configs/world", (0,), []))
+    assert "  1500 steps (1500 steps): seeds 0" in recipe  # a row's own budget wins
+
+
+def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped() -> None:
+    from lightning_film.reproduce.world import PRESETS, RECIPE_ROWS, analyse_recipe, recipe_runs, render_recipe
+
+    preset = PRESETS["world-recipe"]["quick"]
+    runs = recipe_runs(preset, REPO / "configs/world", (0, 1, 2), [("model.dim", "64")])
+    assert len(runs) == 3 * len(RECIPE_ROWS) and runs[0].key == f"{RECIPE_ROWS[0].name}/seed0"
+    for run, row in zip(runs[::3], RECIPE_ROWS):  # the row's own arguments come after the budget, so they win
+        assert run.args[-4:] == ["--model.init_from", "null", "--model.dim", "64"]
+        assert run.args[len(run.args) - 4 - len(row.args) : len(run.args) - 4] == list(row.args)
+    rows = {"shipped": [0.95, 0.97, 0.96], "noise_shift 1": [0.60, 0.62, 0.58]}
+    fake = {f"{r}/seed{s}": _run(r, s, 0.02, 19.0, True, acc) for r, accs in rows.items() for s, acc in enumerate(accs)}
+    report = analyse_recipe({**BASICS, "preset": preset.__dict__, "seeds": [0, 1, 2], "runs": fake, "baseline": None,
+                             "rows": [{"name": r, "change": "c"} for r in rows]})  # fmt: skip
+    md = render_recipe(report)
+    assert "| shipped | c | 3 |" in md and "noise_shift 1 − shipped" in md
+    acc = next(c for c in report["stats"]["paired"] if c["metric"] == "test/agent_acc")
+    assert acc["verdict"] == "established" and acc["diff"] < 0

@@ -2,6 +2,7 @@
 
     lightning-film reproduce byte --preset quick
     lightning-film reproduce world-kid --preset quick
+    lightning-film reproduce world-recipe --preset quick
     lightning-film reproduce world-conditioning --preset quick
 
 Each table trains its runs through the real ``lightning-film fit``/``test`` (finished runs are
@@ -24,6 +25,8 @@ TABLES: dict[str, tuple[str, str]] = {
              "lightning_film.reproduce.byte:main"),
     "world-kid": ("the seed's world-model rows (base, filmcond, filmcond_pre[_half], flow_clsfg): KID, control, over seeds",
                   "lightning_film.reproduce.world:main_kid"),
+    "world-recipe": ("the world model's training recipe, one change at a time: control, PSNR, KID, over seeds",
+                     "lightning_film.reproduce.world:main_recipe"),
     "world-conditioning": ("every conditioner (rmsnorm) and normalizer (film) in the world model: KID, cost",
                            "lightning_film.reproduce.world:main_conditioning"),
     "quant": ("both models at float/int8/int4 (PTQ, QAT), film vs film_tanh: damage, CPU speed, Core ML size",

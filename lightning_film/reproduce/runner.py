@@ -221,7 +221,9 @@ def plan_lines(runs: list[Run]) -> list[str]:
     for run in runs:
         row, _, seed = run.key.rpartition("/seed")
         args = [*run.args, *run.fit_args]
-        steps = args[args.index("--trainer.max_steps") + 1] if "--trainer.max_steps" in args else "?"
+        # the last --trainer.max_steps wins on the command line, and so here
+        at = [i for i, a in enumerate(args) if a == "--trainer.max_steps"]
+        steps = args[at[-1] + 1] if at else "?"
         rows.setdefault(f"{row or run.key} ({steps} steps)", []).append(seed)
     return [f"  {row}: seeds {', '.join(seeds)}" for row, seeds in rows.items()]
 

@@ -66,6 +66,7 @@ from lightning_film.reproduce.world_report import (
     kid_verdict,
     render_conditioning,
     render_kid,
+    render_recipe,
 )
 
 __all__ = ["KID_ROWS", "PRESETS", "Preset", "conditioning_runs", "copy_baseline", "kid_runs", "main_conditioning",
@@ -90,16 +91,21 @@ class Preset:
 
 
 PRESETS: dict[str, dict[str, Preset]] = {
+    # quick: the shipped configs' own budget (4000 steps, 512 test windows), three seeds
     "world-kid": {
-        "quick": Preset(seeds=(0, 1, 2), max_steps=1000, pretrain_steps=1000, val_every=500, eval_samples=200,
+        "quick": Preset(seeds=(0, 1, 2), max_steps=4000, pretrain_steps=4000, val_every=1000, eval_samples=512,
                         kid_subset_size=100, sample_steps=20),
-        "full": Preset(seeds=(0, 1, 2, 3, 4), max_steps=6000, pretrain_steps=6000, val_every=1000,
+        "full": Preset(seeds=(0, 1, 2, 3, 4), max_steps=12000, pretrain_steps=12000, val_every=2000,
                        eval_samples=1000, kid_subset_size=500, sample_steps=50),
     },
-    "world-conditioning": {
-        "quick": Preset(seeds=(0, 1, 2), max_steps=1000, pretrain_steps=0, val_every=500, eval_samples=200,
+    "world-recipe": {
+        "quick": Preset(seeds=(0, 1, 2), max_steps=4000, pretrain_steps=0, val_every=1000, eval_samples=512,
                         kid_subset_size=100, sample_steps=20),
-        "full": Preset(seeds=(0, 1, 2), max_steps=6000, pretrain_steps=0, val_every=1000, eval_samples=1000,
+    },
+    "world-conditioning": {
+        "quick": Preset(seeds=(0, 1, 2), max_steps=4000, pretrain_steps=0, val_every=1000, eval_samples=512,
+                        kid_subset_size=100, sample_steps=20),
+        "full": Preset(seeds=(0, 1, 2, 3, 4), max_steps=12000, pretrain_steps=0, val_every=2000, eval_samples=1000,
                        kid_subset_size=500, sample_steps=50),
     },
 }  # fmt: skip
@@ -162,6 +168,45 @@ def conditioning_runs(
             runs.append(Run(f"{norm}-{cond}/seed{seed}", configs / "filmcond.yaml", args,
                             labels={"row": f"{norm} + {cond}", "normalizer": norm, "conditioner": cond, "seed": seed}))  # fmt: skip
     return runs
+
+
+@dataclass(frozen=True)
+class RecipeRow:
+    """A row of the recipe table: one change to ``configs/world/filmcond.yaml`` as shipped."""
+
+    name: str
+    change: str
+    args: tuple[str, ...] = ()
+
+
+#: The shipped recipe and one change at a time; every row at the preset's steps (equal wall time:
+#: none of these changes the cost of a step) unless the row is about the budget itself.
+RECIPE_ROWS: tuple[RecipeRow, ...] = (
+    RecipeRow("shipped", "configs/world/filmcond.yaml as shipped (noise_shift 16, v, DDIM, film)"),
+    RecipeRow("noise_shift 1", "the plain cosine schedule (the recipe before this table)", ("--model.noise_shift", "1")),
+    RecipeRow("noise_shift 4", "a smaller shift", ("--model.noise_shift", "4")),
+    RecipeRow("noise_shift 64", "a larger shift", ("--model.noise_shift", "64")),
+    RecipeRow("1500 steps", "the old budget (fewer steps, less wall time)", ("--trainer.max_steps", "1500")),
+    RecipeRow("flow", "rectified flow (velocity, Euler) at the same shift",
+              ("--model.objective", "flow", "--model.prediction", "null", "--model.sampler", "euler")),
+    RecipeRow("adaln", "adaln: SiLU(c) into the projections, so time and action interact",
+              ("--model.conditioner", "adaln")),
+)  # fmt: skip
+RECIPE_REFERENCE = "shipped"
+
+
+def recipe_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides: list[tuple[str, str]]) -> list[Run]:
+    extra = override_args(overrides)
+    return [
+        Run(
+            f"{row.name}/seed{seed}",
+            configs / "filmcond.yaml",
+            [*_budget(preset, seed, preset.max_steps), *row.args, "--model.init_from", "null", *extra],
+            labels={"row": row.name, "change": row.change, "seed": seed},
+        )  # fmt: skip
+        for row in RECIPE_ROWS
+        for seed in seeds
+    ]
 
 
 # -- in-process measurements ---------------------------------------------------------------------------
@@ -340,6 +385,10 @@ def analyse_kid(report: dict[str, Any]) -> dict[str, Any]:
     return analyse({**report, "kid": kid, "psnr": psnr, "verdict": kid_verdict(kid)}, KID_REFERENCE)
 
 
+def analyse_recipe(report: dict[str, Any]) -> dict[str, Any]:
+    return analyse(report, RECIPE_REFERENCE)
+
+
 def analyse_conditioning(report: dict[str, Any]) -> dict[str, Any]:
     kid, psnr = _collect(report["runs"], "test/kid_mean"), _collect(report["runs"], "test/psnr")
     return analyse({**report, "kid": kid, "psnr": psnr, "dit_fid": DIT_FID, "nanowm": NANOWM}, NONE_ROW)
@@ -350,9 +399,11 @@ def _render_only(table: str, argv: list[str]) -> bool:
     args = _parser(table).parse_args(argv)
     if not args.render_only:
         return False
-    analyse_, render = (
-        (analyse_kid, render_kid) if table == "world-kid" else (analyse_conditioning, render_conditioning)
-    )
+    analyse_, render = {
+        "world-kid": (analyse_kid, render_kid),
+        "world-recipe": (analyse_recipe, render_recipe),
+        "world-conditioning": (analyse_conditioning, render_conditioning),
+    }[table]
     print(rerender(args.out or Path("benchmarks/results/world") / table / args.preset, analyse_, render))
     return True
 
@@ -409,3 +460,26 @@ def main_conditioning(argv: list[str]) -> None:
     write_atomic(out / "kid.png", render_png(kid, order, "World model: conditioner / normalizer at equal budget", None))
     print(render_conditioning(report))
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'kid.png'}", file=sys.stderr)
+
+
+def main_recipe(argv: list[str]) -> None:
+    """``lightning-film reproduce world-recipe ...``"""
+    if _render_only("world-recipe", argv):
+        return
+    start = time.perf_counter()
+    args, preset, seeds, out = _setup("world-recipe", argv)
+    runs = recipe_runs(preset, args.configs, seeds, args.overrides)
+    root = args.runs / args.preset
+    print_plan(f"world-recipe, preset {args.preset}", runs, root)
+    results = _execute(runs, root, args.jobs)
+    print("scoring the copy-last-frame baseline on the same test windows ...")
+    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
+    report = analyse_recipe({
+        **report_basics("world-recipe", argv, args, preset, seeds, machine_info()),
+        "rows": [asdict(r) for r in RECIPE_ROWS], "baseline": baseline, "runs": results,
+        "wall_s": time.perf_counter() - start,
+    })  # fmt: skip
+    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_atomic(out / "results.md", render_recipe(report))
+    print(render_recipe(report))
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}", file=sys.stderr)

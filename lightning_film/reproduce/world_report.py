@@ -17,7 +17,7 @@ from lightning_film.reproduce.report import header
 from lightning_film.reproduce.stats import compare, fmt_ci, holm, interval, paired_section
 
 __all__ = ["DIT_FID", "KID_ROWS", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
-           "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid"]  # fmt: skip
+           "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid", "render_recipe"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -273,3 +273,20 @@ def render_conditioning(report: dict[str, Any]) -> str:
     )
     lines += ["", *paired_section(report["stats"]["paired"], *_digits_names())]
     return "\n".join([*lines, "Per-run metrics and commands: `results.json`; plot: `kid.png`.", ""])
+
+
+def render_recipe(report: dict[str, Any]) -> str:
+    """The recipe table: one row per change to the shipped config, each against ``shipped``."""
+    p, values = report["preset"], per_seed(report["runs"])
+    budget = (
+        f"- Budget: {p['max_steps']} steps per row from `configs/world/filmcond.yaml` (a row's own arguments win); "
+        f"seeds {report['seeds']}; {p['eval_samples']} test windows (KID subset {p['kid_subset_size']}), "
+        f"{p['sample_steps']} sampling steps; overrides {report['overrides'] or 'none'}"
+    )
+    lines = _head(report, "the training recipe, one change at a time", budget, "row | change", [])
+    lines[-1] = "|---|---|" + lines[-1][5:]
+    for row in report["rows"]:
+        lines.append("| " + " | ".join([row["name"], row["change"], *_cells(values, row["name"])]) + " |")
+    lines += [_baseline_row(report, values, ["–"], []), "", *_notes(report, values), ""]
+    lines += [*paired_section(report["stats"]["paired"], *_digits_names())]
+    return "\n".join([*lines, "Per-run metrics and commands: `results.json`.", ""])
