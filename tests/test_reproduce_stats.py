@@ -181,3 +181,15 @@ def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped
     assert "| shipped | c | 3 |" in md and "noise_shift 1 − shipped" in md
     acc = next(c for c in report["stats"]["paired"] if c["metric"] == "test/agent_acc")
     assert acc["verdict"] == "established" and acc["diff"] < 0
+
+
+def test_finished_only_reads_the_finished_runs_and_trains_none(tmp_path: Path, capsys) -> None:
+    from lightning_film.reproduce.world import PRESETS, _execute, recipe_runs
+
+    runs = recipe_runs(PRESETS["world-recipe"]["quick"], REPO / "configs/world", (0, 1), [])
+    done = runs[1]
+    (tmp_path / done.key).mkdir(parents=True)
+    (tmp_path / done.key / "result.json").write_text(json.dumps({"key": done.key, "test": {"test/psnr": 20.0}}))
+    results = _execute(runs, tmp_path, finished_only=True)  # a run to train would fail: no config runs here
+    assert list(results) == [done.key]
+    assert f"--finished-only: 1 of {len(runs)} runs finished; not run: {runs[0].key}, " in capsys.readouterr().out

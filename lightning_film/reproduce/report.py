@@ -102,6 +102,7 @@ def report_basics(
         "preset": asdict(preset),
         "seeds": list(seeds),
         "overrides": [f"{k}={v}" for k, v in args.overrides],
+        **({"runs_note": args.runs_note} if getattr(args, "runs_note", None) else {}),
     }
 
 
@@ -116,6 +117,7 @@ def header(report: dict[str, Any]) -> list[str]:
         f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         "**CPU timings**",
         *([f"- Re-rendered at commit {again['commit']} ({again['date']}) from {again['source']}"] if again else []),
+        *([f"- Runs: {report['runs_note']}"] if report.get("runs_note") else []),
     ]
 
 

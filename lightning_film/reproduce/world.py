@@ -339,6 +339,11 @@ def _parser(table: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (each a subprocess; set OMP_NUM_THREADS so they share the cores)")  # fmt: skip
+    parser.add_argument("--finished-only", action="store_true",
+                        help="score and render the runs that have finished in --runs, train none (say how many are missing)")  # fmt: skip
+    parser.add_argument(
+        "--runs-note", help="where and how the runs were made, when not by this command here (a header line)"
+    )
     parser.add_argument("--render-only", action="store_true",
                         help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
     return parser
@@ -365,7 +370,12 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
     return args, preset, seeds, out
 
 
-def _execute(runs: list[Run], root: Path, jobs: int = 1) -> dict[str, dict]:
+def _execute(runs: list[Run], root: Path, jobs: int = 1, finished_only: bool = False) -> dict[str, dict]:
+    if finished_only:  # a table cut short (a budget that ran out): what finished, and no more
+        done = [r for r in runs if (root / r.key / "result.json").is_file()]
+        missing = [r.key for r in runs if r not in done]
+        print(f"--finished-only: {len(done)} of {len(runs)} runs finished; not run: {', '.join(missing) or 'none'}")
+        runs = done
     for run in runs:  # the pretrained checkpoint's path depends on where the runs live
         run.fit_args = [a.replace("{runs}", str(root)) for a in run.fit_args]
     return execute_all(runs, root, jobs=jobs)
@@ -417,7 +427,7 @@ def main_kid(argv: list[str]) -> None:
     runs = kid_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-kid, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs)
+    results = _execute(runs, root, args.jobs, args.finished_only)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     report = analyse_kid({
@@ -443,7 +453,7 @@ def main_conditioning(argv: list[str]) -> None:
     runs = conditioning_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-conditioning, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs)
+    results = _execute(runs, root, args.jobs, args.finished_only)
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
@@ -471,7 +481,7 @@ def main_recipe(argv: list[str]) -> None:
     runs = recipe_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-recipe, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs)
+    results = _execute(runs, root, args.jobs, args.finished_only)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     report = analyse_recipe({
