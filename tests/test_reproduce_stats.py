@@ -193,3 +193,16 @@ def test_finished_only_reads_the_finished_runs_and_trains_none(tmp_path: Path, c
     results = _execute(runs, tmp_path, finished_only=True)  # a run to train would fail: no config runs here
     assert list(results) == [done.key]
     assert f"--finished-only: 1 of {len(runs)} runs finished; not run: {runs[0].key}, " in capsys.readouterr().out
+
+
+def test_rows_picks_rows_and_brings_their_pretraining_along(tmp_path: Path) -> None:
+    from lightning_film.reproduce.world import PRESETS, _execute, kid_runs
+
+    runs = kid_runs(PRESETS["world-kid"]["quick"], REPO / "configs/world", (0,), [])
+    for run in runs:  # every run finished: only the choice is under test
+        (tmp_path / run.key).mkdir(parents=True)
+        (tmp_path / run.key / "result.json").write_text(json.dumps({"key": run.key, "test": {}}))
+    assert set(_execute(runs, tmp_path, rows=["world_filmcond_pre_half"])) == {
+        "pretrain_half/seed0", "world_filmcond_pre_half/seed0"}  # fmt: skip
+    with pytest.raises(ValueError, match=r"--rows: unknown row\(s\) \['nope'\]; this table's rows: pretrain"):
+        _execute(runs, tmp_path, rows=["nope"])

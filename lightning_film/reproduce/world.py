@@ -339,6 +339,7 @@ def _parser(table: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (each a subprocess; set OMP_NUM_THREADS so they share the cores)")  # fmt: skip
+    parser.add_argument("--rows", nargs="+", metavar="ROW", help="run only these rows (names as in the table)")
     parser.add_argument("--finished-only", action="store_true",
                         help="score and render the runs that have finished in --runs, train none (say how many are missing)")  # fmt: skip
     parser.add_argument(
@@ -370,7 +371,17 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
     return args, preset, seeds, out
 
 
-def _execute(runs: list[Run], root: Path, jobs: int = 1, finished_only: bool = False) -> dict[str, dict]:
+def _execute(
+    runs: list[Run], root: Path, jobs: int = 1, finished_only: bool = False, rows: list[str] | None = None
+) -> dict[str, dict]:
+    if rows:  # a run's 'after' runs come along, so a chosen row can always run
+        known = list(dict.fromkeys(r.labels["row"] for r in runs))
+        unknown = [r for r in rows if r not in known]
+        if unknown:
+            raise ValueError(f"--rows: unknown row(s) {unknown}; this table's rows: {', '.join(known)}")
+        keep = {r.key for r in runs if r.labels["row"] in rows}
+        keep |= {k for r in runs if r.key in keep for k in r.after}
+        runs = [r for r in runs if r.key in keep]
     if finished_only:  # a table cut short (a budget that ran out): what finished, and no more
         done = [r for r in runs if (root / r.key / "result.json").is_file()]
         missing = [r.key for r in runs if r not in done]
@@ -427,7 +438,7 @@ def main_kid(argv: list[str]) -> None:
     runs = kid_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-kid, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs, args.finished_only)
+    results = _execute(runs, root, args.jobs, args.finished_only, args.rows)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     report = analyse_kid({
@@ -453,7 +464,7 @@ def main_conditioning(argv: list[str]) -> None:
     runs = conditioning_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-conditioning, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs, args.finished_only)
+    results = _execute(runs, root, args.jobs, args.finished_only, args.rows)
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
@@ -481,7 +492,7 @@ def main_recipe(argv: list[str]) -> None:
     runs = recipe_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
     print_plan(f"world-recipe, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs, args.finished_only)
+    results = _execute(runs, root, args.jobs, args.finished_only, args.rows)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     report = analyse_recipe({
