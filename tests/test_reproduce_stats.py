@@ -184,25 +184,21 @@ def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped
 
 
 def test_finished_only_reads_the_finished_runs_and_trains_none(tmp_path: Path, capsys) -> None:
-    from lightning_film.reproduce.world import PRESETS, _execute, recipe_runs
+    from lightning_film.reproduce.world import PRESETS, _select, recipe_runs
 
     runs = recipe_runs(PRESETS["world-recipe"]["quick"], REPO / "configs/world", (0, 1), [])
     done = runs[1]
     (tmp_path / done.key).mkdir(parents=True)
     (tmp_path / done.key / "result.json").write_text(json.dumps({"key": done.key, "test": {"test/psnr": 20.0}}))
-    results = _execute(runs, tmp_path, finished_only=True)  # a run to train would fail: no config runs here
-    assert list(results) == [done.key]
+    assert _select(runs, None, True, tmp_path) == [done]
     assert f"--finished-only: 1 of {len(runs)} runs finished; not run: {runs[0].key}, " in capsys.readouterr().out
 
 
 def test_rows_picks_rows_and_brings_their_pretraining_along(tmp_path: Path) -> None:
-    from lightning_film.reproduce.world import PRESETS, _execute, kid_runs
+    from lightning_film.reproduce.world import PRESETS, _select, kid_runs
 
     runs = kid_runs(PRESETS["world-kid"]["quick"], REPO / "configs/world", (0,), [])
-    for run in runs:  # every run finished: only the choice is under test
-        (tmp_path / run.key).mkdir(parents=True)
-        (tmp_path / run.key / "result.json").write_text(json.dumps({"key": run.key, "test": {}}))
-    assert set(_execute(runs, tmp_path, rows=["world_filmcond_pre_half"])) == {
+    assert {r.key for r in _select(runs, ["world_filmcond_pre_half"], False, tmp_path)} == {
         "pretrain_half/seed0", "world_filmcond_pre_half/seed0"}  # fmt: skip
     with pytest.raises(ValueError, match=r"--rows: unknown row\(s\) \['nope'\]; this table's rows: pretrain"):
-        _execute(runs, tmp_path, rows=["nope"])
+        _select(runs, ["nope"], False, tmp_path)

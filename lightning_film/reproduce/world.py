@@ -371,10 +371,10 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
     return args, preset, seeds, out
 
 
-def _execute(
-    runs: list[Run], root: Path, jobs: int = 1, finished_only: bool = False, rows: list[str] | None = None
-) -> dict[str, dict]:
-    if rows:  # a run's 'after' runs come along, so a chosen row can always run
+def _select(runs: list[Run], rows: list[str] | None, finished_only: bool, root: Path) -> list[Run]:
+    """``--rows`` (a chosen run's ``after`` runs come along) and ``--finished-only`` (a table cut
+    short, say by a budget that ran out: what finished, and no more)."""
+    if rows:
         known = list(dict.fromkeys(r.labels["row"] for r in runs))
         unknown = [r for r in rows if r not in known]
         if unknown:
@@ -382,11 +382,15 @@ def _execute(
         keep = {r.key for r in runs if r.labels["row"] in rows}
         keep |= {k for r in runs if r.key in keep for k in r.after}
         runs = [r for r in runs if r.key in keep]
-    if finished_only:  # a table cut short (a budget that ran out): what finished, and no more
+    if finished_only:
         done = [r for r in runs if (root / r.key / "result.json").is_file()]
         missing = [r.key for r in runs if r not in done]
         print(f"--finished-only: {len(done)} of {len(runs)} runs finished; not run: {', '.join(missing) or 'none'}")
         runs = done
+    return runs
+
+
+def _execute(runs: list[Run], root: Path, jobs: int = 1) -> dict[str, dict]:
     for run in runs:  # the pretrained checkpoint's path depends on where the runs live
         run.fit_args = [a.replace("{runs}", str(root)) for a in run.fit_args]
     return execute_all(runs, root, jobs=jobs)
@@ -435,10 +439,10 @@ def main_kid(argv: list[str]) -> None:
         return
     start = time.perf_counter()
     args, preset, seeds, out = _setup("world-kid", argv)
-    runs = kid_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
+    runs = _select(kid_runs(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
     print_plan(f"world-kid, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs, args.finished_only, args.rows)
+    results = _execute(runs, root, args.jobs)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     report = analyse_kid({
@@ -461,10 +465,10 @@ def main_conditioning(argv: list[str]) -> None:
         return
     start = time.perf_counter()
     args, preset, seeds, out = _setup("world-conditioning", argv)
-    runs = conditioning_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
+    runs = _select(conditioning_runs(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
     print_plan(f"world-conditioning, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs, args.finished_only, args.rows)
+    results = _execute(runs, root, args.jobs)
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
@@ -489,10 +493,10 @@ def main_recipe(argv: list[str]) -> None:
         return
     start = time.perf_counter()
     args, preset, seeds, out = _setup("world-recipe", argv)
-    runs = recipe_runs(preset, args.configs, seeds, args.overrides)
     root = args.runs / args.preset
+    runs = _select(recipe_runs(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
     print_plan(f"world-recipe, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs, args.finished_only, args.rows)
+    results = _execute(runs, root, args.jobs)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
     report = analyse_recipe({
