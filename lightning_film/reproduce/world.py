@@ -54,7 +54,7 @@ from lightning_film.reproduce.report import (
     rerender,
 )
 from lightning_film.reproduce.runner import Run, execute_all, print_plan
-from lightning_film.reproduce.world_report import (
+from lightning_film.reproduce.world_report import (  # noqa: F401  (re-exported)
     DIT_FID,
     KID_REFERENCE,
     KID_ROWS,
@@ -62,6 +62,9 @@ from lightning_film.reproduce.world_report import (
     NONE_ROW,
     PRETRAIN,
     PRETRAIN_HALF,
+    RECIPE_REFERENCE,
+    RECIPE_ROWS,
+    RecipeRow,
     analyse,
     kid_verdict,
     render_conditioning,
@@ -69,8 +72,9 @@ from lightning_film.reproduce.world_report import (
     render_recipe,
 )
 
-__all__ = ["KID_ROWS", "PRESETS", "Preset", "conditioning_runs", "copy_baseline", "kid_runs", "main_conditioning",
-           "main_kid", "render_conditioning", "render_kid"]  # fmt: skip
+__all__ = ["KID_ROWS", "PRESETS", "RECIPE_ROWS", "Preset", "RecipeRow", "conditioning_runs", "copy_baseline", "kid_runs",
+           "main_conditioning", "main_kid", "main_recipe", "recipe_runs", "render_conditioning", "render_kid",
+           "render_recipe"]  # fmt: skip
 
 CONFIGS = Path("configs/world")
 
@@ -168,31 +172,6 @@ def conditioning_runs(
             runs.append(Run(f"{norm}-{cond}/seed{seed}", configs / "filmcond.yaml", args,
                             labels={"row": f"{norm} + {cond}", "normalizer": norm, "conditioner": cond, "seed": seed}))  # fmt: skip
     return runs
-
-
-@dataclass(frozen=True)
-class RecipeRow:
-    """A row of the recipe table: one change to ``configs/world/filmcond.yaml`` as shipped."""
-
-    name: str
-    change: str
-    args: tuple[str, ...] = ()
-
-
-#: The shipped recipe and one change at a time; every row at the preset's steps (equal wall time:
-#: none of these changes the cost of a step) unless the row is about the budget itself.
-RECIPE_ROWS: tuple[RecipeRow, ...] = (
-    RecipeRow("shipped", "configs/world/filmcond.yaml as shipped (noise_shift 16, v, DDIM, film)"),
-    RecipeRow("noise_shift 1", "the plain cosine schedule (the recipe before this table)", ("--model.noise_shift", "1")),
-    RecipeRow("noise_shift 4", "a smaller shift", ("--model.noise_shift", "4")),
-    RecipeRow("noise_shift 64", "a larger shift", ("--model.noise_shift", "64")),
-    RecipeRow("1500 steps", "the old budget (fewer steps, less wall time)", ("--trainer.max_steps", "1500")),
-    RecipeRow("flow", "rectified flow (velocity, Euler) at the same shift",
-              ("--model.objective", "flow", "--model.prediction", "null", "--model.sampler", "euler")),
-    RecipeRow("adaln", "adaln: SiLU(c) into the projections, so time and action interact",
-              ("--model.conditioner", "adaln")),
-)  # fmt: skip
-RECIPE_REFERENCE = "shipped"
 
 
 def recipe_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides: list[tuple[str, str]]) -> list[Run]:

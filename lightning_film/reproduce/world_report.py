@@ -16,7 +16,7 @@ from typing import Any
 from lightning_film.reproduce.report import header
 from lightning_film.reproduce.stats import compare, fmt_ci, holm, interval, paired_section
 
-__all__ = ["DIT_FID", "KID_ROWS", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
+__all__ = ["DIT_FID", "KID_ROWS", "RECIPE_REFERENCE", "RECIPE_ROWS", "RecipeRow", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
            "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid", "render_recipe"]  # fmt: skip
 
 
@@ -65,6 +65,31 @@ NANOWM_NOTE = (
     "adaLN 23.19 / 43.62, FiLM 23.20 / 40.62, cross-attention 20.82 / 51.12; on PushT (2-D actions) all five "
     "land within 0.32 dB and additive is best"
 )
+
+
+@dataclass(frozen=True)
+class RecipeRow:
+    """A row of the recipe table: one change to ``configs/world/filmcond.yaml`` as shipped."""
+
+    name: str
+    change: str
+    args: tuple[str, ...] = ()
+
+
+#: The shipped recipe and one change at a time; every row at the preset's steps (equal wall time:
+#: none of these changes the cost of a step) unless the row is about the budget itself.
+RECIPE_ROWS: tuple[RecipeRow, ...] = (
+    RecipeRow("shipped", "configs/world/filmcond.yaml as shipped (noise_shift 16, v, DDIM, film)"),
+    RecipeRow("noise_shift 1", "the plain cosine schedule (the recipe before this table)", ("--model.noise_shift", "1")),
+    RecipeRow("noise_shift 4", "a smaller shift", ("--model.noise_shift", "4")),
+    RecipeRow("noise_shift 64", "a larger shift", ("--model.noise_shift", "64")),
+    RecipeRow("1500 steps", "the old budget (fewer steps, less wall time)", ("--trainer.max_steps", "1500")),
+    RecipeRow("flow", "rectified flow (velocity, Euler) at the same shift",
+              ("--model.objective", "flow", "--model.prediction", "null", "--model.sampler", "euler")),
+    RecipeRow("adaln", "adaln: SiLU(c) into the projections, so time and action interact",
+              ("--model.conditioner", "adaln")),
+)  # fmt: skip
+RECIPE_REFERENCE = "shipped"
 
 
 @dataclass(frozen=True)
