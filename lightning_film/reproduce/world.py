@@ -34,6 +34,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -412,78 +413,64 @@ def _render_only(table: str, argv: list[str]) -> bool:
     return True
 
 
+def _run_table(table: str, argv: list[str], plan: Callable[..., list[Run]]) -> tuple[dict[str, Any], Path, Any]:
+    """The steps every world table shares: parse, select and run its runs, score the copy
+    baseline. Returns (the report's common part, the results folder, the parsed arguments)."""
+    start = time.perf_counter()
+    args, preset, seeds, out = _setup(table, argv)
+    root = args.runs / args.preset
+    runs = _select(plan(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
+    print_plan(f"{table}, preset {args.preset}", runs, root)
+    results = _execute(runs, root, args.jobs)
+    print("scoring the copy-last-frame baseline on the same test windows ...")
+    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
+    basics = report_basics(table, argv, args, preset, seeds, machine_info())
+    return {**basics, "baseline": baseline, "runs": results, "wall_s": time.perf_counter() - start}, out, args
+
+
+def _write(out: Path, report: dict[str, Any], markdown: str, png: bytes | None) -> None:
+    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_atomic(out / "results.md", markdown)
+    if png is not None:
+        write_atomic(out / "kid.png", png)
+    print(markdown)
+    print(
+        f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'kid.png'}" if png else ""), file=sys.stderr
+    )
+
+
 def main_kid(argv: list[str]) -> None:
     """``lightning-film reproduce world-kid ...``"""
     if _render_only("world-kid", argv):
         return
-    start = time.perf_counter()
-    args, preset, seeds, out = _setup("world-kid", argv)
-    root = args.runs / args.preset
-    runs = _select(kid_runs(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
-    print_plan(f"world-kid, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs)
-    print("scoring the copy-last-frame baseline on the same test windows ...")
-    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
-    report = analyse_kid({
-        **report_basics("world-kid", argv, args, preset, seeds, machine_info()),
-        "baseline": baseline, "seed_kid": {r.name: r.seed_kid for r in KID_ROWS},
-        "runs": results, "wall_s": time.perf_counter() - start,
-    })  # fmt: skip
+    common, out, _ = _run_table("world-kid", argv, kid_runs)
+    report = analyse_kid({**common, "seed_kid": {r.name: r.seed_kid for r in KID_ROWS}})
     order = [r.name for r in (*KID_ROWS, PRETRAIN)]
-    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
-    write_atomic(out / "results.md", render_kid(report))
     png = render_png(report["kid"], order, "World model: the seed's rows", report["seed_kid"])
-    write_atomic(out / "kid.png", png)
-    print(render_kid(report))
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'kid.png'}", file=sys.stderr)
+    _write(out, report, render_kid(report), png)
 
 
 def main_conditioning(argv: list[str]) -> None:
     """``lightning-film reproduce world-conditioning ...``"""
     if _render_only("world-conditioning", argv):
         return
-    start = time.perf_counter()
-    args, preset, seeds, out = _setup("world-conditioning", argv)
-    root = args.runs / args.preset
-    runs = _select(conditioning_runs(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
-    print_plan(f"world-conditioning, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs)
+    common, out, args = _run_table("world-conditioning", argv, conditioning_runs)
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
+    start, preset = time.perf_counter(), Preset(**common["preset"])
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
     costs = model_costs(base_args, conditioning_rows(), preset.repeats, preset.steps_per_repeat, batch)
-    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
-    report = analyse_conditioning({
-        **report_basics("world-conditioning", argv, args, preset, seeds, machine_info()),
-        "costs": costs, "baseline": baseline, "runs": results, "wall_s": time.perf_counter() - start,
-    })  # fmt: skip
+    report = analyse_conditioning({**common, "costs": costs, "wall_s": common["wall_s"] + time.perf_counter() - start})
     kid = report["kid"]
     order = sorted(costs, key=lambda r: mean_std(kid[r])[0] if kid.get(r) else float("inf"))
-    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
-    write_atomic(out / "results.md", render_conditioning(report))
-    write_atomic(out / "kid.png", render_png(kid, order, "World model: conditioner / normalizer at equal budget", None))
-    print(render_conditioning(report))
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'kid.png'}", file=sys.stderr)
+    png = render_png(kid, order, "World model: conditioner / normalizer at equal budget", None)
+    _write(out, report, render_conditioning(report), png)
 
 
 def main_recipe(argv: list[str]) -> None:
     """``lightning-film reproduce world-recipe ...``"""
     if _render_only("world-recipe", argv):
         return
-    start = time.perf_counter()
-    args, preset, seeds, out = _setup("world-recipe", argv)
-    root = args.runs / args.preset
-    runs = _select(recipe_runs(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
-    print_plan(f"world-recipe, preset {args.preset}", runs, root)
-    results = _execute(runs, root, args.jobs)
-    print("scoring the copy-last-frame baseline on the same test windows ...")
-    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
-    report = analyse_recipe({
-        **report_basics("world-recipe", argv, args, preset, seeds, machine_info()),
-        "rows": [asdict(r) for r in RECIPE_ROWS], "baseline": baseline, "runs": results,
-        "wall_s": time.perf_counter() - start,
-    })  # fmt: skip
-    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
-    write_atomic(out / "results.md", render_recipe(report))
-    print(render_recipe(report))
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}", file=sys.stderr)
+    common, out, _ = _run_table("world-recipe", argv, recipe_runs)
+    report = analyse_recipe({**common, "rows": [asdict(r) for r in RECIPE_ROWS]})
+    _write(out, report, render_recipe(report), None)
