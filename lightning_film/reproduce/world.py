@@ -445,7 +445,7 @@ def main_kid(argv: list[str]) -> None:
         return
     common, out, _ = _run_table("world-kid", argv, kid_runs)
     report = analyse_kid({**common, "seed_kid": {r.name: r.seed_kid for r in KID_ROWS}})
-    order = [r.name for r in (*KID_ROWS, PRETRAIN)]
+    order = [r.name for r in (*KID_ROWS, PRETRAIN, PRETRAIN_HALF)]
     png = render_png(report["kid"], order, "World model: the seed's rows", report["seed_kid"])
     _write(out, report, render_kid(report), png)
 

@@ -226,7 +226,7 @@ def render_kid(report: dict[str, Any]) -> str:
     )
     lines = _head(report, "the seed's KID table", budget, "run | normalization | conditioning", ["KID (seed's data)"])
     lines[-1] = "|---|---|---|" + lines[-1][5:]
-    for row in (*KID_ROWS, PRETRAIN):
+    for row in (*KID_ROWS, PRETRAIN, PRETRAIN_HALF):
         seed_kid = f"{row.seed_kid:.3f}" if row.seed_kid is not None else "–"
         cells = [row.name, row.normalization, row.conditioning, *_cells(values, row.name), seed_kid]
         lines.append("| " + " | ".join(cells) + " |")
