@@ -232,3 +232,16 @@ def test_bad_shift_is_one_clear_error(bad: object) -> None:
         build_objective("diffusion", shift=bad)
     with pytest.raises(ValueError, match="noise shift must be a number >= 1"):
         build_objective("flow", shift=bad)
+
+
+@pytest.mark.parametrize("objective", [Diffusion(1000, "v", 16.0), Diffusion(1000, "eps"), Flow(16.0)], ids=str)
+def test_noisiest_time_is_pure_noise_and_x0_from_inverts_the_target(objective) -> None:
+    objective = objective.double()
+    x0, noise = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    t = objective.noisiest(6)
+    assert torch.equal(t, torch.full((6,), 999) if isinstance(objective, Diffusion) else torch.ones(6))
+    torch.testing.assert_close(objective.add_noise(x0, noise, t), noise, atol=1e-3, rtol=0)  # x_t is the noise
+    t = objective.sample_time(6, generator=torch.Generator().manual_seed(0)).to(torch.float64)
+    t = t.long() if isinstance(objective, Diffusion) else t
+    x_t = objective.add_noise(x0, noise, t)
+    torch.testing.assert_close(objective.x0_from(x_t, objective.target(x0, noise, t), t), x0, atol=1e-6, rtol=0)

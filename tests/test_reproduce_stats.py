@@ -178,6 +178,8 @@ def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped
     report = analyse_recipe({**BASICS, "preset": preset.__dict__, "seeds": [0, 1, 2], "runs": fake, "baseline": None,
                              "rows": [{"name": r, "change": "c"} for r in rows]})  # fmt: skip
     md = render_recipe(report)
+    assert "- Runs: " not in md  # the header says where the runs were made only when told
+    assert "- Runs: on a lent GPU" in render_recipe({**report, "runs_note": "on a lent GPU"})
     assert "| shipped | c | 3 |" in md and "noise_shift 1 − shipped" in md
     acc = next(c for c in report["stats"]["paired"] if c["metric"] == "test/agent_acc")
     assert acc["verdict"] == "established" and acc["diff"] < 0

@@ -502,3 +502,13 @@ def test_cli_chains_pretraining_and_finetuning(tmp_path: Path, monkeypatch: pyte
     assert all(key in logged for key in ("test/kid_mean", "test/psnr", "test/rollout_psnr", "test/loss"))
     guided = run("fit", "flow_clsfg")
     assert (guided / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_noise_shift_reaches_the_objective_and_a_bad_one_is_one_line() -> None:
+    shifted = model(noise_shift=16.0)
+    plain = model()
+    assert shifted.objective.shift == 16.0 and plain.objective.shift == 1.0
+    moved = torch.logit(plain.objective.alpha_bar) - torch.logit(shifted.objective.alpha_bar)
+    torch.testing.assert_close(moved, torch.full_like(moved, 2 * math.log(16.0)))
+    with pytest.raises(ValueError, match=r"noise shift must be a number >= 1 \(1: the plain schedule\), got 0.5"):
+        model(noise_shift=0.5)

@@ -221,9 +221,7 @@ class WorldModel(LightningModule):
 
     def noisiest_time(self, n: int) -> Tensor:
         """(n,) the objective's noisiest time, where x_t is pure noise: T - 1 (diffusion), 1 (flow)."""
-        if hasattr(self.objective, "timesteps"):
-            return torch.full((n,), self.objective.timesteps - 1, dtype=torch.long, device=self.device)
-        return torch.ones(n, device=self.device)
+        return self.objective.noisiest(n, self.device)
 
     @torch.no_grad()
     def predict_x0(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
@@ -231,11 +229,7 @@ class WorldModel(LightningModule):
         x_t (B, C, H, W), t (B,) in the objective's unit, context (B, K, C, H, W) in [-1, 1],
         action (B,) -> x0_hat (B, C, H, W) clipped to [-1, 1]."""
         pred = self.guided(x_t, t, context, self._actions(action, allow_null=True))
-        if hasattr(self.objective, "to_x0_eps"):  # diffusion: eps or v -> x0
-            x0 = self.objective.to_x0_eps(x_t, pred, t)[0]
-        else:  # flow: x0 = x_t - t v
-            x0 = self.objective.to_x0(x_t, pred, t)
-        return x0.clamp(-1.0, 1.0)
+        return self.objective.x0_from(x_t, pred, t).clamp(-1.0, 1.0)
 
     # -- sampling -------------------------------------------------------------------------------
     def _actions(self, action: Tensor, allow_null: bool = False) -> Tensor:
@@ -411,8 +405,6 @@ class WorldModel(LightningModule):
         if context.dtype != torch.uint8 or target.dtype != torch.uint8:
             raise ValueError(f"WorldModel expects uint8 frames, got context {context.dtype}, target {target.dtype}")
         return context, self._actions(action), target
-
-    _batch = unpack_batch  # the name reproduce/world.py still calls
 
     def _eval_generators(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> list[torch.Generator]:
         """One CPU generator per window, seeded by (seed, split, episode, step): a window's

@@ -146,6 +146,14 @@ class Objective(nn.Module):
         """(B,) times in the objective's own unit -> (B,) float for the time embedding."""
         raise NotImplementedError
 
+    def noisiest(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """(n,) the noisiest time, where x_t is pure noise (diffusion: T - 1, flow: 1)."""
+        raise NotImplementedError
+
+    def x0_from(self, x_t: Tensor, pred: Tensor, t: Tensor) -> Tensor:
+        """The clean sample (B, *) that the model's prediction ``pred`` at x_t (B, *), t (B,) implies."""
+        raise NotImplementedError
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """Clean x0 (B, *), standard normal noise (B, *), times (B,) -> x_t (B, *)."""
         raise NotImplementedError
@@ -206,6 +214,12 @@ class Diffusion(Objective):
 
     def model_time(self, t: Tensor) -> Tensor:
         return t.float()
+
+    def noisiest(self, n, device="cpu"):
+        return torch.full((n,), self.timesteps - 1, dtype=torch.long, device=device)
+
+    def x0_from(self, x_t, pred, t):
+        return self.to_x0_eps(x_t, pred, t)[0]
 
     def add_noise(self, x0, noise, t):
         a, s = self._levels(t, x0)
@@ -278,6 +292,12 @@ class Flow(Objective):
 
     def model_time(self, t: Tensor) -> Tensor:
         return t.float() * self.time_scale
+
+    def noisiest(self, n, device="cpu"):
+        return torch.ones(n, device=device)
+
+    def x0_from(self, x_t, pred, t):
+        return self.to_x0(x_t, pred, t)
 
     def add_noise(self, x0, noise, t):
         tt = _expand(t, x0)

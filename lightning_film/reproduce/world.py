@@ -219,7 +219,7 @@ def model_costs(
         torch.manual_seed(0)
         model = WorldModel(**{**hp, "normalizer": norm, "conditioner": cond})
         one = {key: v[:1] for key, v in batch.items()}
-        context, action, target = model._batch(one)
+        context, action, target = model.unpack_batch(one)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(target.float() / 127.5 - 1, torch.full((1,), 0.5), context.float() / 127.5 - 1, action)
         out[name] = {

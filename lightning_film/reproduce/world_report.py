@@ -244,9 +244,11 @@ def kid_verdict(kid: dict[str, list[float]]) -> list[str]:
     return [
         f"- Our ordering of the seed's rows (best KID first): {_ranking(ours)}.",
         f"- The seed's ordering: {_ranking(seed)}.",
-        "- The orderings agree." if agree else
-        "- The orderings differ; the seed's numbers come from its own data and budget, ours from the built-in "
-        "world at this preset's budget: the paired comparisons below say which of our gaps the seeds establish.",
+        ("- The orderings of the means agree" if agree else
+         "- The orderings differ; the seed's numbers come from its own data and budget, ours from the built-in "
+         "world at this preset's budget")
+        + f" ({min(len(kid[r]) for r in ours)}-{max(len(kid[r]) for r in ours)} seeds per row): the paired "
+        "comparisons below say which of our gaps the seeds establish; an ordering of unestablished gaps is noise.",
     ]  # fmt: skip
 
 
