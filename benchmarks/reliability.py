@@ -13,6 +13,8 @@ only bound (``reliability.md`` and ``reliability.json`` in ``--out``):
    and the relative difference of every validation metric.
 3. **Bad inputs**: ``tests/test_bad_input.py``'s table, run under pytest: cases tried and passed.
 4. **Nothing lost**: ``tests/test_atomic_writes.py`` (a writer killed midway), passed or not.
+5. **Hostile input**, per class of issue 14: ``tests/test_hostile_input.py``'s rows and tests
+   (ids ``c1-`` ... ``c8-``) and the SIGTERM tests of ``tests/test_resume.py`` (class 5): tried, handled.
 
 The fits are the tests' tiny configs (``tests/helpers/configs.py``), run through the real
 ``lightning-film fit`` in subprocesses. CPU only.
@@ -107,6 +109,30 @@ def pytest_counts(path: str) -> dict[str, Any]:
             "skipped": count.get("skipped", 0), "seconds": time.perf_counter() - start, "summary": summary}  # fmt: skip
 
 
+#: issue 14's classes of hostile input
+CLASSES = {
+    1: "code through a checkpoint fetched by URL", 2: "code named by a checkpoint's hyper-parameters",
+    3: "`--ckpt_path last` bypassing the checks", 4: "small files that exhaust memory or time",
+    5: "SIGTERM during fit (save, exit 143, resume exactly)", 6: "silent clobbering and leakage",
+    7: "tracebacks instead of one line", 8: "a corpus changing while fit reads it",
+}  # fmt: skip
+
+
+def hostile_counts() -> dict[int, dict[str, int]]:
+    """Per class: tests tried and passed, from pytest's per-test report (``-rA``)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+                           "tests/test_hostile_input.py", "tests/test_resume.py", "-k", "hostile or c4 or c7 or c8 "
+                           "or sigterm"], capture_output=True, text=True)  # fmt: skip
+    counts = {c: {"tried": 0, "handled": 0} for c in CLASSES}
+    for outcome, test in re.findall(r"^(PASSED|FAILED|ERROR) (\S+)", done.stdout, re.M):
+        found = re.search(r"[\[_]c(\d)[-_]", test)
+        kind = int(found[1]) if found else 5 if "sigterm" in test else None
+        if kind is not None:
+            counts[kind]["tried"] += 1
+            counts[kind]["handled"] += outcome == "PASSED"
+    return counts
+
+
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -151,7 +177,14 @@ def render(report: dict[str, Any]) -> str:
         "Tested here: one machine, 2 CPU processes (gloo). Not tested: several nodes (`--trainer.num_nodes`), "
         "GPUs (nccl).",
         "",
+        "## Hostile input (issue 14), per class",
+        "",
+        "| class | what | tried | handled |",
+        "|---|---|---:|---:|",
     ]
+    for c, r in report["hostile"].items():
+        lines.append(f"| {c} | {CLASSES[int(c)]} | {r['tried']} | {r['handled']} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -173,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
 
     report.update(
         bad_input_cases=len(CASES), bad_inputs=pytest_counts("tests/test_bad_input.py"),
-        atomic_writes=pytest_counts("tests/test_atomic_writes.py"),
+        atomic_writes=pytest_counts("tests/test_atomic_writes.py"), hostile=hostile_counts(),
         command=shlex.join([*PROG.split(), *(argv if argv is not None else sys.argv[1:])]),
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=machine_info(),
         wall_s=time.perf_counter() - start,

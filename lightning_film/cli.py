@@ -25,6 +25,7 @@ import importlib
 import inspect
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,9 +44,17 @@ import lightning_film.callbacks  # noqa: F401  (so configs name our callbacks an
 import lightning_film.data.bytes  # noqa: F401
 import lightning_film.data.world  # noqa: F401
 import lightning_film.models  # noqa: F401
-from lightning_film.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
+from lightning_film.callbacks.sigterm import SIGTERMException, add_sigterm_checkpoint
+from lightning_film.checkpoints import (
+    AtomicCheckpointIO,
+    check_model_class,
+    last_checkpoint,
+    loaded_class,
+    read_checkpoint,
+    trusted_hyper_parameters,
+)  # fmt: skip
 from lightning_film.errors import CommandParser, UsageError
-from lightning_film.io import folder_problem
+from lightning_film.io import folder_problem, yaml_problem
 from lightning_film.registry import Registry, RegistryError
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
@@ -99,10 +108,14 @@ def list_command(argv: list[str]) -> None:
 EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], None] | str]] = {
     "list": ("Print every registry (normalizers, conditioners, ...) with one-line docs.", list_command),
     "record": ("Record world-model episodes into .npz shards.", "lightning_film.data.record:record_command"),
-    "export": ("Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
-               "lightning_film.export.cli:export_command"),
-    "reproduce": ("Train and score a results table (byte, world-kid, world-conditioning).",
-                  "lightning_film.reproduce:reproduce_command"),
+    "export": (
+        "Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
+        "lightning_film.export.cli:export_command",
+    ),
+    "reproduce": (
+        "Train and score a results table (byte, world-kid, world-conditioning).",
+        "lightning_film.reproduce:reproduce_command",
+    ),
 }
 
 
@@ -251,6 +264,48 @@ class FilmCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None and "://" not in root:
                 callback.dirpath = os.path.join(os.path.realpath(root), "checkpoints")
+        add_sigterm_checkpoint(self.trainer)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's merge of a checkpoint's hyper-parameters into the model config, through the
+        checkpoint gate: read weights only, of this run's model class, and never naming code the
+        user's own config does not name (a ``module:attr`` spec would be imported and called)."""
+        subcommand = self.config.get("subcommand")
+        section = self.config.get(subcommand) if subcommand else None
+        ckpt_path = section.get("ckpt_path") if section is not None else None
+        if not isinstance(ckpt_path, (str, os.PathLike)) or str(ckpt_path) in _TRAINER_NAMES:
+            return  # unset, or resolved by the Trainer and gated in _prepare_subcommand_kwargs
+        checkpoint = read_checkpoint(ckpt_path)
+        model = section.get("model")
+        class_path = model.get("class_path") if hasattr(model, "get") else None
+        if not class_path:
+            return
+        check_model_class(checkpoint, ckpt_path, class_path, "this run's model")
+        given = model.get("init_args")
+        given = given.as_dict() if hasattr(given, "as_dict") else {}
+        cls = loaded_class(class_path)
+        takes = list(inspect.signature(cls).parameters) if cls is not None else None
+        hparams = trusted_hyper_parameters(checkpoint, ckpt_path, given, takes)
+        if hparams:
+            # the class stays the user's: the checkpoint only fills in its settings
+            merged = {subcommand: {"model": {"class_path": class_path, "init_args": hparams}}}
+            try:
+                self.config = self.parser.parse_object(merged, self.config)
+            except UsageError as err:
+                raise UsageError(f"checkpoint {str(ckpt_path)!r}'s hyper-parameters: {err}") from None
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = last_checkpoint(self.trainer, subcommand)
+            if kwargs["ckpt_path"] is not None:
+                check_model_class(read_checkpoint(kwargs["ckpt_path"]), kwargs["ckpt_path"], type(self.model),
+                                  "this run's model")  # fmt: skip
+        return kwargs
+
+
+#: ``--ckpt_path`` values the Trainer resolves itself
+_TRAINER_NAMES = ("last", "best", "hpc")
 
 
 def run_lightning_cli(args: list[str]) -> LightningCLI:
@@ -293,8 +348,10 @@ def _check_paths(args: list[str]) -> None:
             what, is_path = "checkpoint", value.endswith(".ckpt") and "://" not in value
         else:
             continue
-        if is_path and not Path(value).is_file():
+        if is_path and not Path(value).exists():
             raise UsageError(f"{what} {value!r} does not exist (relative paths start at {os.getcwd()})")
+        if is_path and what == "config file" and not Path(value).is_file():  # a FIFO would hang the reader
+            raise UsageError(f"{what} {value!r} is not a regular file (a folder, FIFO or device)")
         if is_path and what == "config file":
             _check_yaml(value)
 
@@ -305,7 +362,11 @@ def _check_yaml(path: str) -> None:
     import yaml
 
     try:
-        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        problem = yaml_problem(text)
+        if problem:
+            raise UsageError(f"config file {path!r} is refused: {problem}")
+        yaml.safe_load(text)
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"config file {path!r} cannot be read: {err}") from None
     except yaml.YAMLError as err:
@@ -318,12 +379,9 @@ def _check_yaml(path: str) -> None:
 def _check_config(config: Any) -> None:
     """What a parsed config names on disk, checked before anything is built or trained.
 
-    ``--ckpt_path`` and ``model.init_from``, when they are local files: readable (weights only),
-    Lightning's (``ckpt_path``) and of this config's model class. LightningCLI reads ``ckpt_path``
-    next and lets its hyperparameters replace the model, class included: a WorldModel checkpoint
-    given to a ByteLM config would then run a WorldModel on byte data and fail deep inside it. A
-    damaged file would fail inside ``torch.load``. And ``trainer.default_root_dir`` must be a
-    folder that can be created.
+    ``model.init_from``: a readable checkpoint (weights only); ``--ckpt_path`` is checked next, where
+    LightningCLI reads it (:meth:`FilmCLI._parse_ckpt_path`). And ``trainer.default_root_dir`` must
+    be a folder that can be created.
     """
     subcommand = config.get("subcommand")
     section = config.get(subcommand) if subcommand else None
@@ -336,12 +394,6 @@ def _check_config(config: Any) -> None:
         if problem:
             raise UsageError(f"trainer.default_root_dir {str(root)!r} cannot be written: {problem}")
     model = section.get("model")
-    class_path = model.get("class_path") if hasattr(model, "get") else None
-    ckpt_path = section.get("ckpt_path")
-    if isinstance(ckpt_path, (str, os.PathLike)) and Path(ckpt_path).is_file():
-        checkpoint = read_checkpoint(ckpt_path)
-        if class_path:
-            check_model_class(checkpoint, ckpt_path, class_path, "this run's model")
     init_args = model.get("init_args") if hasattr(model, "get") else None
     init_from = init_args.get("init_from") if hasattr(init_args, "get") else None
     if isinstance(init_from, (str, os.PathLike)) and init_from:
@@ -420,6 +472,15 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 _check_command(args)
                 run_lightning_cli(args)
+        except SIGTERMException as err:
+            # a cluster asking the run to stop: not a success, whatever Lightning's exit code says
+            saved = "; ".join(getattr(err, "__notes__", [])) or "no checkpoint saved (checkpointing is off)"
+            print(f"{PROG}: error: stopped by SIGTERM; {saved}; resume with --ckpt_path last", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM) from None
+        except KeyboardInterrupt:
+            print(f"{PROG}: error: interrupted (Ctrl-C); finished work is kept: rerun the same command to go on",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(128 + signal.SIGINT) from None
         except Exception as err:
             shown = None if os.environ.get(DEBUG_ENV, "0") not in ("", "0") else user_error(err)
             if shown is None:

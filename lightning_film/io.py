@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "folder_problem", "write_atomic"]
+__all__ = ["atomic_path", "folder_problem", "write_atomic", "yaml_problem"]
 
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths in one step
 _AT_FDCWD = -100
@@ -117,4 +117,49 @@ def folder_problem(path: str | os.PathLike) -> str | None:
         return f"{str(existing)!r} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{str(existing)!r} is not writable"
+    return None
+
+
+#: far above any real config or option, far below what would exhaust memory or time
+MAX_YAML_VALUES = 100_000
+
+
+def yaml_problem(text: str) -> str | None:
+    """What makes YAML ``text`` unsafe to hand on, or None: more than :data:`MAX_YAML_VALUES` values
+    once aliases are expanded (a "billion laughs": 700 bytes that expand to 10^9 and hang whoever
+    renders them), nesting Python cannot follow, or a mapping key given twice (YAML keeps only the
+    last, so a whole ``trainer:`` block would vanish without a word). Syntax errors are the parser's
+    to report: they return None here."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    except RecursionError:
+        return "it is nested deeper than can be read"
+    sizes: dict[int, int] = {}
+    stack = [root] if root is not None else []
+    while stack:  # post-order, iterative: the depth of a hostile file must not matter
+        node = stack[-1]
+        children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])  # fmt: skip
+        pending = [c for c in children if id(c) not in sizes]
+        if pending:
+            if len(stack) > 10_000:
+                return "it is nested deeper than 10000 levels"
+            stack.extend(pending)
+            continue
+        stack.pop()
+        sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_VALUES + 1)
+        if sizes[id(node)] > MAX_YAML_VALUES:
+            return f"it expands to more than {MAX_YAML_VALUES} values (YAML aliases repeating aliases)"
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        return (f"key {key.value!r} is given twice (lines {seen[key.value]} and "
+                                f"{key.start_mark.line + 1}); YAML would keep only the last")  # fmt: skip
+                    seen[key.value] = key.start_mark.line + 1
     return None

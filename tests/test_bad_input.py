@@ -532,6 +532,13 @@ def _one_error_line(err: str) -> str:
 def test_bad_input_is_one_clear_line(
     case: Case, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    run_case(case, trained, tmp_path, monkeypatch, capsys)
+
+
+def run_case(
+    case: Case, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run one row and check its one error line, the files it must not touch and that no code ran."""
     monkeypatch.setenv(CACHE_ENV, str(trained.cache))  # world data from the fixture's cache, never ~/.cache
     monkeypatch.delenv("LIGHTNING_FILM_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)  # relative paths (runs/..., out) land here

@@ -50,3 +50,27 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, model: str) ->
     assert resumed_steps == list(range(4, STEPS))
     for step in range(STEPS):
         assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), f"step {step}"
+
+
+@pytest.mark.parametrize("model", ["byte", "world"])
+def test_sigterm_saves_exits_nonzero_and_resumes_exactly(tmp_path: Path, model: str) -> None:
+    """No periodic checkpoint before the signal: what resumes is the checkpoint SIGTERM saved."""
+    config = CONFIGS[model](tmp_path, STEPS, STEPS)
+    whole = fit(config, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    term = json.dumps([{"class_path": "tests.helpers.kill.TermAtStep", "init_args": {"step": KILL_AT}}])
+    stopped = fit(config, tmp_path / "stopped", "--trainer.callbacks+", term)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"lightning-film: error: stopped by SIGTERM; saved {last} at step {KILL_AT + 1}; resume with --ckpt_path last"
+    )
+    assert max(losses(tmp_path / "stopped")) == KILL_AT  # the batch under way when the signal came finished
+
+    resumed = fit(config, tmp_path / "stopped", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "stopped")
+    assert sorted(got) == list(range(STEPS))  # every step once: nothing lost, nothing redone
+    for step in range(STEPS):
+        assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), f"step {step}"

@@ -4,7 +4,8 @@ Legend: B batch, N ``seq_len`` (inputs per window), S number of sources.
 
 Sources are corpus names (``lightning-film list corpora``), files, folders (every file below,
 recursively, in sorted order) or glob patterns, in any mix. A path is read as raw bytes, never
-decoded; a single file of 16 MiB or more is memory-mapped. Every file and every corpus item is
+decoded, and read into memory, never memory-mapped (a mapped file truncated while fit reads it
+would kill the process with SIGBUS). Two sources may not read the same file. Every file and every corpus item is
 one *document*: the nibble context and the accumulator restart there.
 
 Each source is cut into ``split_blocks`` contiguous blocks of near-equal size, dealt to
@@ -13,7 +14,7 @@ split the same whatever else is loaded, and whatever the training ``seed`` (runs
 seeds are scored on the same bytes). The split depends on sizes only, never on content.
 
 Nibbles and ``acc`` are computed once per source in :meth:`ByteDataModule.setup`, over the whole
-stream (2 bytes of memory per byte, even for a memory-mapped file), so every window gets the
+stream (2 more bytes of memory per byte), so every window gets the
 values the full stream has, which are the values streaming inference computes
 (:class:`~lightning_film.data.accumulator.StreamingAccumulator`). The rare-pair table comes from
 training positions only: pairs whose bytes and nibble context all lie inside a training block.
@@ -63,7 +64,6 @@ from lightning_film.data.sampling import EvalSampler, ResumableTrainData, random
 __all__ = ["ByteDataModule", "ByteSource", "prompt_bytes", "window_keys"]
 
 SPLITS = ("train", "val", "test")
-MMAP_BYTES = 16 << 20  # a single file this large is memory-mapped, not read
 _CHUNK = 1 << 22  # bytes per step when computing nibbles and acc (bounds temporary memory)
 _GLOB_CHARS = "*?["
 
@@ -73,7 +73,7 @@ class ByteSource:
     """One source: its bytes (docs concatenated), document starts, and derived streams."""
 
     name: str
-    data: np.ndarray  # (n,) uint8, maybe a memmap
+    data: np.ndarray  # (n,) uint8
     doc_offsets: np.ndarray  # (D,) int64, document start offsets, the first 0
     nibbles: np.ndarray | None = None  # (n,) uint8
     acc: np.ndarray | None = None  # (n,) uint8
@@ -110,6 +110,22 @@ def _unknown_source(spec: str) -> ValueError:
     )
 
 
+def _check_disjoint(sources: list[str]) -> None:
+    """Refuse two sources that read the same file (``text.txt`` and ``./text.txt``, a file and its
+    folder): each source is split by its own name, so one copy's held-out bytes would be the
+    other's training bytes."""
+    owners: dict[Path, str] = {}
+    for spec in sources:
+        for path in [] if spec in CORPORA else _source_files(spec) or []:
+            real = Path(path).resolve()
+            if real in owners and owners[real] != spec:
+                raise ValueError(
+                    f"sources {owners[real]!r} and {spec!r} both read {str(real)!r}: its bytes would be training data "
+                    f"of one and held-out data of the other; list each file once"
+                )
+            owners[real] = spec
+
+
 def check_source(spec: str) -> None:
     """Raise a clear error if ``spec`` names no corpus and no non-empty file (cheap: no reading)."""
     if not isinstance(spec, str) or not spec:
@@ -125,6 +141,17 @@ def check_source(spec: str) -> None:
         raise ValueError(f"source file {spec!r} is empty (0 bytes)")
 
 
+def _read_file(path: Path, spec: str) -> np.ndarray:
+    """The bytes of ``path``, all of them: a file that shrinks or grows while being read is an error."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        data = np.frombuffer(f.read(size + 1), dtype=np.uint8)
+    if len(data) != size:
+        raise ValueError(f"source {spec!r}: file {str(path)!r} changed while being read ({len(data)} bytes, "
+                         f"{size} a moment before); read it when nothing is writing it")  # fmt: skip
+    return data
+
+
 def read_source(spec: str) -> ByteSource:
     """The bytes of one source spec: a corpus name, a file, a folder or a glob pattern."""
     check_source(spec)
@@ -136,11 +163,11 @@ def read_source(spec: str) -> ByteSource:
         files = [f for f in _source_files(spec) or [] if f.stat().st_size > 0]
         if not files:
             raise ValueError(f"source {spec!r}: every file it names is empty (0 bytes)")
-        if len(files) == 1 and files[0].stat().st_size >= MMAP_BYTES:
-            data = np.memmap(files[0], dtype=np.uint8, mode="r")
-        else:
-            data = np.concatenate([np.fromfile(f, dtype=np.uint8) for f in files])
-        lengths = [f.stat().st_size for f in files]
+        # read, never memory-mapped: a mapped file truncated while fit reads it kills the process with
+        # SIGBUS (no checkpoint, no message); a read sees the change and says so
+        parts = [_read_file(f, spec) for f in files]
+        data = np.concatenate(parts)
+        lengths = [len(part) for part in parts]
     if len(data) == 0:
         raise ValueError(f"source {spec!r} is empty (0 bytes)")
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -359,6 +386,7 @@ class ByteDataModule(ResumableTrainData, LightningDataModule):
             raise ValueError(f"sources lists a source twice: {sources}")
         for spec in sources:
             check_source(spec)
+        _check_disjoint(sources)
         self.scheme = build_nibble_scheme(nibble_scheme)
         self.save_hyperparameters()
         self.source_names = sources
@@ -434,9 +462,7 @@ class ByteDataModule(ResumableTrainData, LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The prompts as raw bytes, one per batch: ``[b"..."]``."""
         if self._prompts is None:
-            raise ValueError(
-                "predict needs prompts to continue: set data.prompts, e.g. --data.prompts '[\"ROMEO:\"]'"
-            )
+            raise ValueError("predict needs prompts to continue: set data.prompts, e.g. --data.prompts '[\"ROMEO:\"]'")
         return DataLoader(self._prompts, batch_size=1, shuffle=False, collate_fn=_as_list)
 
     def _held_out(self, split: str) -> _HeldOutWindows:

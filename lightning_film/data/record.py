@@ -42,6 +42,7 @@ from lightning_film.data.shards import (
 )
 from lightning_film.data.worlds import StickyRandomPolicy, World, build_world, list_worlds
 from lightning_film.errors import CommandParser
+from lightning_film.io import yaml_problem
 
 __all__ = [
     "CACHE_ENV",
@@ -70,6 +71,10 @@ class Recording:
     recorded: bool
 
 
+#: the most memory one episode, and one shard being built, may take
+MAX_EPISODE_BYTES = 512 * 2**20
+
+
 def cache_root() -> Path:
     """``$LIGHTNING_FILM_CACHE``, or ``~/.cache/lightning_film``."""
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/lightning_film").expanduser()
@@ -95,6 +100,14 @@ def plan_recording(
     _check_int("episode_length", episode_length, 2)
     _check_int("seed", seed, 0)
     built = build_world(world, frame_size=frame_size)
+    episode_bytes = int(episode_length) * built.frame_size**2 * 3
+    if episode_bytes > MAX_EPISODE_BYTES:
+        built.close()
+        raise ValueError(
+            f"one episode of {episode_length} frames of {built.frame_size} x {built.frame_size} takes "
+            f"{episode_bytes / 2**30:.1f} GiB in memory, more than the {MAX_EPISODE_BYTES // 2**20} MiB allowed; lower "
+            f"episode_length or frame_size"
+        )
     try:
         policy = StickyRandomPolicy(built.num_actions, stickiness)
     except ValueError:
@@ -141,6 +154,7 @@ def _record_into(folder: Path, world: World, policy: StickyRandomPolicy, manifes
     """Record every episode of ``manifest`` as shards in ``folder``, then its manifest."""
     T, S = manifest.episode_length, manifest.frame_size
     manifest.shards = []
+    per_shard = max(1, min(per_shard, MAX_EPISODE_BYTES // (T * S * S * 3)))  # a shard is built in memory
     for first in range(0, manifest.episodes, per_shard):
         n = min(per_shard, manifest.episodes - first)
         frames = np.empty((n, T, S, S, 3), dtype=np.uint8)
@@ -243,7 +257,13 @@ def _parse_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"--option expects KEY=VALUE (e.g. spawn_prob=0.3), got {text!r}")
-    return key, yaml.safe_load(value)
+    problem = yaml_problem(value)
+    if problem:
+        raise ValueError(f"--option {key}: the value is refused: {problem}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--option {key}: {value!r} is not a YAML value ({' '.join(str(err).split())})") from None
 
 
 def record_command(argv: list[str]) -> None:

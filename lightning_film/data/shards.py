@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from lightning_film.data.worlds import MAX_FRAME_SIZE
 from lightning_film.io import atomic_path
 
 __all__ = [
@@ -135,6 +136,8 @@ class Manifest:
         for name, minimum in (("episodes", 1), ("episode_length", 2), ("frame_size", 1), ("num_actions", 1)):
             if data[name] < minimum:
                 raise bad(f"{name!r} must be >= {minimum}, got {data[name]}")
+        if data["frame_size"] > MAX_FRAME_SIZE:
+            raise bad(f"'frame_size' must be <= {MAX_FRAME_SIZE}, got {data['frame_size']}")
         if data["channels"] != 3:
             raise bad(f"'channels' must be 3 (RGB), got {data['channels']}")
         shards = []
@@ -144,6 +147,9 @@ class Manifest:
             ok = ok and isinstance(item["bytes"], int) and Path(item["file"]).name == item["file"] != ".."
             if not ok:
                 raise bad(f"a shard entry must be {{'file': NAME, 'episodes': >= 1, 'bytes': int}}, got {item!r}")
+            if any(s.file == item["file"] for s in shards):
+                # the same episodes twice: some would be both training and held-out data
+                raise bad(f"shard {item['file']!r} is listed twice; every shard file must be listed once")
             shards.append(ShardInfo(**item))
         if sum(s.episodes for s in shards) != data["episodes"]:
             raise bad(
@@ -200,33 +206,45 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         )
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"manifest {path} is not readable JSON ({err}); re-record the folder") from err
     return Manifest.from_dict(data, str(path))
+
+
+def shard_problem(path: Path, shard: ShardInfo, T: int, S: int) -> str | None:
+    """What is wrong with shard file ``path`` that can be seen without inflating it, or None."""
+    if not path.is_file():
+        return "is missing (the manifest lists it)"
+    size = path.stat().st_size
+    if size != shard.bytes:
+        return f"has {size} bytes but the manifest says {shard.bytes} (truncated or replaced)"
+    # np.load guesses the format from the first bytes and takes anything it does not know for a
+    # pickle ("load it unsafely if you trust it"): tell the cases apart before it guesses
+    with open(path, "rb") as f:
+        head = f.read(len(np.lib.format.MAGIC_PREFIX))
+    if head == np.lib.format.MAGIC_PREFIX:
+        return "is a single .npy array, not an .npz archive"
+    if not zipfile.is_zipfile(path):
+        return "is not a readable .npz archive (not a zip file: damaged, cut short or another kind of file)"
+    return check_shard_headers(path, shard.episodes, T, S)
+
+
+def _expected(E: int, T: int, S: int) -> str:
+    return f"'frames' uint8 {(E, T, S, S, 3)} and 'actions' int64 {(E, T)}"
 
 
 def read_shard(path: str | os.PathLike[str], manifest: Manifest, shard: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 (E, T, H, W, 3) and actions int64 (E, T) of one shard, checked against ``manifest``."""
     path = Path(path)
     E, T, S = shard.episodes, manifest.episode_length, manifest.frame_size
-    expected = f"'frames' uint8 {(E, T, S, S, 3)} and 'actions' int64 {(E, T)}"
+    expected = _expected(E, T, S)
 
     def bad(what: str) -> ValueError:
         return ValueError(f"shard {path}: {what}; expected {expected}. Re-record the folder")
 
-    if not path.is_file():
-        raise bad("is missing (the manifest lists it)")
-    size = path.stat().st_size
-    if size != shard.bytes:
-        raise bad(f"has {size} bytes but the manifest says {shard.bytes} (truncated or replaced)")
-    # np.load guesses the format from the first bytes and takes anything it does not know for a
-    # pickle ("load it unsafely if you trust it"): tell the cases apart before it guesses
-    with open(path, "rb") as f:
-        head = f.read(len(np.lib.format.MAGIC_PREFIX))
-    if head == np.lib.format.MAGIC_PREFIX:
-        raise bad("is a single .npy array, not an .npz archive")
-    if not zipfile.is_zipfile(path):
-        raise bad("is not a readable .npz archive (not a zip file: damaged, cut short or another kind of file)")
+    problem = shard_problem(path, shard, T, S)
+    if problem:
+        raise bad(problem)
     frames = actions = names = None
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -258,11 +276,56 @@ def read_shard(path: str | os.PathLike[str], manifest: Manifest, shard: ShardInf
     return frames, actions
 
 
+#: deflate never shrinks data more than about 1032 to 1: a larger claimed ratio is a lie (a zip bomb)
+DEFLATE_RATIO = 1032
+
+
+def check_shard_headers(path: Path, E: int, T: int, S: int) -> str | None:
+    """What is wrong with the array headers of shard ``path`` (its zip entries and .npy headers), read
+    without inflating any data, or None. Done before anything is allocated: an 800-byte file may
+    declare a 1 TiB array, and np.load allocates what the header says before any shape check."""
+    expected = {"frames.npy": (np.dtype(np.uint8), (E, T, S, S, 3)), "actions.npy": (np.dtype(np.int64), (E, T))}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name, (dtype, shape) in expected.items():
+                try:
+                    info = archive.getinfo(name)
+                except KeyError:
+                    return None  # np.load names what is missing
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    got_shape, _, got_dtype = read(f)
+                if got_dtype.hasobject:
+                    return ("is not a readable .npz archive: it holds pickled Python objects (object arrays), which "
+                            "are never loaded (allow_pickle=False)")  # fmt: skip
+                if got_dtype != dtype or tuple(got_shape) != shape:
+                    return f"{name[:-4]!r} is {got_dtype} {tuple(got_shape)}"
+                if info.file_size > DEFLATE_RATIO * max(info.compress_size, 1) + 4096:
+                    return f"{name!r} claims {info.file_size} bytes from {info.compress_size} compressed (a zip bomb)"
+    except (*_READ_ERRORS, RecursionError, SyntaxError) as err:
+        return f"is not a readable .npz archive ({type(err).__name__}: {err})"
+    return None
+
+
 def load_episodes(folder: str | os.PathLike[str]) -> tuple[Manifest, np.ndarray, np.ndarray]:
     """Every episode of a recording folder: (manifest, frames uint8 (E, T, H, W, 3), actions int64 (E, T))."""
     folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
     T, S = manifest.episode_length, manifest.frame_size
+    # every shard's size and headers first: memory for the manifest's episode count is allocated
+    # only once the files on disk are seen to hold them
+    for shard in manifest.shards:
+        path = folder / shard.file
+        problem = shard_problem(path, shard, T, S)
+        if problem:
+            raise ValueError(
+                f"shard {path}: {problem}; expected {_expected(shard.episodes, T, S)}. Re-record the folder"
+            )
     frames = np.empty((manifest.episodes, T, S, S, 3), dtype=np.uint8)
     actions = np.empty((manifest.episodes, T), dtype=np.int64)
     start = 0

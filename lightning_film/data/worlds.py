@@ -55,6 +55,7 @@ __all__ = [
 WORLDS = Registry("world", group="lightning_film.worlds")
 
 MIN_FRAME_SIZE = 16
+MAX_FRAME_SIZE = 1024
 
 
 def register_world(
@@ -77,11 +78,13 @@ def list_worlds() -> list[str]:
 
 
 def check_frame_size(frame_size: object) -> int:
-    """``frame_size`` if it is an integer >= 16, else a ValueError naming it."""
-    if isinstance(frame_size, bool) or not isinstance(frame_size, (int, np.integer)) or frame_size < MIN_FRAME_SIZE:
+    """``frame_size`` if it is an integer in [16, 1024], else a ValueError naming it. The upper bound
+    keeps a typo (100000) from asking for hundreds of GiB before anything is checked."""
+    if (isinstance(frame_size, bool) or not isinstance(frame_size, (int, np.integer))
+            or not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE):  # fmt: skip
         raise ValueError(
-            f"frame_size must be an integer >= {MIN_FRAME_SIZE} (frames are frame_size x frame_size, e.g. 32 or 64), "
-            f"got {frame_size!r}"
+            f"frame_size must be an integer >= {MIN_FRAME_SIZE} and <= {MAX_FRAME_SIZE} (frames are frame_size x "
+            f"frame_size, e.g. 32 or 64), got {frame_size!r}"
         )
     return int(frame_size)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -38,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from torch import nn
 
 import lightning_film
-from lightning_film.checkpoints import check_model_class, checkpoint_class, read_checkpoint
+from lightning_film.checkpoints import load_model
 from lightning_film.export.ane_layout import LAYOUTS, ane_inference_step
 from lightning_film.export.report import read_package
 from lightning_film.export.steps import ExportError, InferenceStep, inference_step
@@ -359,42 +357,16 @@ def _export_coreml(
 
 
 def load_checkpoint_model(path: str | Path, model_class: str | None = None) -> nn.Module:
-    """The LightningModule saved in checkpoint ``path`` (read only, on CPU). Its class comes from the
-    checkpoint's ``_class_path`` (what ``lightning-film fit`` saves) or ``model_class``
-    (``package.module.Class`` or ``package.module:Class``)."""
-    import importlib
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"checkpoint {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
-    # weights only: reading a checkpoint never runs code pickled into it
-    checkpoint = read_checkpoint(path)
-    class_path = model_class or checkpoint_class(checkpoint)
-    if not class_path:
-        raise ExportError(
-            f"{str(path)!r} does not name its model class (saved outside lightning-film); pass it, e.g. "
-            f"--model lightning_film.models.ByteLM"
-        )
-    module, _, name = class_path.replace(":", ".").rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ExportError(f"cannot import the model class {class_path!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
-        raise ExportError(
-            f"model class {class_path!r} is not a LightningModule; pass one with --model, e.g. "
-            f"lightning_film.models.ByteLM"
-        )
-    if model_class:
-        check_model_class(checkpoint, path, cls, "--model")
-    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    """The LightningModule saved in checkpoint ``path``, through the checkpoint gate
+    (:func:`lightning_film.checkpoints.load_model`)."""
+    return load_model(path, model_class)
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path | None = None, model_class: str | None = None, **kwargs: Any) -> dict:
     """:func:`export_coreml` of the model in checkpoint ``ckpt`` (never written to). ``out`` defaults
     to ``<run>/export/<ckpt name>-<weights label>.mlpackage`` beside the run's checkpoints folder."""
+    model = load_checkpoint_model(ckpt, model_class)  # as given: Path() would fold a URL's "//"
     ckpt = Path(ckpt)
-    model = load_checkpoint_model(ckpt, model_class)
     if out is None:
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         label = compression_scheme(kwargs.get("weights", "fp16"), kwargs.get("roles"), kwargs.get("group_size", 32)).label

@@ -250,8 +250,14 @@ def real_features(
         except Exception as err:  # a damaged entry is recomputed, not fatal
             warnings.warn(f"KID cache {path} could not be read ({err}); recomputing", stacklevel=2)
         else:
-            if isinstance(cached, Tensor) and cached.dim() == 2 and cached.shape[0] == len(cpu):
+            # a cache is an input like any other: a poisoned entry (another width, huge values) would
+            # report a KID of 1e18 without complaint, so anything but this extractor's finite features is recomputed
+            width = extractor.num_features or (cached.shape[-1] if isinstance(cached, Tensor) and cached.dim() else 0)
+            if (isinstance(cached, Tensor) and cached.is_floating_point() and cached.dim() == 2
+                    and tuple(cached.shape) == (len(cpu), width) and bool((cached.abs() < 1e6).all())):  # fmt: skip
                 return cached.to(frames.device)
+            warnings.warn(f"KID cache {path} does not hold {len(cpu)} x {width} finite features; recomputing",
+                          stacklevel=2)  # fmt: skip
     features = extractor(frames).detach()
     with atomic_path(path) as tmp:
         torch.save(features.cpu().clone(), tmp)

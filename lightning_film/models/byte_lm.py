@@ -202,9 +202,10 @@ class ByteLM(LightningModule):
             _check_ints(max_lr_steps=(max_lr_steps, 1))
         if positions not in ("learned", "none"):
             raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'none'")
-        if not lr > 0 or not weight_decay >= 0 or not 0 <= min_lr_ratio <= 1:
+        # `lr: .inf` is a float YAML accepts: without the finite test it trains to NaN weights and saves them
+        if not 0 < lr < math.inf or not 0 <= weight_decay < math.inf or not 0 <= min_lr_ratio <= 1:
             raise ValueError(
-                f"ByteLM: need lr > 0, weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
+                f"ByteLM: need finite lr > 0, finite weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
                 f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
             )
         build_nibble_scheme(nibble_scheme)  # an unknown scheme fails here, naming the registered ones

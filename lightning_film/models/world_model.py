@@ -25,6 +25,7 @@ Legend: B batch, K context frames, C channels, H = W = ``frame_size``, N tokens,
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -171,9 +172,10 @@ class WorldModel(LightningModule):
                 f"WorldModel: condition='none' always uses the null action, so cond_dropout={cond_dropout!r} and "
                 f"guidance_scale={guidance_scale!r} do not apply; leave them at 0 and 1"
             )
-        if not lr > 0 or not weight_decay >= 0 or not 0 <= min_lr_ratio <= 1:
+        # `lr: .inf` is a float YAML accepts: without the finite test it trains to NaN weights and saves them
+        if not 0 < lr < math.inf or not 0 <= weight_decay < math.inf or not 0 <= min_lr_ratio <= 1:
             raise ValueError(
-                f"WorldModel: need lr > 0, weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
+                f"WorldModel: need finite lr > 0, finite weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
                 f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
             )
         self.save_hyperparameters()

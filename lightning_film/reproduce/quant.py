@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import io
 import json
 import logging
@@ -235,22 +234,20 @@ def _check_qat_starts(runs: list[Run], root: Path) -> None:
 def load_for_scoring(ckpt: Path) -> tuple[Any, Any, dict[str, Any]]:
     """(model, its data module, facts) of a ``lightning-film fit`` checkpoint, read weights only;
     the data module is rebuilt from the checkpoint's own data settings."""
-    from lightning_film.checkpoints import read_checkpoint
-    from lightning_film.export import load_checkpoint_model
+    from lightning_film.checkpoints import load_model, loaded_class, read_checkpoint, trusted_hyper_parameters
 
-    model = load_checkpoint_model(ckpt)
+    model = load_model(ckpt)
     checkpoint = read_checkpoint(ckpt)
-    hp = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    class_path = str(hp.get("_class_path") or "")
-    module, _, name = class_path.rpartition(".")
-    try:
-        data_class = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    hp = checkpoint.get("datamodule_hyper_parameters") or {}
+    class_path = str(hp.get("_class_path") or "") if isinstance(hp, dict) else ""
+    # looked up among imported modules, never imported: a checkpoint does not choose code
+    data_class = loaded_class(class_path)
+    if data_class is None:
         raise UsageError(
-            f"checkpoint {str(ckpt)!r} does not name an importable data module ({class_path or 'none saved'}); "
+            f"checkpoint {str(ckpt)!r} does not name a data module of lightning_film ({class_path or 'none saved'}); "
             "score checkpoints written by lightning-film fit"
-        ) from None
-    data_args = {k: v for k, v in hp.items() if not k.startswith("_")}
+        )
+    data_args = trusted_hyper_parameters(checkpoint, ckpt, section="datamodule_hyper_parameters")
     facts = {
         "path": str(ckpt), "global_step": checkpoint.get("global_step"), "model_class": type(model).__name__,
         "model": {k: v for k, v in model.hparams.items() if not k.startswith("_")}, "data": data_args,

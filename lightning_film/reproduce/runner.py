@@ -124,7 +124,17 @@ def execute(run: Run, root: Path) -> tuple[dict[str, Any], bool]:
     directory = root / run.key
     result_file = directory / "result.json"
     if result_file.is_file():
-        return json.loads(result_file.read_text()), False
+        try:
+            result = json.loads(result_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            result = err
+        if not isinstance(result, dict):
+            why = f"{type(result).__name__}: {result}" if isinstance(result, Exception) else type(result).__name__
+            raise UsageError(
+                f"run result {str(result_file)!r} is damaged ({' '.join(why.split())[:120]}); delete it and rerun the "
+                f"same command: the run is scored again from its last checkpoint"
+            )
+        return result, False
     directory.mkdir(parents=True, exist_ok=True)
     resume = ["--ckpt_path", "last"] if (directory / "checkpoints" / "last.ckpt").is_file() else []
     fit = _command("fit", run, directory, [*run.fit_args, *resume])
