@@ -134,6 +134,9 @@ HOSTILE: list[Case] = [
          f"[{e.file('text.txt', 'x' * 2000)}, ./text.txt]"), ("both read", "list each file once")),
     Case("c6-file-and-its-folder", lambda e: e.byte("fit", "byte.yaml", "--data.sources",
          f"[{e.file('docs/a.txt', 'x' * 2000)}, {e.tmp / 'docs'}]"), ("both read",)),
+    Case("c6-export-over-a-foreign-json", lambda e: (e.file("ship/m.json", '{"mine": 1}'), ["export", "--ckpt",
+         str(e.trained.byte_ckpt), "--to", "coreml", "--out", "ship/m.mlpackage"])[1],
+         ("which is not an export report", "ship/m.json"), untouched=("ship/m.json",), absent=("ship/m.mlpackage",)),
     Case("c6-duplicate-shard-entries", lambda e: e.data_dir(lambda d: _manifest(d, _duplicate_shard)),
          ("listed twice",)),
     Case("c6-yaml-key-twice", lambda e: e.byte("fit", "byte.yaml", "--config", e.config(

@@ -291,8 +291,26 @@ def export_coreml(
     scheme = compression_scheme(weights, roles, group_size)
     target = check_target(ct, deployment_target, scheme)
     out = check_output(out)
+    _check_report_slot(out)
     with _quiet_progress():
         return _export_coreml(ct, model, out, scheme, target, deployment_target, batch_size, seq_len, source, layout)
+
+
+def _check_report_slot(out: Path) -> None:
+    """The report goes beside the package (``model.json``): refuse to replace a file there that is
+    not a report of an earlier export (someone's own ``model.json``)."""
+    path = report_path(out)
+    if not path.exists():
+        return
+    try:
+        ours = json.loads(path.read_text()).get("format") == "mlprogram"
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+        ours = False
+    if not ours:
+        raise ExportError(
+            f"--out {str(out)!r}: its report would replace {str(path)!r}, which is not an export report; choose "
+            f"another --out or move that file"
+        )
 
 
 def _export_coreml(
