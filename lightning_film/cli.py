@@ -46,6 +46,7 @@ import lightning_film.models  # noqa: F401
 from lightning_film.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_film.errors import CommandParser, UsageError
 from lightning_film.io import folder_problem
+from lightning_film.quiet import quiet_library_notices
 from lightning_film.registry import Registry, RegistryError
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
@@ -413,6 +414,7 @@ def _working_dir_importable() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     """Run ``lightning-film`` with ``argv`` (default ``sys.argv[1:]``)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    quiet_library_notices()
     with _working_dir_importable():
         try:
             if args and args[0] in EXTRA_COMMANDS:
