@@ -48,6 +48,7 @@ from lightning_film.errors import CommandParser, UsageError
 from lightning_film.io import folder_problem
 from lightning_film.quiet import quiet_library_notices
 from lightning_film.registry import Registry, RegistryError
+from lightning_film.user_modules import IMPORTS_HELP, import_user_modules
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
 
@@ -79,7 +80,12 @@ def list_command(argv: list[str]) -> None:
     regs = {r.plural: r for r in registries()}
     parser = CommandParser(prog=f"{PROG} list", description=EXTRA_COMMANDS["list"][0])
     parser.add_argument("kinds", nargs="*", metavar="KIND", help=f"only these: {', '.join(regs)}")
-    kinds = [k.replace("_", " ") for k in parser.parse_args(argv).kinds] or list(regs)
+    parser.add_argument("--imports", action="append", default=[], metavar="MODULE", help=IMPORTS_HELP)
+    parsed = parser.parse_args(argv)
+    if parsed.imports:
+        import_user_modules([m for spec in parsed.imports for m in spec.split(",")])
+        regs = {r.plural: r for r in registries()}
+    kinds = [k.replace("_", " ") for k in parsed.kinds] or list(regs)
     by_kind = {r.kind: r for r in regs.values()}
     unknown = [k for k in kinds if k not in regs and k not in by_kind]
     if unknown:
@@ -229,9 +235,18 @@ class FilmCLI(LightningCLI):
     """LightningCLI whose checkpoints stay in one place across runs, so ``--ckpt_path last`` resumes,
     and whose checkpoint arguments are checked before anything is built."""
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--imports", type=list[str] | str, default=[], help=IMPORTS_HELP)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         _check_config(self.config)
+
+    def before_instantiate_classes(self) -> None:
+        # the model's __init__ reads the registries: the user's registrations must be in by then
+        section = self.config.get(self.subcommand) if self.subcommand else self.config
+        configs = [Path(str(c)).parent for c in (section.get("config") or []) if c is not None]
+        import_user_modules(section.get("imports"), search=configs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # every trainer.* value has passed jsonargparse's type check by now, so what Trainer's own
