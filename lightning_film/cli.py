@@ -151,12 +151,41 @@ class _QuietParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
             super().error(message, ex)  # jsonargparse is trying alternatives, or the user asked for it all
         # main() prints it as `lightning-film: error: ...` and exits 2, like every other mistake
-        raise UsageError(f"{_one_line(message)} (see '{PROG} {self._subcommand_hint(ex)}--help')") from ex
+        raise UsageError(f"{_one_line(message)} (see '{PROG} {self._subcommand_hint(ex)}{_help_for(message)}')") from ex
 
     def _subcommand_hint(self, ex: Exception | None) -> str:
         sub = getattr(getattr(ex, "subcommand_parser", None), "prog", "") or self.prog
         sub = sub.replace(" [options]", "").removeprefix(PROG).strip()
         return f"{sub} " if sub else ""
+
+
+def _help_for(message: str) -> str:
+    """``--model.help ByteLM`` when the mistake is in a model's or a DataModule's options (which
+    ``--help`` does not list: they depend on the class), else ``--help``."""
+    key = re.search(r'Parser key "(model|data)"', message)
+    owner = re.search(r"Problem with given class_path '([^']+)'", message)
+    if key and owner:
+        module, _, name = owner[1].rpartition(".")
+        shown = name if module.startswith("lightning_film.") else owner[1]
+        return f"--{key[1]}.help {shown}"
+    return "--help"
+
+
+def _subcommand_description(subcommand: str) -> str:
+    """What ``lightning-film fit --help`` says first: where the options it cannot list are."""
+    first = (inspect.getdoc(getattr(Trainer, subcommand)) or "").split("\n\n")[0]
+    rows = [
+        (f"{subcommand} --model.help ByteLM", "(or WorldModel, or your package.module.Class)"),
+        (f"{subcommand} --data.help ByteDataModule", "(or WorldDataModule)"),
+        (f"{subcommand} --config CONFIG --print_config", "every option of a config, with its value"),
+        ("list", "registered normalizers, conditioners, ..."),
+    ]
+    width = max(len(command) for command, _ in rows)
+    return (
+        f"{first}\n\nThe model's and the data's options depend on the class the config picks, so they are "
+        f"not listed here:\n" + "".join(f"  {PROG} {command:<{width}}  {what}\n" for command, what in rows) +
+        "Your own modules (a conditioner registered by name, say) load with --imports MODULE or 'imports: [MODULE]'."
+    )
 
 
 #: jsonargparse report lines that say nothing about the mistake (the Union it tried, its types)
@@ -288,6 +317,15 @@ def run_lightning_cli(args: list[str]) -> LightningCLI:
                 "description": "Train, evaluate and compare conditioned transformers (LightningCLI).",
                 "epilog": _epilog(),
                 "formatter_class": _HelpFormatter,
+                **{
+                    sub: {
+                        # argparse's usage lists every Trainer option (~90 lines) before the description
+                        "usage": f"{PROG} {sub} [-h] [-c CONFIG] [--imports MODULE] [--SECTION.OPTION VALUE ...]",
+                        "description": _subcommand_description(sub),
+                        "formatter_class": _HelpFormatter,
+                    }
+                    for sub in LightningCLI.subcommands()
+                },
             },
             args=args,
         )

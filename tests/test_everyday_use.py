@@ -107,3 +107,58 @@ def test_quiet_filters_name_one_message_each() -> None:
     """Each filter is scoped to a message and a module, never a whole category."""
     for message, category, module in LIBRARY_NOTICES:
         assert message and module and issubclass(category, Warning)
+
+
+# -- model options from --help -----------------------------------------------------------------------
+def _cli_classes() -> list[type]:
+    """What configs pick by class_path: the models, the DataModules, our callbacks, the example."""
+    import inspect as inspect_
+
+    import lightning_film.callbacks as callbacks
+    from examples.stdlib_lm import ConditionalByteLM, StdlibBytes
+    from lightning_film.data.bytes import ByteDataModule
+    from lightning_film.data.world import WorldDataModule
+    from lightning_film.models import ByteLM, WorldModel
+
+    ours = [getattr(callbacks, n) for n in callbacks.__all__ if inspect_.isclass(getattr(callbacks, n))]
+    return [ByteLM, WorldModel, ByteDataModule, WorldDataModule, ConditionalByteLM, StdlibBytes, *ours]
+
+
+@pytest.mark.parametrize("cls", _cli_classes(), ids=lambda c: c.__name__)
+def test_every_argument_gets_its_own_help(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model.help CLASS`` as jsonargparse reads the docstring: every argument has a text of its
+    own, and none carries a neighbour's (``dim: D. depth: blocks.`` gave depth nothing)."""
+    import inspect as inspect_
+    import re
+
+    from jsonargparse import ArgumentParser
+
+    monkeypatch.syspath_prepend(str(REPO))
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "x")
+    params = [p for p in inspect_.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    helps = {a.dest[2:]: a.help or "" for a in parser._actions if a.dest.startswith("x.")}
+    for name in params:
+        text = helps.get(name, "")
+        assert text.strip(), f"{cls.__name__}.{name} has no help"
+        others = [o for o in params if o != name and re.search(rf"(^|[.;,] ){o}:", text)]
+        assert not others, f"{cls.__name__}.{name}'s help documents {others} too: {text!r}"
+
+
+def test_fit_help_leads_to_the_model_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    head = capsys.readouterr().out.splitlines()[:12]
+    assert any("--model.help ByteLM" in line for line in head)
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "ByteLM"])
+    assert "--model.depth" in capsys.readouterr().out
+
+
+def test_a_misspelled_model_option_points_to_the_model_help(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    with pytest.raises(SystemExit):
+        main(["fit", *_tiny(tmp_path), "--model.dimm", "3"])
+    assert "--model.help examples.stdlib_lm.ConditionalByteLM" in capsys.readouterr().err
