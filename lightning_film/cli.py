@@ -108,7 +108,8 @@ EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], None] | str]] = {
     "record": ("Record world-model episodes into .npz shards.", "lightning_film.data.record:record_command"),
     "export": ("Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
                "lightning_film.export.cli:export_command"),
-    "reproduce": ("Train and score a results table (byte, world-kid, world-conditioning).",
+    "reproduce": ("Train and score a results table (byte, quant, world-recipe, world-kid, world-conditioning); "
+                  "--plan first shows the runs and a rough time.",
                   "lightning_film.reproduce:reproduce_command"),
 }
 
