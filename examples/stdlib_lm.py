@@ -90,10 +90,12 @@ class StdlibBytes(LightningDataModule):
 
     Args:
         packages: stdlib package names, one class each (default: ``DEFAULT_PACKAGES``).
-        seq_len: N, bytes per window (the model predicts each next byte). batch_size: windows per batch.
+        seq_len: N, bytes per window (the model predicts each next byte).
+        batch_size: windows per batch.
         train_windows_per_epoch: random training windows drawn per epoch.
         val_windows: fixed, evenly spaced windows for validation (and as many for test).
-        seed: seed of the training windows. num_workers: DataLoader workers.
+        seed: seed of the training windows.
+        num_workers: DataLoader workers.
     """
 
     def __init__(
@@ -164,12 +166,15 @@ class ConditionalByteLM(LightningModule):
     """Causal byte transformer conditioned on a class (the stdlib package of the window).
 
     Args:
-        dim, depth, num_heads: D (also the conditioning width), blocks, attention heads.
+        dim: D, the width (also the conditioning width).
+        depth: transformer blocks.
+        num_heads: attention heads (divides ``dim``).
         seq_len: the longest window the learned positions cover.
         num_classes: classes the class embedding covers (at least the data's).
         normalizer: a registered normalizer name or ``{"name": ..., **options}``.
         conditioner: a registered conditioner name, ``"module:Class"`` or ``{"name": ..., ...}``.
-        lr: AdamW learning rate. weight_decay: AdamW weight decay.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
         log_other_class: log ``val/bpb_other_class``, the bits per byte given the wrong package.
     """
 

@@ -55,7 +55,9 @@ from lightning_film.checkpoints import (
 )  # fmt: skip
 from lightning_film.errors import CommandParser, UsageError
 from lightning_film.io import folder_problem, yaml_problem
+from lightning_film.quiet import quiet_library_notices
 from lightning_film.registry import Registry, RegistryError
+from lightning_film.user_modules import IMPORTS_HELP, import_user_modules
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
 
@@ -87,7 +89,12 @@ def list_command(argv: list[str]) -> None:
     regs = {r.plural: r for r in registries()}
     parser = CommandParser(prog=f"{PROG} list", description=EXTRA_COMMANDS["list"][0])
     parser.add_argument("kinds", nargs="*", metavar="KIND", help=f"only these: {', '.join(regs)}")
-    kinds = [k.replace("_", " ") for k in parser.parse_args(argv).kinds] or list(regs)
+    parser.add_argument("--imports", action="append", default=[], metavar="MODULE", help=IMPORTS_HELP)
+    parsed = parser.parse_args(argv)
+    if parsed.imports:
+        import_user_modules([m for spec in parsed.imports for m in spec.split(",")])
+        regs = {r.plural: r for r in registries()}
+    kinds = [k.replace("_", " ") for k in parsed.kinds] or list(regs)
     by_kind = {r.kind: r for r in regs.values()}
     unknown = [k for k in kinds if k not in regs and k not in by_kind]
     if unknown:
@@ -108,14 +115,11 @@ def list_command(argv: list[str]) -> None:
 EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], None] | str]] = {
     "list": ("Print every registry (normalizers, conditioners, ...) with one-line docs.", list_command),
     "record": ("Record world-model episodes into .npz shards.", "lightning_film.data.record:record_command"),
-    "export": (
-        "Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
-        "lightning_film.export.cli:export_command",
-    ),
-    "reproduce": (
-        "Train and score a results table (byte, world-kid, world-conditioning).",
-        "lightning_film.reproduce:reproduce_command",
-    ),
+    "export": ("Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
+               "lightning_film.export.cli:export_command"),
+    "reproduce": ("Train and score a results table (byte, quant, world-recipe, world-kid, world-conditioning); "
+                  "--plan first shows the runs and a rough time.",
+                  "lightning_film.reproduce:reproduce_command"),
 }
 
 
@@ -157,12 +161,41 @@ class _QuietParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
             super().error(message, ex)  # jsonargparse is trying alternatives, or the user asked for it all
         # main() prints it as `lightning-film: error: ...` and exits 2, like every other mistake
-        raise UsageError(f"{_one_line(message)} (see '{PROG} {self._subcommand_hint(ex)}--help')") from ex
+        raise UsageError(f"{_one_line(message)} (see '{PROG} {self._subcommand_hint(ex)}{_help_for(message)}')") from ex
 
     def _subcommand_hint(self, ex: Exception | None) -> str:
         sub = getattr(getattr(ex, "subcommand_parser", None), "prog", "") or self.prog
         sub = sub.replace(" [options]", "").removeprefix(PROG).strip()
         return f"{sub} " if sub else ""
+
+
+def _help_for(message: str) -> str:
+    """``--model.help ByteLM`` when the mistake is in a model's or a DataModule's options (which
+    ``--help`` does not list: they depend on the class), else ``--help``."""
+    key = re.search(r'Parser key "(model|data)"', message)
+    owner = re.search(r"Problem with given class_path '([^']+)'", message)
+    if key and owner:
+        module, _, name = owner[1].rpartition(".")
+        shown = name if module.startswith("lightning_film.") else owner[1]
+        return f"--{key[1]}.help {shown}"
+    return "--help"
+
+
+def _subcommand_description(subcommand: str) -> str:
+    """What ``lightning-film fit --help`` says first: where the options it cannot list are."""
+    first = (inspect.getdoc(getattr(Trainer, subcommand)) or "").split("\n\n")[0]
+    rows = [
+        (f"{subcommand} --model.help ByteLM", "(or WorldModel, or your package.module.Class)"),
+        (f"{subcommand} --data.help ByteDataModule", "(or WorldDataModule)"),
+        (f"{subcommand} --config CONFIG --print_config", "every option of a config, with its value"),
+        ("list", "registered normalizers, conditioners, ..."),
+    ]
+    width = max(len(command) for command, _ in rows)
+    return (
+        f"{first}\n\nThe model's and the data's options depend on the class the config picks, so they are "
+        f"not listed here:\n" + "".join(f"  {PROG} {command:<{width}}  {what}\n" for command, what in rows) +
+        "Your own modules (a conditioner registered by name, say) load with --imports MODULE or 'imports: [MODULE]'."
+    )
 
 
 #: jsonargparse report lines that say nothing about the mistake (the Union it tried, its types)
@@ -241,9 +274,18 @@ class FilmCLI(LightningCLI):
     """LightningCLI whose checkpoints stay in one place across runs, so ``--ckpt_path last`` resumes,
     and whose checkpoint arguments are checked before anything is built."""
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--imports", type=list[str] | str, default=[], help=IMPORTS_HELP)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         _check_config(self.config)
+
+    def before_instantiate_classes(self) -> None:
+        # the model's __init__ reads the registries: the user's registrations must be in by then
+        section = self.config.get(self.subcommand) if self.subcommand else self.config
+        configs = [Path(str(c)).parent for c in (section.get("config") or []) if c is not None]
+        import_user_modules(section.get("imports"), search=configs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # every trainer.* value has passed jsonargparse's type check by now, so what Trainer's own
@@ -327,6 +369,15 @@ def run_lightning_cli(args: list[str]) -> LightningCLI:
                 "description": "Train, evaluate and compare conditioned transformers (LightningCLI).",
                 "epilog": _epilog(),
                 "formatter_class": _HelpFormatter,
+                **{
+                    sub: {
+                        # argparse's usage lists every Trainer option (~90 lines) before the description
+                        "usage": f"{PROG} {sub} [-h] [-c CONFIG] [--imports MODULE] [--SECTION.OPTION VALUE ...]",
+                        "description": _subcommand_description(sub),
+                        "formatter_class": _HelpFormatter,
+                    }
+                    for sub in LightningCLI.subcommands()
+                },
             },
             args=args,
         )
@@ -465,6 +516,7 @@ def _working_dir_importable() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     """Run ``lightning-film`` with ``argv`` (default ``sys.argv[1:]``)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    quiet_library_notices()
     with _working_dir_importable():
         try:
             if args and args[0] in EXTRA_COMMANDS:

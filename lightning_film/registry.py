@@ -183,7 +183,8 @@ class Registry:
         hint = f"; did you mean {close[0]!r}?" if close else "."
         return (
             f"unknown {self.kind} {name!r}{hint} Registered {self.plural}: {', '.join(names)}. "
-            f"A 'package.module:Class' path also works."
+            f"A 'package.module:Class' path also works; a name registered in your own module needs that "
+            f"module imported first: 'imports: [my_module]' in the config or '--imports my_module'."
         )
 
     def _example(self) -> str:

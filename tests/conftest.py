@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ def tiny_cli_args(tmp_path: Path) -> list[str]:
         "trainer.log_every_n_steps": 1,
         "trainer.enable_progress_bar": "false",
         "trainer.enable_model_summary": "false",
+        # the tests read metrics.csv; with TensorBoard installed Lightning's default logger is TensorBoard's
+        "trainer.logger": json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}),
         "model.dim": 16,
         "model.num_heads": 2,
         "model.seq_len": 16,

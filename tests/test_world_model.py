@@ -8,6 +8,7 @@ episodes in a temporary cache.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -489,7 +490,9 @@ def test_cli_chains_pretraining_and_finetuning(tmp_path: Path, monkeypatch: pyte
     def run(command: str, name: str, *extra: str) -> Path:
         root = tmp_path / name
         config = str(REPO / f"configs/world/{name}.yaml")
-        main([command, "--config", config, "--trainer.default_root_dir", str(root), *args, *extra])
+        csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}}
+        main([command, "--config", config, "--trainer.default_root_dir", str(root), "--trainer.logger", json.dumps(csv),
+              *args, *extra])  # fmt: skip
         return root
 
     last = run("fit", "pretrain") / "checkpoints" / "last.ckpt"

@@ -36,7 +36,8 @@ class ANEExportCallback(Callback):
         roles: per-role overrides of ``weights`` (``"conditioner=int4"`` or a mapping).
         group_size: int4 block length.
         deployment_target: coremltools target (``iOS18``, ``macOS15``, ...); int4 needs iOS18.
-        batch_size, seq_len: the fixed input shapes (``seq_len``: ByteLM's window, default its context).
+        batch_size: the fixed batch size of the inputs.
+        seq_len: ByteLM's fixed window (default its context).
         from_quantization: export the torchao-quantized copy made by the QuantizationCallback with
             this label (its int8 / int4 weights go to Core ML as they are) instead of the float model.
         layout: ``"default"`` exports the model as it is; ``"ane"`` a copy rebuilt for the Neural

@@ -39,7 +39,10 @@ class TorchCompile(Callback):
             ``"net.transformer.blocks.0"``, ...); ``""`` is the whole LightningModule. Default: the
             model's transformer (``transformer``, or ``net.transformer`` for a model that wraps
             its network as ``net``, as WorldModel does).
-        mode, fullgraph, dynamic, backend: passed to ``torch.compile`` (see its documentation).
+        mode: ``torch.compile``'s mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``).
+        fullgraph: ``torch.compile``'s fullgraph: fail on a graph break instead of splitting.
+        dynamic: ``torch.compile``'s dynamic shapes (``None``: decided by torch).
+        backend: ``torch.compile``'s backend.
         stages: the stages during which the modules run compiled.
     """
 

@@ -29,7 +29,12 @@ __all__ = ["EMA"]
 
 class EMA(WeightAveraging):
     """Exponential moving average of parameters and buffers, updated after every optimizer step
-    from ``start_step`` on (``avg = decay * avg + (1 - decay) * weights``)."""
+    from ``start_step`` on (``avg = decay * avg + (1 - decay) * weights``).
+
+    Args:
+        decay: the weight of the average at each update, in (0, 1); 0.995 averages about 200 steps.
+        start_step: the step at which averaging starts (warm-up is left out).
+    """
 
     def __init__(self, decay: float = 0.995, start_step: int = 0) -> None:
         if not 0.0 < decay < 1.0:

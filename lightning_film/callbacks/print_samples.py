@@ -53,7 +53,13 @@ class PrintSamples(Callback):
             number = len(self._samples)
             head = f"--- sample {number}: {len(prompt)} prompt bytes + {len(sample)} sampled ---"
             text = show_bytes(prompt + sample) if self.show_prompt else show_bytes(sample)
-            print(f"{head}\n{text}\n", file=sys.stdout, flush=True)
+            # through the progress bar, which clears its line first: a plain print lands after the
+            # bar's unfinished line, gluing the header to it
+            bar = trainer.progress_bar_callback
+            if bar is not None and getattr(bar, "is_enabled", False):
+                bar.print(f"{head}\n{text}\n")
+            else:
+                print(f"{head}\n{text}\n", file=sys.stdout, flush=True)
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.path is None or not trainer.is_global_zero:

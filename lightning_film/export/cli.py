@@ -14,6 +14,7 @@ from __future__ import annotations
 from lightning_film.errors import CommandParser
 from lightning_film.export.ane_layout import LAYOUTS
 from lightning_film.export.steps import ExportError
+from lightning_film.user_modules import IMPORTS_HELP, import_user_modules
 
 __all__ = ["EXPORTERS", "export_command"]
 
@@ -41,6 +42,7 @@ def _parser() -> CommandParser:
     p.add_argument("--batch-size", type=int, default=1, help="fixed batch size (default 1)")
     p.add_argument("--seq-len", type=int, default=None, help="fixed window for sequence models (default: the model's context)")
     p.add_argument("--model", default=None, help="model class path when the checkpoint does not name it")
+    p.add_argument("--imports", action="append", default=[], metavar="MODULE", help=IMPORTS_HELP)
     p.add_argument(
         "--layout", default="default",
         help="default (the model as it is) or ane (rebuilt for the Neural Engine: channels-first (B, C, 1, S), "
@@ -52,6 +54,7 @@ def _parser() -> CommandParser:
 def export_command(argv: list[str]) -> None:
     """Run ``lightning-film export`` with ``argv`` (the arguments after ``export``)."""
     args = _parser().parse_args(argv)
+    import_user_modules([m for spec in args.imports for m in spec.split(",")])  # the checkpoint may name their conditioners
     if args.to not in EXPORTERS:
         raise ExportError(f"export: unknown format --to {args.to!r}; accepted: {', '.join(EXPORTERS)}")
     if args.layout not in LAYOUTS:

@@ -146,7 +146,9 @@ class ByteLM(LightningModule):
     """Causal byte LM with a nibble/acc-modulated byte embedding (see the module docstring).
 
     Args:
-        dim: D, the width. depth: blocks. num_heads: attention heads (divides ``dim``).
+        dim: D, the width.
+        depth: transformer blocks.
+        num_heads: attention heads (divides ``dim``).
         seq_len: the context: the longest window (learned positions cover it).
         mlp_ratio: MLP width as a multiple of ``dim``.
         normalizer: a registered normalizer (``lightning-film list normalizers``).
@@ -156,13 +158,15 @@ class ByteLM(LightningModule):
             which the embedding's per-token nibble/acc signal also conditions every block.
         combine: how nibble and acc signals become one: ``"concat"`` or ``"sum"``.
         nibble_scheme: the nibble scheme; must be the DataModule's (checked in ``setup``).
-        nibble_dim: d4, nibble embedding width. acc_dim: da, accumulator embedding width.
+        nibble_dim: d4, the nibble embedding's width.
+        acc_dim: da, the accumulator embedding's width.
         positions: ``"learned"`` absolute positions, or ``"none"`` (causal attention alone).
         tie_embeddings: the head reuses the byte embedding's weights.
-        lr: peak AdamW learning rate. weight_decay: AdamW decay of matrices (not of biases, norms,
-            embeddings or positions).
-        warmup_steps: linear warmup steps. max_lr_steps: steps of the cosine decay to
-            ``min_lr_ratio * lr`` (then constant); ``None``: the trainer's total steps.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW decay of matrices (not of biases, norms, embeddings or positions).
+        warmup_steps: linear warmup steps.
+        max_lr_steps: steps of the cosine decay to ``min_lr_ratio * lr`` (then constant);
+            ``None``: the trainer's total steps.
         min_lr_ratio: the learning rate at the end of the cosine, as a fraction of ``lr``.
         max_new_bytes: bytes ``predict`` samples after each prompt.
         temperature: sampling temperature of ``predict`` (0: greedy).

@@ -81,19 +81,28 @@ class WorldModel(LightningModule):
     conditioned on context frames (per patch), time and action.
 
     Args:
-        frame_size: H = W of the frames. channels: C. context_frames: K past frames given.
-        num_actions: A; index A is the null action. These four must match the data (``setup``).
-        patch_size: p, divides ``frame_size``. dim, depth, num_heads, mlp_ratio: the transformer.
+        frame_size: H = W of the frames (must match the data, checked in ``setup``, as the next three).
+        channels: C, channels per frame.
+        context_frames: K, past frames given.
+        num_actions: A; index A is the null action.
+        patch_size: p, divides ``frame_size``.
+        dim: D, the transformer's width.
+        depth: transformer blocks.
+        num_heads: attention heads (divides ``dim``).
+        mlp_ratio: MLP width as a multiple of ``dim``.
         cond_dim: Dc of the time and action embeddings (default ``dim``).
-        normalizer, conditioner: registry specs applied in every block and the final layer.
+        normalizer: a registered normalizer (``lightning-film list normalizers``), in every block.
+        conditioner: a registered conditioner (``lightning-film list conditioners``), in every block
+            and the final layer.
         combine: time and action embeddings ``"sum"`` (width Dc) or ``"concat"`` (2 Dc) into
             the conditioning vector; token-reading conditioners see them as 2 tokens either way.
         condition: ``"action"``, or ``"none"`` (unconditional pretraining: always the null action).
-        objective: ``"diffusion"`` or ``"flow"``. prediction: diffusion's target, ``"v"``
-            (default) or ``"eps"`` (see :class:`~lightning_film.nn.diffusion.Diffusion`); leave
-            unset for flow (velocity).
+        objective: ``"diffusion"`` or ``"flow"``.
+        prediction: diffusion's target, ``"v"`` (default) or ``"eps"``
+            (:class:`~lightning_film.nn.diffusion.Diffusion`); leave unset for flow (velocity).
         sampler: ``"ddim"`` (diffusion) or ``"euler"`` / ``"heun"`` (flow); default the first.
-        sample_steps: sampler steps. train_timesteps: diffusion's T.
+        sample_steps: sampler steps per frame.
+        train_timesteps: diffusion's T.
         noise_shift: s >= 1 moves the noise levels of training and sampling toward noise (log-SNR
             minus 2 ln s; :mod:`lightning_film.nn.diffusion`). At s = 1 on 32 x 32 frames the agent
             stays readable in x_t at almost every level, so the model learns to denoise and ignores
@@ -101,13 +110,18 @@ class WorldModel(LightningModule):
         cond_dropout: probability per sample of training on the null action (CFG).
         guidance_scale: s in uncond + s (cond - uncond) at sampling; 1 = no guidance.
         init_from: a checkpoint (or state_dict file) to start from, loaded in ``setup``.
-        lr, weight_decay, warmup_steps, max_lr_steps, min_lr_ratio: AdamW, linear warmup then
-            cosine to ``min_lr_ratio * lr`` over ``max_lr_steps`` (default: the trainer's steps).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW decay of matrices.
+        warmup_steps: linear warmup steps.
+        max_lr_steps: steps of the cosine decay to ``min_lr_ratio * lr`` (default: the trainer's steps).
+        min_lr_ratio: the learning rate at the end of the cosine, as a fraction of ``lr``.
         kid_feature: KID feature extractor (``"inception"``, or ``"tiny"`` for tests).
-        kid_subset_size, kid_subsets: KID subsets (subset size capped by the sample count).
+        kid_subset_size: frames per KID subset (capped by the sample count).
+        kid_subsets: KID subsets.
         max_eval_samples: test windows whose next frame is sampled (KID, PSNR, SSIM, agent).
-        rollout_steps: R, the autoregressive rollout length at test. rollout_windows: rollouts,
-            from starting points spread evenly over the test episodes. grid_windows: rows of the sheet.
+        rollout_steps: R, the autoregressive rollout length at test.
+        rollout_windows: rollouts, from starting points spread evenly over the test episodes.
+        grid_windows: rows of the next-frame sheet.
         seed: seeds evaluation times and noise (every run sees the same ones).
     """
 

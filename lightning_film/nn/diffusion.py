@@ -26,6 +26,7 @@ Legend: B batch, ``*`` any further dimensions of a sample.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal, get_args
@@ -105,10 +106,17 @@ def cosine_alpha_bar(timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return torch.cumprod(1 - betas, dim=0)
 
 
+@functools.lru_cache(maxsize=8)
+def _frequencies(half: int, max_period: float) -> Tensor:
+    """w_i = max_period^(-i / half), computed once: a constant, not an ``arange`` in the graph, so
+    an exported model carries no int64 range for coremltools to narrow (with a warning) to int32."""
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (B,) float times -> (B, dim): [cos(t w_i), sin(t w_i)] (DiT's)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = _frequencies(half, max_period).to(t.device)  # (dim / 2,)
     angles = t.float()[:, None] * freqs[None]  # (B, dim / 2)
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (B, 2 * (dim // 2))
     return emb if dim % 2 == 0 else torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)

@@ -34,6 +34,7 @@ from lightning_film.errors import CommandParser
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
+    add_common_options,
     config_tree,
     header,
     init_args,
@@ -42,6 +43,7 @@ from lightning_film.reproduce.report import (
     parse_override,
     report_basics,
     rerender,
+    results_folder,
 )
 from lightning_film.reproduce.runner import Run, execute_all, print_plan
 from lightning_film.reproduce.stats import compare, fmt_ci, fmt_p, holm, interval, paired_section
@@ -333,7 +335,7 @@ def render_png(report: dict[str, Any]) -> bytes:
 def main(argv: list[str]) -> None:
     """``lightning-film reproduce byte ...``"""
     parser = CommandParser(prog="lightning-film reproduce byte", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    add_common_options(parser, PRESETS, "benchmarks/results/byte")
     parser.add_argument("--config", type=Path, default=CONFIG, help="the ByteLM config all variants start from")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, help="override the preset's seeds")
@@ -341,14 +343,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="KEY=VALUE", help="a config override for every run, e.g. model.dim=64 (repeatable)")  # fmt: skip
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce/byte"), help="where the runs live")
-    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/byte/<preset>)")
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     parser.add_argument("--render-only", action="store_true",
                         help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
     args = parser.parse_args(argv)
     if args.render_only:
-        out = args.out or Path("benchmarks/results/byte") / args.preset
-        print(rerender(out, analyse, render_markdown))
+        print(rerender(results_folder(args.out, args.runs, args.preset), analyse, render_markdown))
         return
     if not args.config.is_file():
         raise ValueError(f"config {str(args.config)!r} does not exist; run from the repository root or pass --config")
@@ -362,13 +362,15 @@ def main(argv: list[str]) -> None:
         )
     seeds = tuple(args.seeds) if args.seeds else preset.seeds
     variants = tuple(args.variants)
-    out = make_folder(args.out or Path("benchmarks/results/byte") / args.preset, "--out")
+    runs = build_runs(preset, args.config, variants, seeds, args.overrides)
+    print_plan(f"byte table, preset {args.preset}", runs, args.runs / args.preset)
+    if args.plan:
+        return
+    out = make_folder(results_folder(args.out, args.runs, args.preset), "--out")
     make_folder(args.runs / args.preset, "--runs")
     model_args, data_args = config_parts(args.config, args.overrides)
 
     start = time.perf_counter()
-    runs = build_runs(preset, args.config, variants, seeds, args.overrides)
-    print_plan(f"byte table, preset {args.preset}", runs, args.runs / args.preset)
     results = execute_all(runs, args.runs / args.preset)
     print(f"timing {', '.join(variants)} interleaved ({preset.repeats} repeats) ...")
     speed = throughput(model_args, data_args, variants, preset.repeats, preset.steps_per_repeat)

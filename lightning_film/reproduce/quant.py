@@ -52,6 +52,7 @@ from lightning_film.errors import CommandParser, UsageError
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
+    add_common_options,
     config_tree,
     header,
     init_args,
@@ -61,6 +62,7 @@ from lightning_film.reproduce.report import (
     parse_override,
     report_basics,
     rerender,
+    results_folder,
 )
 from lightning_film.reproduce.runner import Run, execute_all, print_plan
 from lightning_film.reproduce.stats import compare, fmt_ci, fmt_p, holm, paired, paired_section
@@ -776,7 +778,7 @@ def render_png(report: dict[str, Any]) -> bytes:
 # -- the command -----------------------------------------------------------------------------------------
 def _parser() -> CommandParser:
     p = CommandParser(prog="lightning-film reproduce quant", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    add_common_options(p, PRESETS, "benchmarks/results/quant")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     for model in MODELS:
         p.add_argument(f"--{model}-config", type=Path, default=SPECS[model].config, help=f"the {model} model's config")
@@ -790,7 +792,6 @@ def _parser() -> CommandParser:
                        help=f"a config override for the {model} model's runs only, e.g. model.dim=64")  # fmt: skip
     p.add_argument("--coreml", nargs="+", choices=COREML, default=list(COREML), help="Core ML compressions")
     p.add_argument("--runs", type=Path, default=Path("runs/reproduce/quant"), help="where the runs live")
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/quant/<preset>)")
     p.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     p.add_argument("--threads", type=int, help="torch threads for this process's scoring and timing (default torch's)")
     p.add_argument("--render-only", action="store_true",
@@ -863,14 +864,13 @@ def main(argv: list[str]) -> None:
     """``lightning-film reproduce quant ...``"""
     args = _parser().parse_args(argv)
     if args.render_only:
-        print(rerender(args.out or Path("benchmarks/results/quant") / args.preset, analyse, render_markdown))
+        print(rerender(results_folder(args.out, args.runs, args.preset), analyse, render_markdown))
         return
     models = tuple(args.models)
     _check_setup(args)
     preset = _preset(args)
     seeds = tuple(args.seeds) if args.seeds else preset.seeds
-    out = make_folder(args.out or Path("benchmarks/results/quant") / args.preset, "--out")
-    root = make_folder(args.runs / args.preset, "--runs")
+    root = args.runs / args.preset
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     configs = {m: getattr(args, f"{m}_config") for m in MODELS}
@@ -880,6 +880,10 @@ def main(argv: list[str]) -> None:
     runs = build_runs(preset, models, seeds, configs, overrides, root)
     _check_qat_starts(runs, root)
     print_plan(f"quant table, preset {args.preset} ({', '.join(models)})", runs, root)
+    if args.plan:
+        return
+    out = make_folder(results_folder(args.out, args.runs, args.preset), "--out")
+    make_folder(root, "--runs")
     results = execute_all(runs, root)
     quiet_trainers()
     assessments = {}

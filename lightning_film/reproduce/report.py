@@ -116,9 +116,60 @@ def header(report: dict[str, Any]) -> list[str]:
         "(runs finished earlier are read, not redone)",
         f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         "**CPU timings**",
+        *_load_line(m),
         *([f"- Re-rendered at commit {again['commit']} ({again['date']}) from {again['source']}"] if again else []),
         *([f"- Runs: {report['runs_note']}"] if report.get("runs_note") else []),
     ]
+
+
+def _load_line(machine: dict[str, Any]) -> list[str]:
+    """A line saying the machine was busy when it was (1-minute load above half its cores): its
+    timings then measure the sharing as much as the model, and the reader must be told."""
+    load, cores = machine.get("load_average_1_5_15"), machine.get("cpu_count") or 1
+    if not load or load[0] <= cores / 2:
+        return []
+    return [
+        f"- **Loaded machine**: load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) on "
+        f"{cores} cores when timed: throughput and times here are lower than on an idle machine"
+    ]
+
+
+def results_folder(out: Path | None, runs: Path, preset: str) -> Path:
+    """``--out``, else ``<runs>/<preset>/results``: a trial never overwrites the committed tables under
+    ``benchmarks/results/``, which change only when ``--out`` names them."""
+    return out if out is not None else runs / preset / "results"
+
+
+def add_common_options(parser: argparse.ArgumentParser, presets: dict[str, Any], published: str) -> None:
+    """``--preset`` (with what each preset means), ``--out`` and ``--plan``, shared by every table."""
+    meaning = "; ".join(f"{name}: {describe_preset(preset)}" for name, preset in presets.items())
+    parser.add_argument("--preset", choices=sorted(presets), default="quick", help=f"the budget ({meaning})")
+    parser.add_argument(
+        "--out", type=Path,
+        help=f"results folder (default <runs>/<preset>/results; the committed table is {published}/<preset>, "
+        f"written only when named here)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plan", action="store_true",
+        help="print the runs, their steps and a rough time, and stop: trains and writes nothing",
+    )  # fmt: skip
+
+
+def describe_preset(preset: Any) -> str:
+    """``3 seeds x 600 steps`` (and pretraining, test windows, per-model budgets where a preset has them)."""
+    fields = asdict(preset)
+    parts = [f"{len(fields['seeds'])} seed{'s' * (len(fields['seeds']) != 1)}"]
+    if "max_steps" in fields:
+        parts.append(f"x {fields['max_steps']} steps")
+    if fields.get("pretrain_steps"):
+        parts.append(f"(+ {fields['pretrain_steps']} pretraining)")
+    if "eval_samples" in fields:
+        parts.append(f", {fields['eval_samples']} test windows, {fields['sample_steps']} sampler steps")
+    for model in ("byte", "world"):
+        if isinstance(fields.get(model), dict):
+            budget = ", ".join(f"{k} {v}" for k, v in fields[model].items() if isinstance(v, (int, float)))
+            parts.append(f"; {model}: {budget}")
+    return " ".join(parts).replace(" ,", ",").replace(" ;", ";")
 
 
 def rerender(

@@ -33,7 +33,17 @@ from typing import Any
 from lightning_film.errors import UsageError
 from lightning_film.io import write_atomic
 
-__all__ = ["ReproduceError", "Run", "execute", "execute_all", "plan_lines", "print_plan", "read_metrics"]
+__all__ = [
+    "ROUGH_COST",
+    "ReproduceError",
+    "Run",
+    "execute",
+    "execute_all",
+    "plan_lines",
+    "print_plan",
+    "read_metrics",
+    "rough_seconds",
+]
 
 
 class ReproduceError(UsageError):
@@ -164,6 +174,8 @@ def execute(run: Run, root: Path) -> tuple[dict[str, Any], bool]:
 
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes >= 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
@@ -225,20 +237,45 @@ def execute_all(
     return {r.key: results[r.key] for r in runs}
 
 
+def _steps(run: Run) -> int | None:
+    args = [*run.args, *run.fit_args]
+    # the last --trainer.max_steps wins on the command line, and so here
+    at = [i for i, a in enumerate(args) if a == "--trainer.max_steps"]
+    return int(args[at[-1] + 1]) if at and args[at[-1] + 1].isdigit() else None
+
+
 def plan_lines(runs: list[Run]) -> list[str]:
     """The run plan, one line per row: its seeds and steps (``--trainer.max_steps``), in run order."""
     rows: dict[str, list[str]] = {}
     for run in runs:
         row, _, seed = run.key.rpartition("/seed")
-        args = [*run.args, *run.fit_args]
-        # the last --trainer.max_steps wins on the command line, and so here
-        at = [i for i, a in enumerate(args) if a == "--trainer.max_steps"]
-        steps = args[at[-1] + 1] if at else "?"
-        rows.setdefault(f"{row or run.key} ({steps} steps)", []).append(seed)
+        steps = _steps(run)
+        rows.setdefault(f"{row or run.key} ({steps if steps is not None else '?'} steps)", []).append(seed)
     return [f"  {row}: seeds {', '.join(seeds)}" for row, seeds in rows.items()]
+
+
+#: rough cost on 2 idle CPU cores of this project's machine, by the config's folder: seconds per
+#: training step, seconds of test per run (filmcond: 4000 steps in 6.5 min, its test ~2 min; the
+#: byte model: 1200 steps in ~5 min). Shared cores took 3-4x longer; a GPU far less.
+ROUGH_COST: dict[str, tuple[float, float]] = {"byte": (0.25, 15.0), "world": (0.1, 120.0)}
+
+
+def rough_seconds(runs: list[Run], root: Path) -> tuple[int, float]:
+    """(runs still to train, their rough seconds at :data:`ROUGH_COST`); finished runs cost nothing."""
+    todo = [r for r in runs if not (root / r.key / "result.json").is_file()]
+    seconds = 0.0
+    for run in todo:
+        per_step, test = ROUGH_COST.get(Path(run.config).parent.name, (0.25, 30.0))
+        seconds += per_step * (_steps(run) or 0) + test
+    return len(todo), seconds
 
 
 def print_plan(title: str, runs: list[Run], root: Path, say: Callable[[str], None] = print) -> None:
     say(f"{title}: {len(runs)} runs into {root}")
     for line in plan_lines(runs):
         say(line)
+    todo, seconds = rough_seconds(runs, root)
+    say(
+        f"  to train: {todo} of {len(runs)} ({len(runs) - todo} already done); roughly {_duration(seconds)} on 2 idle CPU "
+        f"cores, one run at a time (3-4x that on shared cores), plus the table's own scoring and timing"
+    )

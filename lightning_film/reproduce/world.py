@@ -45,6 +45,7 @@ from lightning_film.errors import CommandParser
 from lightning_film.io import write_atomic
 from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.report import (
+    add_common_options,
     config_tree,
     init_args,
     make_folder,
@@ -53,6 +54,7 @@ from lightning_film.reproduce.report import (
     parse_override,
     report_basics,
     rerender,
+    results_folder,
 )
 from lightning_film.reproduce.runner import Run, execute_all, print_plan
 from lightning_film.reproduce.world_report import (  # noqa: F401  (re-exported)
@@ -308,14 +310,13 @@ def render_png(kid: dict[str, list[float]], order: list[str], title: str, refere
 # -- the commands --------------------------------------------------------------------------------------
 def _parser(table: str) -> argparse.ArgumentParser:
     parser = CommandParser(prog=f"lightning-film reproduce {table}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS[table]), default="quick")
+    add_common_options(parser, PRESETS[table], f"benchmarks/results/world/{table}")
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of the world configs")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the preset's seeds")
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run (and pretraining's)")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="KEY=VALUE", help="a config override for every run, e.g. model.dim=64 (repeatable)")  # fmt: skip
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce") / table, help="where the runs live")
-    parser.add_argument("--out", type=Path, help=f"results folder (default benchmarks/results/world/{table}/<preset>)")
     parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (each a subprocess; set OMP_NUM_THREADS so they share the cores)")  # fmt: skip
@@ -346,9 +347,7 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
         raise ValueError(f"--max-steps and --repeats must be >= 1, got {changes}")
     preset = Preset(**{**asdict(preset), **changes})
     seeds = tuple(args.seeds) if args.seeds else preset.seeds
-    out = make_folder(args.out or Path("benchmarks/results/world") / table / args.preset, "--out")
-    make_folder(args.runs / args.preset, "--runs")
-    return args, preset, seeds, out
+    return args, preset, seeds, results_folder(args.out, args.runs, args.preset)
 
 
 def _select(runs: list[Run], rows: list[str] | None, finished_only: bool, root: Path) -> list[Run]:
@@ -409,18 +408,25 @@ def _render_only(table: str, argv: list[str]) -> bool:
         "world-recipe": (analyse_recipe, render_recipe),
         "world-conditioning": (analyse_conditioning, render_conditioning),
     }[table]
-    print(rerender(args.out or Path("benchmarks/results/world") / table / args.preset, analyse_, render))
+    print(rerender(results_folder(args.out, args.runs, args.preset), analyse_, render))
     return True
 
 
-def _run_table(table: str, argv: list[str], plan: Callable[..., list[Run]]) -> tuple[dict[str, Any], Path, Any]:
+def _run_table(
+    table: str, argv: list[str], plan: Callable[..., list[Run]]
+) -> tuple[dict[str, Any], Path, Any] | None:
     """The steps every world table shares: parse, select and run its runs, score the copy
-    baseline. Returns (the report's common part, the results folder, the parsed arguments)."""
+    baseline. Returns (the report's common part, the results folder, the parsed arguments), or
+    None after ``--plan``."""
     start = time.perf_counter()
     args, preset, seeds, out = _setup(table, argv)
     root = args.runs / args.preset
     runs = _select(plan(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
     print_plan(f"{table}, preset {args.preset}", runs, root)
+    if args.plan:
+        return None
+    make_folder(out, "--out")
+    make_folder(root, "--runs")
     results = _execute(runs, root, args.jobs)
     print("scoring the copy-last-frame baseline on the same test windows ...")
     baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
@@ -443,7 +449,10 @@ def main_kid(argv: list[str]) -> None:
     """``lightning-film reproduce world-kid ...``"""
     if _render_only("world-kid", argv):
         return
-    common, out, _ = _run_table("world-kid", argv, kid_runs)
+    ran = _run_table("world-kid", argv, kid_runs)
+    if ran is None:  # --plan
+        return
+    common, out, _ = ran
     report = analyse_kid({**common, "seed_kid": {r.name: r.seed_kid for r in KID_ROWS}})
     order = [r.name for r in (*KID_ROWS, PRETRAIN, PRETRAIN_HALF)]
     png = render_png(report["kid"], order, "World model: the seed's rows", report["seed_kid"])
@@ -454,7 +463,10 @@ def main_conditioning(argv: list[str]) -> None:
     """``lightning-film reproduce world-conditioning ...``"""
     if _render_only("world-conditioning", argv):
         return
-    common, out, args = _run_table("world-conditioning", argv, conditioning_runs)
+    ran = _run_table("world-conditioning", argv, conditioning_runs)
+    if ran is None:  # --plan
+        return
+    common, out, args = ran
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
     start, preset = time.perf_counter(), Preset(**common["preset"])
     base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
@@ -471,6 +483,9 @@ def main_recipe(argv: list[str]) -> None:
     """``lightning-film reproduce world-recipe ...``"""
     if _render_only("world-recipe", argv):
         return
-    common, out, _ = _run_table("world-recipe", argv, recipe_runs)
+    ran = _run_table("world-recipe", argv, recipe_runs)
+    if ran is None:  # --plan
+        return
+    common, out, _ = ran
     report = analyse_recipe({**common, "rows": [asdict(r) for r in RECIPE_ROWS]})
     _write(out, report, render_recipe(report), None)
