@@ -39,6 +39,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 import lightning_film.callbacks  # noqa: F401  (so configs name our callbacks and DataModules by class name)
 import lightning_film.data.bytes  # noqa: F401
@@ -115,11 +116,15 @@ def list_command(argv: list[str]) -> None:
 EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], None] | str]] = {
     "list": ("Print every registry (normalizers, conditioners, ...) with one-line docs.", list_command),
     "record": ("Record world-model episodes into .npz shards.", "lightning_film.data.record:record_command"),
-    "export": ("Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
-               "lightning_film.export.cli:export_command"),
-    "reproduce": ("Train and score a results table (byte, quant, world-recipe, world-kid, world-conditioning); "
-                  "--plan first shows the runs and a rough time.",
-                  "lightning_film.reproduce:reproduce_command"),
+    "export": (
+        "Export a checkpoint's inference step to Core ML (.mlpackage + JSON report).",
+        "lightning_film.export.cli:export_command",
+    ),
+    "reproduce": (
+        "Train and score a results table (byte, quant, world-recipe, world-kid, world-conditioning); "
+        "--plan first shows the runs and a rough time.",
+        "lightning_film.reproduce:reproduce_command",
+    ),
 }
 
 
@@ -193,8 +198,9 @@ def _subcommand_description(subcommand: str) -> str:
     width = max(len(command) for command, _ in rows)
     return (
         f"{first}\n\nThe model's and the data's options depend on the class the config picks, so they are "
-        f"not listed here:\n" + "".join(f"  {PROG} {command:<{width}}  {what}\n" for command, what in rows) +
-        "Your own modules (a conditioner registered by name, say) load with --imports MODULE or 'imports: [MODULE]'."
+        f"not listed here:\n"
+        + "".join(f"  {PROG} {command:<{width}}  {what}\n" for command, what in rows)
+        + "Your own modules (a conditioner registered by name, say) load with --imports MODULE or 'imports: [MODULE]'."
     )
 
 
@@ -278,6 +284,7 @@ class FilmCLI(LightningCLI):
         parser.add_argument("--imports", type=list[str] | str, default=[], help=IMPORTS_HELP)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._cli_model_keys = _cli_model_keys(args)
         super().parse_arguments(parser, args)
         _check_config(self.config)
 
@@ -328,6 +335,14 @@ class FilmCLI(LightningCLI):
         cls = loaded_class(class_path)
         takes = list(inspect.signature(cls).parameters) if cls is not None else None
         hparams = trusted_hyper_parameters(checkpoint, ckpt_path, given, takes)
+        # Lightning lets the checkpoint overwrite everything; an option typed on this command line
+        # (--model.sample_steps 50 at test time) is the user's latest word, so it wins
+        kept = sorted(k for k in getattr(self, "_cli_model_keys", ()) if k in hparams and hparams[k] != given.get(k))
+        for key in kept:
+            del hparams[key]
+        if kept:
+            rank_zero_info(f"{PROG}: model settings from checkpoint {str(ckpt_path)!r}, except from the command line: "
+                           + ", ".join(f"{k}={given.get(k)!r}" for k in kept))  # fmt: skip
         if hparams:
             # the class stays the user's: the checkpoint only fills in its settings
             merged = {subcommand: {"model": {"class_path": class_path, "init_args": hparams}}}
@@ -344,6 +359,18 @@ class FilmCLI(LightningCLI):
                 check_model_class(read_checkpoint(kwargs["ckpt_path"]), kwargs["ckpt_path"], type(self.model),
                                   "this run's model")  # fmt: skip
         return kwargs
+
+
+def _cli_model_keys(args: Any) -> set[str]:
+    """The model settings named on the command line: ``--model.X`` / ``--model.init_args.X`` (``=v`` or not)."""
+    keys = set()
+    for arg in args if isinstance(args, (list, tuple)) else ():
+        if isinstance(arg, str) and arg.startswith("--model."):
+            name = arg[len("--model.") :].split("=", 1)[0]
+            name = name[len("init_args.") :] if name.startswith("init_args.") else name
+            if name and name not in ("help", "class_path"):
+                keys.add(name.split(".", 1)[0])
+    return keys
 
 
 #: ``--ckpt_path`` values the Trainer resolves itself

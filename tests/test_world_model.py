@@ -515,3 +515,32 @@ def test_noise_shift_reaches_the_objective_and_a_bad_one_is_one_line() -> None:
     torch.testing.assert_close(moved, torch.full_like(moved, 2 * math.log(16.0)))
     with pytest.raises(ValueError, match=r"noise shift must be a number >= 1 \(1: the plain schedule\), got 0.5"):
         model(noise_shift=0.5)
+
+
+def test_command_line_model_settings_win_over_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI lets a checkpoint's hyper-parameters overwrite the model config; an option typed
+    on the command line at test time (--model.sample_steps) must still be the one used."""
+    import yaml
+
+    from lightning_film.cli import _cli_model_keys, main
+
+    assert _cli_model_keys(["--model.sample_steps", "3", "--model.init_args.seed=1", "--model.help", "--data.x"]) == {
+        "sample_steps", "seed"}  # fmt: skip
+    monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
+    shrink = {
+        "trainer.max_steps": 2, "trainer.limit_val_batches": 0, "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false", "model.frame_size": FRAME, "model.dim": 32, "model.depth": 1,
+        "model.num_heads": 2, "model.sample_steps": 2, "model.kid_feature": "tiny", "model.max_eval_samples": 4,
+        "model.kid_subset_size": 2, "model.rollout_steps": 1, "model.rollout_windows": 2, "data.episodes": 10,
+        "data.episode_length": 8, "data.frame_size": FRAME, "data.val_episodes": 2, "data.test_episodes": 2,
+        "data.batch_size": 4, "data.max_eval_windows": 4,
+    }  # fmt: skip
+    args = [a for k, v in shrink.items() for a in (f"--{k}", str(v))]
+    config, root = str(REPO / "configs/world/filmcond.yaml"), tmp_path / "run"
+    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": "log"}}
+    common = ["--config", config, "--trainer.default_root_dir", str(root), "--trainer.logger", json.dumps(csv), *args]
+    main(["fit", *common])
+    ckpt = root / "checkpoints" / "last.ckpt"
+    main(["test", *common, "--ckpt_path", str(ckpt), "--model.sample_steps", "3"])
+    used = yaml.safe_load(sorted(root.glob("log/version_*/hparams.yaml"))[-1].read_text())
+    assert used["sample_steps"] == 3  # the checkpoint says 2
