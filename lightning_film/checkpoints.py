@@ -40,8 +40,8 @@ from lightning_film.errors import UsageError
 from lightning_film.io import atomic_path
 
 __all__ = [
-    "LIGHTNING_KEYS", "AtomicCheckpointIO", "check_model_class", "checkpoint_class", "last_checkpoint", "load_model", "loaded_class",
-    "read_checkpoint",
+    "LIGHTNING_KEYS", "AtomicCheckpointIO", "check_model_class", "check_weights_fit", "checkpoint_class", "last_checkpoint",
+    "load_model", "loaded_class", "read_checkpoint",
     "trusted_hyper_parameters",
 ]  # fmt: skip
 
@@ -195,6 +195,45 @@ def check_model_class(
             f"checkpoint {str(path)!r} holds a {saved.rpartition('.')[2]} ({saved}), but {what} is {name}; "
             f"give a checkpoint of {name}"
         )
+
+
+def check_weights_fit(module: torch.nn.Module, checkpoint: dict[str, Any], strict: bool = True) -> None:
+    """Raise if ``checkpoint["state_dict"]`` does not load into ``module``: a tensor of another
+    shape, or (``strict``) a missing or unexpected key. The message names the first such weight and
+    the hyper-parameters the checkpoint was made with that differ from the module's (``--model.dim
+    24`` typed against a checkpoint of dim 16, say), so it reads as one line instead of PyTorch's
+    list of every size mismatch. Call it from ``on_load_checkpoint``, which Lightning runs before it
+    loads the weights."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping):
+        return
+    ours = module.state_dict()
+    shapes = [
+        f"{k} is {tuple(v.shape)} in the checkpoint, {tuple(ours[k].shape)} here"
+        for k, v in state.items()
+        if k in ours and isinstance(v, Tensor) and v.shape != ours[k].shape
+    ]
+    missing = [k for k in ours if k not in state] if strict else []
+    unexpected = [k for k in state if k not in ours] if strict else []
+    problems = shapes + [f"{k} is missing from the checkpoint" for k in missing[:1]]
+    problems += [f"the checkpoint has {k}, which this model lacks" for k in unexpected[:1]]
+    if not problems:
+        return
+    saved, current = checkpoint.get("hyper_parameters"), getattr(module, "hparams", {})
+    differ = []
+    if isinstance(saved, Mapping):
+        differ = [
+            f"{k}={saved[k]!r} there, {current[k]!r} here"
+            for k in current
+            if k in saved and not k.startswith("_") and saved[k] != current[k]
+        ]
+    settings = f"; settings that differ: {', '.join(differ[:4])}" if differ else ""
+    count = len(shapes) + len(missing) + len(unexpected)
+    raise UsageError(
+        f"the checkpoint's weights do not fit this {type(module).__name__}: {problems[0]}"
+        f"{f' (and {count - 1} more)' if count > 1 else ''}{settings}; build the model with the settings "
+        f"it was trained with (drop the --model options that change its shape) or start a new run"
+    )
 
 
 def load_model(path: str | os.PathLike[str], model_class: str | None = None) -> Any:

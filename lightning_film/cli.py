@@ -420,6 +420,8 @@ def _check_paths(args: list[str]) -> None:
         option, has_value, value = arg.partition("=")
         if not has_value:
             value = args[i + 1] if i + 1 < len(args) else ""
+        if option.startswith("-"):
+            _check_inline_yaml(option, value)
         if option in ("-c", "--config"):
             what, is_path = "config file", value.lower().endswith((".yaml", ".yml", ".json"))
         elif option == "--ckpt_path":
@@ -432,6 +434,15 @@ def _check_paths(args: list[str]) -> None:
             raise UsageError(f"{what} {value!r} is not a regular file (a folder, FIFO or device)")
         if is_path and what == "config file":
             _check_yaml(value)
+
+
+def _check_inline_yaml(option: str, value: str) -> None:
+    """An option's value is YAML to jsonargparse (``--config`` inline, ``--trainer.callbacks '[...]'``):
+    the same bounds as a config file (aliases that expand past the limit, keys given twice)."""
+    if any(c in value for c in "&*{[:\n"):
+        problem = yaml_problem(value)
+        if problem:
+            raise UsageError(f"the value of {option} is refused: {problem}")
 
 
 def _check_yaml(path: str) -> None:

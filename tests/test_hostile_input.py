@@ -111,6 +111,12 @@ HOSTILE: list[Case] = [
          "test", "byte.yaml", "--ckpt_path", "last"))[1], ("last.ckpt' is not a PyTorch checkpoint",)),
     Case("c3-last-of-the-other-model", lambda e: (e.file("run/checkpoints/last.ckpt", e.trained.world_ckpt.read_bytes()),
          e.byte("validate", "byte.yaml", "--ckpt_path", "last"))[1], ("holds a WorldModel", "ByteLM")),
+    Case("c3-last-other-settings", lambda e: (e.file("run/checkpoints/last.ckpt", e.trained.byte_ckpt.read_bytes()),
+         e.byte("validate", "nibble_acc.yaml", "--ckpt_path", "last", "--model.dim", "24"))[1],
+         ("weights do not fit this ByteLM", "dim=16 there, 24 here")),
+    Case("c3-last-other-settings-world", lambda e: (e.file("run/checkpoints/last.ckpt", e.trained.world_ckpt.read_bytes()),
+         e.world("test", "filmcond.yaml", "--ckpt_path", "last", "--model.depth", "2"))[1],
+         ("weights do not fit this WorldModel", "is missing from the checkpoint", "depth=1 there, 2 here")),
     Case("c3-last-pickled-object", lambda e: (os.makedirs(e.tmp / "run/checkpoints"), e.pickled_object(
          "run/checkpoints/last.ckpt"), e.byte("fit", "byte.yaml", "--ckpt_path", "last"))[2], ("it pickles",)),
     # 4: small files, huge demands
@@ -139,6 +145,12 @@ HOSTILE: list[Case] = [
          ("which is not an export report", "ship/m.json"), untouched=("ship/m.json",), absent=("ship/m.mlpackage",)),
     Case("c6-duplicate-shard-entries", lambda e: e.data_dir(lambda d: _manifest(d, _duplicate_shard)),
          ("listed twice",)),
+    Case("c4-billion-laughs-inline", lambda e: e.byte("fit", "byte.yaml", "--config", _LAUGHS),
+         ("the value of --config is refused", "more than 100000 values")),
+    Case("c4-billion-laughs-option", lambda e: e.byte("fit", "byte.yaml", "--trainer.callbacks", _LAUGHS),
+         ("the value of --trainer.callbacks is refused",)),
+    Case("c6-yaml-key-twice-inline", lambda e: e.byte("fit", "byte.yaml", "--trainer",
+         "{max_steps: 1, max_steps: 2}"), ("the value of --trainer is refused", "key 'max_steps' is given twice")),
     Case("c6-yaml-key-twice", lambda e: e.byte("fit", "byte.yaml", "--config", e.config(
          "t.yaml", "trainer:\n  max_steps: 1\ntrainer:\n  max_epochs: 1\n")), ("key 'trainer' is given twice",)),
     Case("c6-lr-inf", lambda e: e.byte("fit", "byte.yaml", "--config", e.config(

@@ -43,6 +43,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_film.checkpoints import check_weights_fit
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.models.optim import adamw_warmup_cosine
@@ -308,6 +309,7 @@ class ByteLM(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """The checkpoint's rare table wins over the data's (the weights learned with it)."""
+        check_weights_fit(self, checkpoint, self.strict_loading)
         state = checkpoint.get("state_dict", {})
         saved, known = state.get("rare_table"), state.get("rare_table_known")
         if saved is None or known is None or not bool(known) or self._trainer is None:

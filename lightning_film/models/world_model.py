@@ -38,7 +38,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from lightning_film.checkpoints import read_checkpoint
+from lightning_film.checkpoints import check_weights_fit, read_checkpoint
 from lightning_film.models.optim import adamw_warmup_cosine
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
@@ -403,6 +403,7 @@ class WorldModel(LightningModule):
         renamed = [upgrade_state_dict(checkpoint[k]) for k in ("state_dict", "current_model_state") if k in checkpoint]
         if any(renamed):
             rank_zero_info("WorldModel: this checkpoint predates WorldModel.net; its network keys were renamed net.*")
+        check_weights_fit(self, checkpoint, self.strict_loading)
 
     def unpack_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """A WorldDataModule batch -> checked (context (B, K, C, H, W), action (B,), target (B, C, H, W))."""
