@@ -117,6 +117,10 @@ def folder_problem(path: str | os.PathLike) -> str | None:
         return f"{str(existing)!r} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{str(existing)!r} is not writable"
+    try:  # os.access trusts permission bits, which root passes even where the kernel refuses (sysfs)
+        os.rmdir(tempfile.mkdtemp(prefix=".lightning-film-probe-", dir=existing))
+    except OSError as err:
+        return f"{str(existing)!r} does not take new folders ({err.strerror or err})"
     return None
 
 

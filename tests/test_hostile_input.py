@@ -145,6 +145,8 @@ HOSTILE: list[Case] = [
          ("which is not an export report", "ship/m.json"), untouched=("ship/m.json",), absent=("ship/m.mlpackage",)),
     Case("c6-duplicate-shard-entries", lambda e: e.data_dir(lambda d: _manifest(d, _duplicate_shard)),
          ("listed twice",)),
+    Case("c7-root-dir-on-sysfs", lambda e: e.byte("fit", "byte.yaml", "--trainer.default_root_dir", "/sys/kernel/lf-run"),
+         ("trainer.default_root_dir '/sys/kernel/lf-run' cannot be written",)),
     Case("c4-billion-laughs-inline", lambda e: e.byte("fit", "byte.yaml", "--config", _LAUGHS),
          ("the value of --config is refused", "more than 100000 values")),
     Case("c4-billion-laughs-option", lambda e: e.byte("fit", "byte.yaml", "--trainer.callbacks", _LAUGHS),
