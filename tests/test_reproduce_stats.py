@@ -204,3 +204,17 @@ def test_rows_picks_rows_and_brings_their_pretraining_along(tmp_path: Path) -> N
         "pretrain_half/seed0", "world_filmcond_pre_half/seed0"}  # fmt: skip
     with pytest.raises(ValueError, match=r"--rows: unknown row\(s\) \['nope'\]; this table's rows: pretrain"):
         _select(runs, ["nope"], False, tmp_path)
+
+
+def test_an_ordering_beside_a_reference_says_which_neighbouring_gaps_the_seeds_establish() -> None:
+    from lightning_film.reproduce.world_report import NANOWM, _orderings
+
+    # film beats adaln by 2 dB on every seed; adaln, additive and cross_attention differ by seed noise
+    psnr = {"film": [22.0, 22.1, 21.9], "adaln": [20.0, 20.1, 19.9], "additive": [19.95, 20.2, 19.8],
+            "cross_attention": [19.8, 19.9, 19.95]}  # fmt: skip
+    values = {"test/psnr": {f"rmsnorm + {c}": dict(enumerate(v)) for c, v in psnr.items()}}
+    (line,) = _orderings(values, "test/psnr", {c: v[0] for c, v in NANOWM.items()}, "NanoWM", "our PSNR", True)
+    assert "our PSNR orders the same 4: film, adaln, additive, cross_attention" in line
+    assert "the seeds establish 1 (film vs adaln established, adaln vs additive not" in line
+    values["test/psnr"].pop("rmsnorm + film")
+    assert _orderings(values, "test/psnr", {c: v[0] for c, v in NANOWM.items()}, "NanoWM", "ours", True) == []

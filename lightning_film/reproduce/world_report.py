@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_film.reproduce.report import header
-from lightning_film.reproduce.stats import compare, fmt_ci, holm, interval, paired_section
+from lightning_film.reproduce.stats import compare, fmt_ci, holm, interval, paired, paired_section
 
 __all__ = ["DIT_FID", "KID_ROWS", "RECIPE_REFERENCE", "RECIPE_ROWS", "RecipeRow", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
            "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid", "render_recipe"]  # fmt: skip
@@ -205,7 +205,7 @@ def _digits_names() -> tuple[dict[str, int], dict[str, str]]:
 
 
 def _ranking(means: dict[str, float]) -> str:
-    return " < ".join(sorted(means, key=means.get))
+    return ", ".join(sorted(means, key=means.get))
 
 
 def _head(report: dict[str, Any], title: str, budget: str, first: str, extra: list[str]) -> list[str]:
@@ -261,15 +261,22 @@ def _references(name: str) -> list[str]:
 
 def _orderings(values: dict[str, dict], key: str, reference: dict[str, float], who: str, ours_by: str,
                higher: bool) -> list[str]:  # fmt: skip
-    ours = {c: statistics.fmean(values[key][f"rmsnorm + {c}"].values()) for c in reference
-            if values.get(key, {}).get(f"rmsnorm + {c}")}  # fmt: skip
-    if len(ours) < len(reference):
+    """Our ordering of ``reference``'s rows beside theirs, and how many of our neighbouring gaps the
+    seeds establish (paired test, Holm over those gaps): an ordering of unestablished gaps is noise."""
+    seeds = {c: values[key][f"rmsnorm + {c}"] for c in reference if values.get(key, {}).get(f"rmsnorm + {c}")}
+    if len(seeds) < len(reference):
         return []
     sign = -1 if higher else 1
     theirs = _ranking({c: sign * v for c, v in reference.items()})
-    mine = _ranking({c: sign * v for c, v in ours.items()})
+    ours = {c: sign * statistics.fmean(s.values()) for c, s in seeds.items()}
+    order = sorted(ours, key=ours.get)
+    gaps = holm([{"a": a, "b": b, **paired(seeds[a], seeds[b])} for a, b in zip(order, order[1:])])
+    shown = ", ".join(f"{g['a']} vs {g['b']} {'established' if g['verdict'] == 'established' else 'not'}"
+                      for g in gaps)  # fmt: skip
     return [f"- {who} orders its {len(reference)} (best first): {theirs}; {ours_by} orders the same "
-            f"{len(reference)}: {mine} — {'the same' if theirs == mine else 'a different'} ordering."]  # fmt: skip
+            f"{len(reference)}: {_ranking(ours)} — {'the same' if theirs == _ranking(ours) else 'a different'} "
+            f"ordering of the means; of our {len(gaps)} neighbouring gaps the seeds establish "
+            f"{sum(g['verdict'] == 'established' for g in gaps)} ({shown}; paired t, Holm)."]  # fmt: skip
 
 
 def render_conditioning(report: dict[str, Any]) -> str:
