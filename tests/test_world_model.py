@@ -172,9 +172,10 @@ def test_sampling_is_seeded_and_rollout_feeds_back() -> None:
 
 # -- pretrain -> finetune ----------------------------------------------------------------------------
 def quick_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    kwargs = {"max_steps": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 1, **kwargs}
+    kwargs = {"max_steps": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 1,
+              "logger": False, **kwargs}  # fmt: skip
     return L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, default_root_dir=tmp_path, **kwargs,
     )  # fmt: skip
 
@@ -310,7 +311,7 @@ def test_fit_and_test_log_metrics_write_sheets_and_cache_real_features(
     trainer = quick_trainer(tmp_path, max_steps=3, val_check_interval=3)
     trainer.fit(m, dm)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    for key in ("train/loss", "train/samples_per_s", "val/loss", "val/psnr"):
+    for key in ("train/loss", "val/loss", "val/psnr"):
         assert key in logged and math.isfinite(logged[key]), key
 
     embedded: list[int] = []
@@ -339,6 +340,32 @@ def test_fit_and_test_log_metrics_write_sheets_and_cache_real_features(
     second = trainer.test(m, dm, verbose=False)[0]
     assert sum(embedded) == 8, "the real frames' features must come from the cache"
     assert second == pytest.approx(first)  # seeded: the same noise, the same KID subsets
+
+
+def test_test_says_what_it_does_and_its_sheets_reach_tensorboard_as_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
+    L.seed_everything(0, verbose=False)
+    m, dm = model(), world_data()
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer = quick_trainer(tmp_path, max_steps=1, logger=logger, limit_test_batches=1)
+    trainer.fit(m, dm)
+    said: list[str] = []  # what the user reads while the test runs (Lightning's info lines)
+    monkeypatch.setattr("lightning_film.models.world_model.rank_zero_info", said.append)
+    monkeypatch.setattr("lightning_film.models.world_eval.rank_zero_info", said.append)
+    trainer.test(m, dm, verbose=False)
+    assert "each batch samples the next frame" in said[0] and "KID of" in said[1] and "rollouts of" in said[2]
+    assert said[-1].endswith(f"sample sheets: {Path(logger.log_dir) / 'samples'}")
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert {"test/next_frames", "test/rollout"} <= set(events.Tags()["images"])
+    (image,) = events.Images("test/next_frames")
+    assert image.width == (K + 1 + A) * (4 * FRAME + 2) + 2  # the labelled sheet, as the PNG beside the logs
+    assert (Path(logger.log_dir) / "samples" / "next_frames.png").is_file()
 
 
 CONTROL_KEYS = (

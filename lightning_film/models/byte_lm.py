@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import math
 import re
-import time
 import warnings
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -47,6 +46,7 @@ from lightning_film.checkpoints import check_weights_fit
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.models.optim import adamw_warmup_cosine
+from lightning_film.models.throughput import TrainThroughput
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
@@ -236,7 +236,6 @@ class ByteLM(LightningModule):
         self.register_buffer("rare_table", torch.zeros(16, 16, dtype=torch.bool))
         self.register_buffer("rare_table_known", torch.tensor(False))
         self.source_names: list[str] = []
-        self._step_start: float | None = None
 
     # -- the model ----------------------------------------------------------------------------
     def forward(
@@ -336,14 +335,8 @@ class ByteLM(LightningModule):
         self.log("train/bpb", loss / _LN2)
         return loss
 
-    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: object, batch: dict[str, Tensor], batch_idx: int) -> None:
-        # forward + backward + optimizer step of this batch, data loading excluded
-        if self._step_start is not None:
-            seconds = time.perf_counter() - self._step_start
-            self.log("train/tokens_per_s", batch["mask"].numel() / max(seconds, 1e-9))
+    # no FLOP count per batch (the benchmarks measure FLOPs): ThroughputMonitor logs no FLOP rate
+    flops_per_batch: int | None = None
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         getattr(self, f"{split}_bpb").update(self.nll(batch), batch["mask"], batch["source"])
@@ -376,13 +369,15 @@ class ByteLM(LightningModule):
             for p in batch
         ]
 
-    def configure_callbacks(self) -> list:
+    def configure_callbacks(self) -> list[Callback]:
+        # train/device/items_per_sec is tokens per second (every position of the batch, as the step computes)
+        throughput = TrainThroughput(lambda batch: batch["mask"].shape[0], lambda batch: batch["mask"].numel())
         # `lightning-film predict` prints the samples, unless the user configured a printer.
         from lightning_film.callbacks.print_samples import PrintSamples
 
         if any(isinstance(c, PrintSamples) for c in self.trainer.callbacks):
-            return []
-        return [PrintSamples()]
+            return [throughput]
+        return [throughput, PrintSamples()]
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test")

@@ -40,6 +40,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.checkpoints import check_weights_fit, read_checkpoint
 from lightning_film.models.optim import adamw_warmup_cosine
+from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
 from lightning_film.models.world_render import save_png
@@ -211,7 +212,6 @@ class WorldModel(LightningModule):
         )  # fmt: skip
         self.dataset_key = "unknown"
         self._initialized_from: str | None = None
-        self._step_start: float | None = None
         self._test_start = 0.0
 
     @property
@@ -478,14 +478,11 @@ class WorldModel(LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
+    # no FLOP count per batch (the benchmarks measure FLOPs): ThroughputMonitor logs no FLOP rate
+    flops_per_batch: int | None = None
 
-    def on_train_batch_end(self, outputs: object, batch: dict[str, Tensor], batch_idx: int) -> None:
-        # forward + backward + optimizer step of this batch, data loading excluded
-        if self._step_start is not None:
-            seconds = time.perf_counter() - self._step_start
-            self.log("train/samples_per_s", batch["target"].shape[0] / max(seconds, 1e-9))
+    def configure_callbacks(self) -> list[TrainThroughput]:
+        return [TrainThroughput(lambda batch: batch["target"].shape[0])]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         g = self._eval_generators(batch, "val", batch_idx)
@@ -513,6 +510,13 @@ class WorldModel(LightningModule):
         dm = self._datamodule()
         self.evaluator.reset(datamodule_world(dm) if dm is not None else None)
         self._test_start = time.perf_counter()
+        hp = self.hparams
+        # the first batch alone takes seconds to minutes on a CPU: say what the bar is waiting for
+        rank_zero_info(
+            f"WorldModel test: each batch samples the next frame of up to {hp.max_eval_samples} windows in all, with "
+            f"the true and a wrong action ({hp.sample_steps} {self.sampler} steps each), and embeds the samples for "
+            f"KID; after the last batch: KID, {hp.rollout_windows} rollouts of {hp.rollout_steps} steps, the sheets"
+        )
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         g = self._eval_generators(batch, "test", batch_idx)

@@ -162,7 +162,7 @@ def execute(run: Run, root: Path) -> tuple[dict[str, Any], bool]:
         "test": test_metrics,
         "val_curves": _curves(fit_rows, "val/"),
         "train_loss_curve": train_curves.get("train/loss", []),
-        "train_tokens_per_s_logged": [v for _, v in train_curves.get("train/tokens_per_s", [])],
+        "train_tokens_per_s_logged": [v for _, v in train_curves.get("train/device/items_per_sec", [])],
         "fit_s_last_attempt": fit_s,
         "resumed": bool(resume),
         "test_s": test_s,
