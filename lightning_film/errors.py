@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import numbers
 from typing import NoReturn
 
-__all__ = ["CommandParser", "MissingExtraError", "UsageError"]
+__all__ = ["CommandParser", "MissingExtraError", "UsageError", "check_int"]
+
+
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None, who: str = "") -> int:
+    """``value`` as an int if it is an integer (not a bool; numpy's count) in [minimum, maximum], else
+    a ValueError naming ``name`` (prefixed ``who: ``), the accepted range and the value given."""
+    integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not integer or value < minimum or (maximum is not None and value > maximum):
+        most = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(f"{who + ': ' if who else ''}{name} must be an integer >= {minimum}{most}, got {value!r}")
+    return int(value)
 
 
 class UsageError(Exception):

@@ -563,3 +563,18 @@ def run_case(
     assert [name for name in case.absent if (tmp_path / name).exists()] == []
     assert _leftovers(tmp_path) == []
     assert not env.marker.exists(), "unpickling a checkpoint ran code"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(3, True), (np.int64(3), True), (1, True), (10, True), (0, False), (11, False), (True, False), (2.0, False),
+     ("3", False), (None, False)],
+)  # fmt: skip
+def test_one_integer_check_for_every_setting(value: object, ok: bool) -> None:
+    from lightning_film.errors import check_int
+
+    if ok:
+        assert check_int("steps", value, 1, 10) == int(value) and type(check_int("steps", value, 1)) is int
+    else:
+        with pytest.raises(ValueError, match=rf"^DDIM: steps must be an integer >= 1 and <= 10, got {value!r}$"):
+            check_int("steps", value, 1, 10, who="DDIM")

@@ -216,7 +216,7 @@ def test_generate_from_invalid_utf8(tmp_path: Path, sources: list[str]) -> None:
         ({"variant": "byte", "block_conditioner": "film"}, "variant 'byte' does not have"),
         ({"nibble_scheme": "utf-8"}, "unknown nibble scheme 'utf-8'; did you mean 'utf8'"),
         ({"positions": "rope"}, "unknown positions 'rope'; accepted: 'learned', 'none'"),
-        ({"max_lr_steps": 0}, "max_lr_steps must be an int >= 1, got 0"),
+        ({"max_lr_steps": 0}, "max_lr_steps must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_model_arguments_are_named(kwargs: dict, message: str) -> None:

@@ -323,9 +323,9 @@ def test_diagnostics_without_histograms_or_logger_still_computes_metrics(tmp_pat
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"every_n_steps": 0}, "every_n_steps must be an int >= 1, got 0"),
-        ({"every_n_steps": 2.5}, "every_n_steps must be an int >= 1, got 2.5"),
-        ({"every_n_steps": True}, "every_n_steps must be an int >= 1, got True"),
+        ({"every_n_steps": 0}, "every_n_steps must be an integer >= 1, got 0"),
+        ({"every_n_steps": 2.5}, "every_n_steps must be an integer >= 1, got 2.5"),
+        ({"every_n_steps": True}, "every_n_steps must be an integer >= 1, got True"),
         ({"gamma_band": (5.0, 0.2)}, r"low < high, got \(5.0, 0.2\)"),
         ({"gamma_band": (1.0,)}, r"two finite numbers \(low, high\).*got \(1.0,\)"),
         ({"gamma_band": "0.2,5"}, "got '0.2,5'"),

@@ -175,7 +175,7 @@ def test_sampler_objective_pairs_are_checked() -> None:
         build_objective("flow", "eps")
     with pytest.raises(ValueError, match="unknown prediction 'x0'"):
         build_objective("diffusion", "x0")
-    with pytest.raises(ValueError, match=r"DDIM: steps must be an int >= 1 and <= 10, got 11"):
+    with pytest.raises(ValueError, match=r"DDIM: steps must be an integer >= 1 and <= 10, got 11"):
         Diffusion(10).sample(lambda x, t: x, torch.zeros(1, 1), 11)
     assert isinstance(build_objective("diffusion", "eps", 50), Diffusion) and isinstance(build_objective("flow"), Flow)
     assert build_objective("diffusion").prediction == "v"  # the default: x0 stays well-posed at high noise

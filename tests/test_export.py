@@ -204,8 +204,8 @@ def test_cli_exports_a_checkpoint_without_touching_it(checkpoint: Path, export_c
         (["--to", "coreml", "--target", "iOS99"], "unknown deployment target 'iOS99'; accepted: iOS13"),
         (["--to", "coreml", "--out", "{blocker}/m.mlpackage"], "cannot write to the output folder"),
         (["--to", "coreml", "--out", "m.onnx"], "must be a .mlpackage path"),
-        (["--to", "coreml", "--seq-len", "99"], "seq_len must be an int in 1..16"),
-        (["--to", "coreml", "--batch-size", "0"], "batch_size must be an int >= 1"),
+        (["--to", "coreml", "--seq-len", "99"], "seq_len must be an integer >= 1 and <= 16"),
+        (["--to", "coreml", "--batch-size", "0"], "batch_size must be an integer >= 1"),
     ],
 )
 def test_bad_input_is_one_line(checkpoint: Path, export_cli, capsys, args: list[str], message: str) -> None:

@@ -158,8 +158,8 @@ def test_unknown_names_list_the_accepted_ones(spec, message: str) -> None:
     [
         ({"mode": "awq"}, "unknown mode 'awq'; accepted modes: ptq, qat"),
         ({"start_step": 5}, "use them with mode='qat'"),
-        ({"mode": "qat", "start_step": -1}, "start_step must be an int >= 0"),
-        ({"group_size": 0}, "group_size must be an int >= 1"),
+        ({"mode": "qat", "start_step": -1}, "start_step must be an integer >= 0"),
+        ({"group_size": 0}, "group_size must be an integer >= 1"),
         ({"weights": {"conditioner": "float"}}, "leaves every role in float"),
         ({"label": "a/b"}, "label must be a non-empty name"),
     ],

@@ -174,7 +174,7 @@ def test_execute_all_runs_jobs_at_a_time_and_keeps_after_first(tmp_path, monkeyp
     results = runner.execute_all(runs, tmp_path, say=lines.append, jobs=3)
     assert list(results) == [r.key for r in runs] and peak[0] == 3
     assert sum("done in" in line for line in lines) == len(runs)
-    with pytest.raises(ValueError, match="jobs must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
         runner.execute_all(runs, tmp_path, jobs=0)
     with pytest.raises(ValueError, match=r"run 'b' must come after \['a'\] in the list"):
         runner.execute_all([runner.Run("b", Path("c.yaml"), after=["a"]), runner.Run("a", Path("c.yaml"))], tmp_path)

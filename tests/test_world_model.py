@@ -257,7 +257,7 @@ def test_a_finetuned_checkpoint_is_not_reinitialized(tmp_path: Path) -> None:
         ({"cond_dropout": 1.0}, "need 0 <= cond_dropout < 1"),
         ({"kid_feature": "inceptoin"}, "unknown kid feature 'inceptoin'; did you mean 'inception'"),
         ({"conditioner": "flim"}, "unknown conditioner 'flim'; did you mean 'film'"),
-        ({"sample_steps": 0}, "sample_steps must be an int >= 1, got 0"),
+        ({"sample_steps": 0}, "sample_steps must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:

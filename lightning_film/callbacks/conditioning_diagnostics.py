@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_film.errors import check_int
 from lightning_film.nn.diagnostics import named_conditioners, observe_conditioning
 
 __all__ = ["ConditioningDiagnostics"]
@@ -67,8 +68,7 @@ class ConditioningDiagnostics(Callback):
         histograms: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
-            raise ValueError(f"ConditioningDiagnostics: every_n_steps must be an int >= 1, got {every_n_steps!r}")
+        check_int("every_n_steps", every_n_steps, 1, who="ConditioningDiagnostics")
         for arg, value in (("on_validation", on_validation), ("histograms", histograms)):
             if not isinstance(value, bool):
                 raise ValueError(f"ConditioningDiagnostics: {arg} must be a bool, got {value!r}")

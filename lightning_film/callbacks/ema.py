@@ -24,6 +24,8 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from lightning_film.errors import check_int
+
 __all__ = ["EMA"]
 
 
@@ -39,8 +41,7 @@ class EMA(WeightAveraging):
     def __init__(self, decay: float = 0.995, start_step: int = 0) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA: decay must be in (0, 1), got {decay!r} (0.99-0.9999 is usual)")
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"EMA: start_step must be an integer >= 0, got {start_step!r}")
+        check_int("start_step", start_step, 0, who="EMA")
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
         self.decay = decay
         self.start_step = start_step

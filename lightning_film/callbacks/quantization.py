@@ -50,6 +50,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_film.errors import check_int
 from lightning_film.io import atomic_path
 from lightning_film.quantization import config as qconfig
 from lightning_film.quantization import torchao as qt
@@ -108,8 +109,8 @@ class QuantizationCallback(Callback):
         if not self.scheme.quantized_roles:
             raise ValueError(f"QuantizationCallback: weights={weights!r} leaves every role in float; nothing to do")
         for name, value, minimum in (("start_step", start_step, 0), ("start_epoch", start_epoch, 0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-                raise ValueError(f"QuantizationCallback: {name} must be an int >= {minimum}, got {value!r}")
+            if value is not None:
+                check_int(name, value, minimum, who="QuantizationCallback")
         if mode == "ptq" and (start_step != 0 or start_epoch is not None):
             raise ValueError("QuantizationCallback: start_step / start_epoch choose when QAT starts; use them with mode='qat'")
         if not isinstance(evaluate, bool):

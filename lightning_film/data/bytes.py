@@ -60,6 +60,7 @@ from lightning_film.data.accumulator import accumulate, pair_counts, rare_table
 from lightning_film.data.corpora import CORPORA, load_corpus
 from lightning_film.data.nibbles import NibbleScheme, build_nibble_scheme
 from lightning_film.data.sampling import EvalSampler, ResumableTrainData, random_keys, window_keys
+from lightning_film.errors import check_int
 
 __all__ = ["ByteDataModule", "ByteSource", "prompt_bytes", "window_keys"]
 
@@ -364,12 +365,12 @@ class ByteDataModule(ResumableTrainData, LightningDataModule):
         if prompts is not None and (not prompts or not all(isinstance(p, str) and p for p in prompts)):
             raise ValueError(f"prompts must be a list of non-empty strings, got {prompts!r}")
         self._prompts = None if prompts is None else [prompt_bytes(p) for p in prompts]
-        _check_int("seq_len", seq_len, 1)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("split_blocks", split_blocks, 1)
-        _check_int("num_workers", num_workers, 0)
+        check_int("seq_len", seq_len, 1)
+        check_int("batch_size", batch_size, 1)
+        check_int("split_blocks", split_blocks, 1)
+        check_int("num_workers", num_workers, 0)
         if train_windows_per_epoch is not None:
-            _check_int("train_windows_per_epoch", train_windows_per_epoch, 1)
+            check_int("train_windows_per_epoch", train_windows_per_epoch, 1)
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -494,6 +495,3 @@ def _as_list(items: list[bytes]) -> list[bytes]:
     return list(items)
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -41,7 +41,7 @@ from lightning_film.data.shards import (
     write_shard,
 )
 from lightning_film.data.worlds import StickyRandomPolicy, World, build_world, list_worlds
-from lightning_film.errors import CommandParser
+from lightning_film.errors import CommandParser, check_int
 from lightning_film.io import yaml_problem
 
 __all__ = [
@@ -85,20 +85,15 @@ def default_folder(manifest: Manifest) -> Path:
     return cache_root() / "worlds" / re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.key)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
 
 def plan_recording(
     world: Any = DEFAULT_WORLD, *, frame_size: int = 32, episodes: int = 256, episode_length: int = 64,
     seed: int = 0, stickiness: float = 0.8,
 ) -> tuple[World, StickyRandomPolicy, Manifest]:  # fmt: skip
     """The world, policy and manifest (without shards yet) of a recording; checks every setting."""
-    _check_int("episodes", episodes, 1)
-    _check_int("episode_length", episode_length, 2)
-    _check_int("seed", seed, 0)
+    check_int("episodes", episodes, 1)
+    check_int("episode_length", episode_length, 2)
+    check_int("seed", seed, 0)
     built = build_world(world, frame_size=frame_size)
     episode_bytes = int(episode_length) * built.frame_size**2 * 3
     if episode_bytes > MAX_EPISODE_BYTES:
@@ -203,7 +198,7 @@ def record(
     existing recording there is an error unless ``overwrite``; a non-empty folder that is not
     a recording is never written into.
     """
-    _check_int("episodes_per_shard", episodes_per_shard, 1)
+    check_int("episodes_per_shard", episodes_per_shard, 1)
     built, policy, manifest = plan_recording(
         world, frame_size=frame_size, episodes=episodes, episode_length=episode_length, seed=seed, stickiness=stickiness
     )

@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_film.data.record import DEFAULT_WORLD, default_folder, plan_recording, record
 from lightning_film.data.sampling import EvalSampler, ResumableTrainData
 from lightning_film.data.shards import MANIFEST, Manifest, load_episodes, read_manifest
+from lightning_film.errors import check_int
 
 __all__ = ["EpisodeWindows", "WorldDataModule", "train_keys"]
 
@@ -176,7 +177,7 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
         ):  # fmt: skip
             if value is None and name in ("train_windows_per_epoch", "max_eval_windows"):
                 continue  # None: every window
-            _check_int(name, value, minimum)
+            check_int(name, value, minimum)
         given = {"episodes": episodes, "episode_length": episode_length, "frame_size": frame_size, "seed": record_seed}
         if data_dir is not None:
             self.data_dir: Path | None = Path(data_dir).expanduser()
@@ -310,10 +311,6 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
         if self._frames is None:
             raise RuntimeError("WorldDataModule.setup() must run first (the Trainer calls it)")
 
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_matches(manifest: Manifest, world: Any, given: dict[str, int | None], folder: Path) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_film.errors import check_int
 from lightning_film.registry import Registry
 
 __all__ = [
@@ -185,8 +186,7 @@ class BounceRoom(World):
         if not isinstance(spawn_prob, (int, float)) or not 0.0 <= spawn_prob <= 1.0:
             raise ValueError(f"bounce_room: spawn_prob must be a probability in [0, 1], got {spawn_prob!r}")
         for label, value in (("item_lifetime", item_lifetime), ("max_items", max_items)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"bounce_room: {label} must be an integer >= 1, got {value!r}")
+            check_int(label, value, 1, who="bounce_room")
         self.num_balls, self.spawn_prob = num_balls, float(spawn_prob)
         self.item_lifetime, self.max_items = item_lifetime, max_items
         centres = (np.arange(self.frame_size) + 0.5) * (ROOM / self.frame_size)  # pixel centres, room units
@@ -308,8 +308,7 @@ class StickyRandomPolicy:
     name = "sticky_random"
 
     def __init__(self, num_actions: int, stickiness: float = 0.8) -> None:
-        if isinstance(num_actions, bool) or not isinstance(num_actions, int) or num_actions < 1:
-            raise ValueError(f"num_actions must be an integer >= 1, got {num_actions!r}")
+        check_int("num_actions", num_actions, 1)
         if not isinstance(stickiness, (int, float)) or not 0.0 <= stickiness < 1.0:
             raise ValueError(f"stickiness must be in [0, 1) (0: uniform actions), got {stickiness!r}")
         self.num_actions, self.stickiness = num_actions, float(stickiness)

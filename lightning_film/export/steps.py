@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_film.errors import UsageError
+from lightning_film.errors import UsageError, check_int
 
 __all__ = ["ByteLMStep", "ExportError", "InferenceStep", "TensorSpec", "WorldModelStep", "inference_step"]
 
@@ -73,11 +73,18 @@ class ByteLMStep(nn.Module):
         return self.model(byte_ids, nibble_ids, acc_ids)  # (B, N, V)
 
 
+def _fixed_shape(name: str, value: object, minimum: int, maximum: int | None = None, who: str = "") -> int:
+    """check_int, as an ExportError: an exported model's shapes are fixed, so each must be given."""
+    try:
+        return check_int(name, value, minimum, maximum, who=who)
+    except ValueError as err:
+        raise ExportError(f"{err} (exported shapes are fixed)") from None
+
+
 def _byte_lm(model: nn.Module, batch_size: int, seq_len: int | None) -> InferenceStep:
     context = model.hparams.seq_len
     n = context if seq_len is None else seq_len
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= context:
-        raise ExportError(f"ByteLM export: seq_len must be an int in 1..{context} (the model's context), got {n!r}")
+    _fixed_shape("seq_len", n, 1, context, who="ByteLM export")  # at most the model's context
     step = ByteLMStep(model)
     inputs = [TensorSpec(name, (batch_size, n), torch.int32) for name in step.names]
     return InferenceStep(step, inputs, "logits")
@@ -121,10 +128,9 @@ STEPS: dict[str, Callable[[nn.Module, int, int | None], InferenceStep]] = {
 
 def inference_step(model: nn.Module, batch_size: int = 1, seq_len: int | None = None) -> InferenceStep:
     """The fixed-shape inference step of ``model`` (see the module docstring)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ExportError(f"batch_size must be an int >= 1 (shapes are fixed), got {batch_size!r}")
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)):
-        raise ExportError(f"seq_len must be an int (shapes are fixed), got {seq_len!r}")
+    _fixed_shape("batch_size", batch_size, 1)
+    if seq_len is not None:
+        _fixed_shape("seq_len", seq_len, 1)
     if hasattr(model, "coreml_step"):
         return model.coreml_step(batch_size=batch_size, seq_len=seq_len)
     for cls in type(model).__mro__:

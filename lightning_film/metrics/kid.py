@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_film.errors import MissingExtraError
+from lightning_film.errors import MissingExtraError, check_int
 from lightning_film.io import atomic_path
 from lightning_film.registry import Registry
 
@@ -91,8 +91,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, batch_size: int = 32) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"{type(self).__name__}: batch_size must be an int >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1, who=type(self).__name__)
         self.batch_size = batch_size
         object.__setattr__(self, "_net", None)  # not a submodule: no weights in any state_dict
 

@@ -45,7 +45,8 @@ from torchmetrics import Metric
 from lightning_film.checkpoints import check_weights_fit
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
-from lightning_film.models.optim import adamw_warmup_cosine
+from lightning_film.errors import check_int
+from lightning_film.models.optim import adamw_warmup_cosine, check_schedule
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
@@ -207,12 +208,7 @@ class ByteLM(LightningModule):
             _check_ints(max_lr_steps=(max_lr_steps, 1))
         if positions not in ("learned", "none"):
             raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'none'")
-        # `lr: .inf` is a float YAML accepts: without the finite test it trains to NaN weights and saves them
-        if not 0 < lr < math.inf or not 0 <= weight_decay < math.inf or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(
-                f"ByteLM: need finite lr > 0, finite weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
-                f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
-            )
+        check_schedule("ByteLM", lr, weight_decay, min_lr_ratio)
         build_nibble_scheme(nibble_scheme)  # an unknown scheme fails here, naming the registered ones
         self.save_hyperparameters()
         self.embed = DualModulatedEmbedding(dim, variant, nibble_dim, acc_dim, embed_conditioner, combine)
@@ -472,5 +468,4 @@ def _check_sampling(temperature: float, top_k: int | None) -> None:
 
 def _check_ints(**values: tuple[object, int]) -> None:
     for name, (value, minimum) in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"ByteLM: {name} must be an int >= {minimum}, got {value!r}")
+        check_int(name, value, minimum, who="ByteLM")

@@ -9,7 +9,18 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-__all__ = ["adamw_warmup_cosine"]
+__all__ = ["adamw_warmup_cosine", "check_schedule"]
+
+
+def check_schedule(who: str, lr: float, weight_decay: float, min_lr_ratio: float) -> None:
+    """A ValueError naming the bad one unless lr is finite and > 0, weight_decay finite and >= 0 and
+    0 <= min_lr_ratio <= 1 (``lr: .inf`` is a float YAML accepts: unchecked, it trains to NaN
+    weights and saves them)."""
+    if not 0 < lr < math.inf or not 0 <= weight_decay < math.inf or not 0 <= min_lr_ratio <= 1:
+        raise ValueError(
+            f"{who}: need finite lr > 0, finite weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
+            f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
+        )
 
 
 def adamw_warmup_cosine(

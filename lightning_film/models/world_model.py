@@ -25,7 +25,6 @@ Legend: B batch, K context frames, C channels, H = W = ``frame_size``, N tokens,
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -39,7 +38,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.checkpoints import check_weights_fit, read_checkpoint
-from lightning_film.models.optim import adamw_warmup_cosine
+from lightning_film.errors import check_int
+from lightning_film.models.optim import adamw_warmup_cosine, check_schedule
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
@@ -71,10 +71,6 @@ def upgrade_state_dict(state: dict[str, Tensor]) -> list[str]:
         state[f"net.{key}"] = state.pop(key)
     return old
 
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"WorldModel: {name} must be an int >= {minimum}, got {value!r}")
 
 
 class WorldModel(LightningModule):
@@ -169,7 +165,7 @@ class WorldModel(LightningModule):
         for name, minimum in (("frame_size", 1), ("channels", 1), ("context_frames", 0), ("num_actions", 1),
                               ("patch_size", 1), ("sample_steps", 1), ("warmup_steps", 0), ("max_eval_samples", 0),
                               ("rollout_steps", 0), ("grid_windows", 0), ("kid_subset_size", 2), ("kid_subsets", 1)):  # fmt: skip
-            _check_int(name, locals()[name], minimum)
+            check_int(name, locals()[name], minimum, who="WorldModel")
         if frame_size % patch_size:
             raise ValueError(
                 f"WorldModel: frame_size={frame_size} is not divisible by patch_size={patch_size}; "
@@ -187,19 +183,14 @@ class WorldModel(LightningModule):
                 f"WorldModel: condition='none' always uses the null action, so cond_dropout={cond_dropout!r} and "
                 f"guidance_scale={guidance_scale!r} do not apply; leave them at 0 and 1"
             )
-        # `lr: .inf` is a float YAML accepts: without the finite test it trains to NaN weights and saves them
-        if not 0 < lr < math.inf or not 0 <= weight_decay < math.inf or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(
-                f"WorldModel: need finite lr > 0, finite weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
-                f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
-            )
+        check_schedule("WorldModel", lr, weight_decay, min_lr_ratio)
         self.save_hyperparameters()
         self.objective = build_objective(objective, prediction, train_timesteps, noise_shift)
         self.sampler = check_sampler(objective, sampler)
         if self.sampler == "ddim" and sample_steps > train_timesteps:
             raise ValueError(f"WorldModel: sample_steps={sample_steps} exceeds train_timesteps={train_timesteps}")
-        _check_int("cond_dim", dim if cond_dim is None else cond_dim, 1)
-        _check_int("rollout_windows", rollout_windows, 0)
+        check_int("cond_dim", dim if cond_dim is None else cond_dim, 1, who="WorldModel")
+        check_int("rollout_windows", rollout_windows, 0, who="WorldModel")
         self.net = WorldDenoiser(
             frame_size, channels, context_frames, num_actions, patch_size, dim, depth, num_heads, mlp_ratio,
             cond_dim, normalizer, conditioner, combine,

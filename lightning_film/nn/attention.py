@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_film.errors import check_int
+
 __all__ = ["SelfAttention", "CrossAttention", "KVCache", "check_heads"]
 
 
@@ -40,8 +42,7 @@ class KVCache:
     """
 
     def __init__(self, max_len: int) -> None:
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"KVCache: max_len must be an int >= 1, got {max_len!r}")
+        check_int("max_len", max_len, 1, who="KVCache")
         self.max_len, self.length = max_len, 0
         self.keys: torch.Tensor | None = None  # (B, H, max_len, Dh)
         self.values: torch.Tensor | None = None

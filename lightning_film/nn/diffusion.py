@@ -34,6 +34,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from lightning_film.errors import check_int
+
 __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
@@ -81,9 +83,7 @@ def _check_shift(shift: object) -> float:
 
 
 def _check_steps(steps: int, who: str, most: int | None = None) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (most is not None and steps > most):
-        bound = "" if most is None else f" and <= {most}"
-        raise ValueError(f"{who}: steps must be an int >= 1{bound}, got {steps!r}")
+    check_int("steps", steps, 1, most, who=who)
 
 
 def _expand(values: Tensor, like: Tensor) -> Tensor:

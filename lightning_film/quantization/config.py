@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lightning_film.errors import check_int
 from lightning_film.quantization.roles import ROLES
 
 __all__ = ["FORMATS", "PRESETS", "Scheme", "Target", "effective_group_size", "parse_roles"]
@@ -140,8 +141,7 @@ class Scheme:
     ) -> Scheme:
         if isinstance(spec, Scheme):
             return spec
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+        check_int("group_size", group_size, 1)
         roles = parse_roles(spec, target)
         if label is None:
             label = _label(spec, roles, target)

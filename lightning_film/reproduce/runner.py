@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_film.errors import UsageError
+from lightning_film.errors import UsageError, check_int
 from lightning_film.io import write_atomic
 
 __all__ = [
@@ -188,8 +188,7 @@ def execute_all(
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"run keys must be unique, got {keys}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    check_int("jobs", jobs, 1)
     for i, run in enumerate(runs):
         missing = [k for k in run.after if k not in keys[:i]]
         if missing:
