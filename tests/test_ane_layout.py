@@ -100,6 +100,8 @@ def test_byte_lm_equals_its_ane_layout(normalizer: str, conditioner: str) -> Non
     build = lambda: byte_lm(normalizer=normalizer, embed_conditioner=embed, block_conditioner=conditioner)  # noqa: E731
     if normalizer not in SUPPORTED_NORMALIZERS:
         return check_refused(build, "normalizer")
+    if conditioner not in SUPPORTED_CONDITIONERS:
+        return check_refused(build, "conditioner")
     model = build()
     assert max_diff(model) < TOL
     assert sensitivity(model) > SENSITIVE

@@ -60,6 +60,65 @@ def test_adaln_chunks_one_projection_and_adaln_zero_gates_at_zero():
     assert build_conditioner("adaln_zero", D, DC, site="final").gate_proj is None
 
 
+
+def _adaln_single_stack(depth: int = 3) -> Transformer:
+    torch.manual_seed(0)
+    stack = Transformer(D, depth, 2, DC, conditioner="adaln_single")
+    with torch.no_grad():  # off the zero init, so the projection and every table matter
+        for p in stack.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    return stack
+
+
+def test_adaln_single_projects_once_per_stack_and_each_site_adds_its_table():
+    stack = _adaln_single_stack()
+    sites = [c for b in stack.blocks for c in (b.cond1, b.cond2)]
+    assert all(c.modulation is None and c.table.shape == (3, D) for c in sites)  # tables only in the blocks
+    final = stack.final_cond
+    assert final.modulation[-1].out_features == 6 * D and isinstance(final.modulation[0], torch.nn.SiLU)
+    added = sum(p.numel() for p in stack.parameters()) - sum(
+        p.numel() for p in Transformer(D, 3, 2, DC, conditioner="none").parameters()
+    )
+    assert added == (DC + 1) * 6 * D + (2 * 3 * 3 + 2) * D  # one projection, a table per site
+    x, c = torch.randn(B, N, D), torch.randn(B, DC)
+    shared = final.modulation(c)[:, None]  # (B, 1, 6 D)
+    prepared = final.prepare(x, Conditioning(vector=c))
+    block = stack.blocks[0]
+    h = block.norm1(x)
+    # the attention site by hand: the shared chunks 0..2 plus its table's rows
+    shift, scale, gate = (shared[..., i * D : (i + 1) * D] + block.cond1.table[i] for i in range(3))
+    ours = block.cond1.gate(block.attn(block.cond1.modulate(h, prepared)), prepared)
+    torch.testing.assert_close(ours, gate * block.attn(h * (1 + scale) + shift))
+    # the MLP site reads chunks 3..5
+    shift, scale = (shared[..., i * D : (i + 1) * D] + block.cond2.table[i - 3] for i in (3, 4))
+    torch.testing.assert_close(block.cond2.modulate(h, prepared), h * (1 + scale) + shift)
+    calls: list[int] = []
+    final.modulation.register_forward_hook(lambda *_: calls.append(1))
+    stack(x, Conditioning(vector=c))
+    assert len(calls) == 1  # one projection for the whole stack, whatever its depth
+
+
+def test_adaln_single_blocks_start_as_the_identity_and_learn():
+    stack = Transformer(D, 2, 2, DC, conditioner="adaln_single")
+    x, c = torch.randn(B, N, D), Conditioning(vector=torch.randn(B, DC))
+    out = stack(x, c)
+    torch.testing.assert_close(out, stack.final_norm(x))  # every gate 0, final modulation 1, 0
+    out.square().mean().backward()
+    block = stack.blocks[0]
+    assert block.cond1.table.grad[2].abs().sum() > 0  # the gate row: learning starts at once
+    assert stack.final_cond.modulation[-1].weight.grad.abs().sum() > 0
+
+
+def test_adaln_single_outside_a_stack():
+    h, c = torch.randn(B, N, D), Conditioning(per_token=torch.randn(B, N, DC))
+    final = build_conditioner("adaln_single", D, DC, site="final")  # an embedding's: projects for itself
+    with torch.no_grad():
+        final.table.fill_(0.5)
+    torch.testing.assert_close(final.modulate(h, c), 1.5 * h + 0.5)
+    with pytest.raises(ValueError, match="adaln_single at site 'attn' reads the modulation its stack projects once"):
+        build_conditioner("adaln_single", D, DC).modulate(h, c)
+
+
 def test_zero_init_false_is_not_identity():
     film = build_conditioner("film", D, DC, zero_init=False)
     h = torch.randn(B, N, D)

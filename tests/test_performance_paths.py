@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import lightning_film.nn.transformer as transformer_module
-from lightning_film import Conditioning, Transformer, build_normalizer, list_conditioners
+from lightning_film import Conditioning, Transformer, build_conditioner, build_normalizer, list_conditioners
 from lightning_film.models import ByteLM
 from lightning_film.nn import observe_conditioning
 from lightning_film.nn.conditioners.base import ProjectedConditioner, modulate_affine
@@ -135,7 +135,8 @@ def test_modulate_affine_equals_addcmul(per_token, with_shift):
 
 
 # -- batched projections ----------------------------------------------------------------------------
-PROJECTING = [n for n in list_conditioners() if n not in ("none", "concat", "cross_attention")]
+# the conditioners whose per-site projections join the batched matmul (adaln_single projects once per stack)
+PROJECTING = [n for n in list_conditioners() if isinstance(build_conditioner(n, D, DC), ProjectedConditioner)]
 
 
 def _pair(conditioner, **options) -> tuple[Transformer, Transformer]:

@@ -6,7 +6,7 @@ Legend: B batch, N tokens of the sequence, M conditioning tokens, Dc conditionin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -26,12 +26,15 @@ class Conditioning:
         per_token: (B, N, Dc) one vector per sequence position (the byte model's nibbles).
         tokens: (B, M, Dc) conditioning tokens for ``concat`` and ``cross_attention``.
         mask: (B, M) bool, True where a conditioning token is real (False = padding).
+        shared: tensors a stack's conditioner computed once for every site of one forward
+            (``Conditioner.prepare``), by name; empty as given by a model.
     """
 
     vector: torch.Tensor | None = None
     per_token: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, rank in (("vector", 2), ("per_token", 3), ("tokens", 3), ("mask", 2)):

@@ -144,6 +144,8 @@ class Transformer(nn.Module):
         stack = self.final_cond
         if cache is not None:
             self._check_cache(cache)
+        if not stack.ablated:
+            cond = stack.prepare(x, cond)  # what the stack computes once for all its sites
         # every site's projections of the signal in one matmul (read back by the hooks)
         filled = precompute_projections(self._sites(), cond, x)
         try:

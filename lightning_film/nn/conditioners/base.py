@@ -2,8 +2,11 @@
 
 A conditioner sits at one *site*: before the attention branch (``"attn"``), before the
 MLP branch (``"mlp"``) or before the output head (``"final"``; this instance also owns
-the stack-level hooks). It may override any of five hooks, each the identity by default:
+the stack-level hooks and any part built once per stack). It may override any of six
+hooks, each the identity by default:
 
+- ``prepare(x, cond) -> cond``: once per stack forward, before the blocks, on the final
+  site only: what every site then reads from ``cond.shared`` (adaLN-single's one projection);
 - ``enter(x, cond) -> (x, key_mask)`` / ``exit(x, cond) -> x``: change the sequence
   before and after the stack (in-context tokens); called on the final site only;
 - ``modulate(h, cond) -> h``: the normalized input of a branch (FiLM, AdaLN, ...);
@@ -67,6 +70,10 @@ class Conditioner(nn.Module):
         self._precomputed: tuple[Conditioning, dict[str, torch.Tensor]] | None = None
 
     # -- hooks (identity defaults) ------------------------------------------------------
+    def prepare(self, x: torch.Tensor, cond: Conditioning) -> Conditioning:
+        """x: (B, N, D) the stack's input -> the conditioning every site of this forward reads."""
+        return cond
+
     def enter(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, N, D) -> (B, S, D) and a key mask (B, S) bool or None."""
         return x, None
