@@ -49,6 +49,7 @@ from lightning_film.models.optim import adamw_warmup_cosine
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
+from lightning_film.nn.diffusion import drawn_on
 from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
 from lightning_film.nn.transformer import TransformerCache
 from lightning_film.registry import Spec
@@ -270,10 +271,11 @@ class ByteLM(LightningModule):
         return self.transformer.new_cache(self.hparams.seq_len)
 
     def nll(self, batch: dict[str, Tensor]) -> Tensor:
-        """A ByteDataModule batch -> (B, N) nats of each target (padding included; mask it)."""
+        """A ByteDataModule batch -> (B, N) fp32 nats of each target (padding included; mask it)."""
         inputs, targets = batch["bytes"][:, :-1], batch["bytes"][:, 1:]  # (B, N), (B, N)
-        logits = self(inputs, batch.get("nibbles"), batch.get("acc"))  # (B, N, V)
-        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, N)
+        logits = self(inputs, batch.get("nibbles"), batch.get("acc"))  # (B, N, V), bf16 under bf16-mixed
+        # log-softmax over 256 values in fp32: bf16 logits would cost the loss (and bpb) its low bits
+        return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, N)
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -438,7 +440,8 @@ class ByteLM(LightningModule):
                     if top_k is not None and top_k < logits.numel():
                         kth = torch.topk(logits, top_k).values[-1]
                         logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = torch.softmax(logits, dim=-1).cpu()
+                    # drawn where the generator lives (the CPU without one): a CUDA generator samples on its GPU
+                    probs = torch.softmax(logits, dim=-1).to(drawn_on(generator))
                     nxt = int(torch.multinomial(probs, 1, generator=generator))
                 stream.extend(bytes([nxt]))
         finally:
