@@ -265,11 +265,22 @@ def test_cuda_models_take_cpu_and_cuda_generators() -> None:  # pragma: no cover
 # -- through Lightning's precision plugin ---------------------------------------------------------------
 def bf16_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
     kwargs = {"max_steps": 2, "val_check_interval": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
-              "limit_val_batches": 1, "limit_test_batches": 1, **kwargs}  # fmt: skip
+              "limit_val_batches": 1, "limit_test_batches": 1, "gradient_clip_val": 1.0, **kwargs}  # fmt: skip
     return L.Trainer(
         accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, **kwargs,
     )  # fmt: skip
+
+
+class GradNorm(L.Callback):
+    """The total gradient norm after each step's clipping (gradients are zeroed only at the next step)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        grads = [p.grad.norm() for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.stack(grads).norm()))
 
 
 def autocast_seen(model: torch.nn.Module) -> list[torch.dtype]:
@@ -291,9 +302,13 @@ def test_byte_lm_fits_tests_and_generates_in_bf16_mixed(tmp_path: Path) -> None:
     dm = ByteDataModule([str(src)], seq_len=16, batch_size=8, split_blocks=10, val_fraction=0.1, test_fraction=0.1)
     m = ByteLM(**BYTE)
     dtypes = autocast_seen(m)
-    trainer = bf16_trainer(tmp_path)
+    # the configs clip gradients; Lightning's bf16 plugin would refuse to with our fused AdamW
+    grad_norm = GradNorm()
+    trainer = bf16_trainer(tmp_path, gradient_clip_val=1e-3, callbacks=[grad_norm])
     trainer.fit(m, dm)
     assert trainer.precision == "bf16-mixed" and dtypes and set(dtypes) == {BF16}
+    assert m.optimizers().optimizer.defaults["fused"] and len(grad_norm.norms) == 2
+    assert all(0 < n <= 1e-3 * 1.01 for n in grad_norm.norms), grad_norm.norms  # clipped
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for key in ("train/loss", "val/bpb"):
         assert key in logged and math.isfinite(logged[key]), key

@@ -45,7 +45,7 @@ from torchmetrics import Metric
 from lightning_film.checkpoints import check_weights_fit
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
-from lightning_film.models.optim import adamw_warmup_cosine
+from lightning_film.models.optim import adamw_warmup_cosine, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
@@ -383,6 +383,9 @@ class ByteLM(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # bf16-mixed with fused AdamW too
 
     def configure_optimizers(self) -> dict:
         no_decay = [p for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()]

@@ -39,7 +39,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.checkpoints import check_weights_fit, read_checkpoint
-from lightning_film.models.optim import adamw_warmup_cosine
+from lightning_film.models.optim import adamw_warmup_cosine, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
@@ -559,6 +559,9 @@ class WorldModel(LightningModule):
             rank_zero_info(
                 f"WorldModel test: {time.perf_counter() - self._test_start:.1f} s ({timings}); sample sheets: {root}"
             )
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # bf16-mixed with fused AdamW too
 
     def configure_optimizers(self) -> dict:
         return adamw_warmup_cosine(self, self.net.action_embed.parameters(), betas=(0.9, 0.99))
