@@ -345,3 +345,12 @@ def test_world_model_fits_and_tests_in_bf16_mixed(tmp_path: Path, monkeypatch: p
     assert kid_inner and set(kid_inner) == {torch.float32}  # ... and KID's network did not
     for key in ("test/loss", "test/psnr", "test/kid_mean", "test/x0_psnr", "test/rollout_psnr"):
         assert key in test and math.isfinite(test[key]), key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_gpu_smoke_refuses_in_one_line_without_cuda(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.gpu_smoke import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device" in err
