@@ -292,7 +292,9 @@ def export_coreml(
     target = check_target(ct, deployment_target, scheme)
     out = check_output(out)
     _check_report_slot(out)
-    with _quiet_progress():
+    # the exported graph is the fp32 model, whatever precision context the caller trains under
+    # (a bf16 autocast would trace bf16 casts into it); the example inputs are made on the CPU
+    with _quiet_progress(), torch.autocast("cpu", enabled=False):
         return _export_coreml(ct, model, out, scheme, target, deployment_target, batch_size, seq_len, source, layout)
 
 
@@ -317,7 +319,9 @@ def _export_coreml(
     ct: Any, model: nn.Module, out: Path, scheme: Scheme, target: Any, deployment_target: str, batch_size: int,
     seq_len: int | None, source: str | None, layout: str = "default",
 ) -> dict[str, Any]:
-    work = copy.deepcopy(model).eval()
+    # a model trained on a GPU is exported from a CPU copy: the example inputs, the check against
+    # the exported program and coremltools all run on the CPU
+    work = copy.deepcopy(model).cpu().eval()
     if _torchao_quantized(work) and scheme.quantized_roles:
         raise ExportError("this model is already quantized by torchao; export it with weights='fp16' (its weights stay as they are)")
     if any(type(m).__module__.startswith("torchao.quantization.qat") for m in work.modules()):

@@ -120,9 +120,13 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, imgs: Tensor) -> Tensor:
+        """imgs: (N, 3, H, W) -> (N, F) fp32 features, computed in fp32 even inside autocast."""
         self.check(imgs)
         net = self.network(imgs.device)
-        chunks = [self.embed(net, c.float()).float() for c in imgs.split(self.batch_size)]
+        # the features are a fixed reference (Inception is tested to 1e-4 against its package's
+        # path): a test step under Lightning's bf16-mixed must not run the network in bf16
+        with torch.autocast(imgs.device.type, enabled=False):
+            chunks = [self.embed(net, c.float()).float() for c in imgs.split(self.batch_size)]
         return torch.cat(chunks) if chunks else imgs.new_zeros(0, self.num_features, dtype=torch.float32)
 
     def extra_repr(self) -> str:

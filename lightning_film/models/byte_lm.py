@@ -46,10 +46,11 @@ from lightning_film.checkpoints import check_weights_fit
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.errors import check_int
-from lightning_film.models.optim import adamw_warmup_cosine, check_schedule
+from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
+from lightning_film.nn.diffusion import drawn_on
 from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
 from lightning_film.nn.transformer import TransformerCache
 from lightning_film.registry import Spec
@@ -266,10 +267,11 @@ class ByteLM(LightningModule):
         return self.transformer.new_cache(self.hparams.seq_len)
 
     def nll(self, batch: dict[str, Tensor]) -> Tensor:
-        """A ByteDataModule batch -> (B, N) nats of each target (padding included; mask it)."""
+        """A ByteDataModule batch -> (B, N) fp32 nats of each target (padding included; mask it)."""
         inputs, targets = batch["bytes"][:, :-1], batch["bytes"][:, 1:]  # (B, N), (B, N)
-        logits = self(inputs, batch.get("nibbles"), batch.get("acc"))  # (B, N, V)
-        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, N)
+        logits = self(inputs, batch.get("nibbles"), batch.get("acc"))  # (B, N, V), bf16 under bf16-mixed
+        # log-softmax over 256 values in fp32: bf16 logits would cost the loss (and bpb) its low bits
+        return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, N)
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -378,6 +380,9 @@ class ByteLM(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # bf16-mixed with fused AdamW too
+
     def configure_optimizers(self) -> dict:
         no_decay = [p for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()]
         return adamw_warmup_cosine(self, no_decay + ([self.pos] if self.pos is not None else []), betas=(0.9, 0.95))
@@ -434,7 +439,8 @@ class ByteLM(LightningModule):
                     if top_k is not None and top_k < logits.numel():
                         kth = torch.topk(logits, top_k).values[-1]
                         logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = torch.softmax(logits, dim=-1).cpu()
+                    # drawn where the generator lives (the CPU without one): a CUDA generator samples on its GPU
+                    probs = torch.softmax(logits, dim=-1).to(drawn_on(generator))
                     nxt = int(torch.multinomial(probs, 1, generator=generator))
                 stream.extend(bytes([nxt]))
         finally:

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-__all__ = ["adamw_warmup_cosine", "check_schedule"]
+__all__ = ["adamw_warmup_cosine", "check_schedule", "clip_gradients"]
 
 
 def check_schedule(who: str, lr: float, weight_decay: float, min_lr_ratio: float) -> None:
@@ -21,6 +21,30 @@ def check_schedule(who: str, lr: float, weight_decay: float, min_lr_ratio: float
             f"{who}: need finite lr > 0, finite weight_decay >= 0 and 0 <= min_lr_ratio <= 1; "
             f"got lr={lr!r}, weight_decay={weight_decay!r}, min_lr_ratio={min_lr_ratio!r}"
         )
+
+
+def clip_gradients(
+    module: LightningModule,
+    optimizer: torch.optim.Optimizer,
+    gradient_clip_val: float | None = None,
+    gradient_clip_algorithm: str | None = None,
+) -> None:
+    """``configure_gradient_clipping`` for both models: Lightning's, also under ``bf16-mixed``.
+
+    Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales its own
+    gradients (our fused AdamW): fp16's GradScaler would hand it scaled gradients. bf16-mixed has
+    no scaler, so the gradients are the true ones and plain clipping (the base plugin's) is right.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.utilities import GradClipAlgorithmType
+
+    plugin = module.trainer.precision_plugin
+    if not (isinstance(plugin, MixedPrecision) and plugin.scaler is None):
+        module.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        return
+    val = module.trainer.gradient_clip_val if gradient_clip_val is None else gradient_clip_val
+    algorithm = gradient_clip_algorithm or module.trainer.gradient_clip_algorithm or "norm"
+    Precision.clip_gradients(plugin, optimizer, float(val or 0.0), GradClipAlgorithmType(algorithm))
 
 
 def adamw_warmup_cosine(

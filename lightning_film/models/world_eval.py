@@ -48,6 +48,7 @@ from lightning_film.data.worlds import World, agent_matches, build_world
 from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
 from lightning_film.models.world_net import to_uint8, to_unit
 from lightning_film.models.world_render import frame_grid, label_columns
+from lightning_film.nn.diffusion import drawn_on
 
 if TYPE_CHECKING:
     from lightning_film.models.world_model import WorldModel
@@ -72,7 +73,7 @@ def _rgb(frames: Tensor) -> Tensor:
 
 def _twin(generator: torch.Generator) -> torch.Generator:
     """A generator in the same state: a second action sampled from the same noise."""
-    twin = torch.Generator()
+    twin = torch.Generator(device=generator.device)  # a state fits a generator of its own device
     twin.set_state(generator.get_state())
     return twin
 
@@ -192,7 +193,9 @@ class WorldEvaluator(nn.Module):
             self.scores[name].update(frames.float(), truth.float())
             self.scores[name.replace("psnr", "ssim")].update(frames.float(), truth.float())
         start = time.perf_counter()
-        noise = torch.stack([torch.randn(target.shape[1:], generator=g) for g in generators]).to(fake.device)
+        noise = torch.stack([torch.randn(target.shape[1:], generator=g, device=drawn_on(g)) for g in generators]).to(
+            fake.device
+        )
         x0 = model.predict_x0(
             torch.cat([noise, noise]),
             model.noisiest_time(2 * n),
@@ -234,7 +237,9 @@ class WorldEvaluator(nn.Module):
         if total >= 2:
             start = time.perf_counter()
             rank_zero_info(f"WorldEvaluator: KID of {total} sampled frames against the true ones ...")
-            real = _rgb(torch.cat(self.real)) if self.real else None
+            # embedded where the samples were (the metric's device), not on the CPU where they are kept:
+            # on a GPU, a CPU Inception pass would also move the network back and forth each test
+            real = _rgb(torch.cat(self.real)).to(self.count.device) if self.real else None
             if real is not None:
                 features = real_features(self.kid.inception, real, dataset_key, "test")
                 self.kid.real_features.append(features.to(self.count.device))

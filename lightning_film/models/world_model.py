@@ -39,13 +39,20 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.checkpoints import check_weights_fit, read_checkpoint
 from lightning_film.errors import check_int
-from lightning_film.models.optim import adamw_warmup_cosine, check_schedule
+from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
 from lightning_film.models.world_render import save_png
 from lightning_film.nn.conditioning import Combine
-from lightning_film.nn.diffusion import ObjectiveName, Prediction, SamplerName, build_objective, check_sampler
+from lightning_film.nn.diffusion import (
+    ObjectiveName,
+    Prediction,
+    SamplerName,
+    build_objective,
+    check_sampler,
+    drawn_on,
+)
 from lightning_film.registry import Spec
 
 __all__ = ["WorldDenoiser", "WorldModel", "sincos_2d", "to_uint8", "to_unit", "upgrade_state_dict"]
@@ -212,8 +219,11 @@ class WorldModel(LightningModule):
     # -- the network ----------------------------------------------------------------------------
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
         """x_t: (B, C, H, W) noisy frame, t: (B,) in the objective's unit, context: (B, K, C, H, W)
-        in [-1, 1], action: (B,) long in 0..A (A = null) -> (B, C, H, W) the objective's prediction."""
-        return self.net(x_t, self.objective.model_time(t), context, action)
+        in [-1, 1], action: (B,) long in 0..A (A = null) -> (B, C, H, W) the objective's prediction, fp32.
+
+        Under mixed precision the network's head gives bf16; the prediction leaves it here, so the
+        loss, the guidance and the sampler's x0/eps arithmetic are fp32 (one frame per sample: cheap)."""
+        return self.net(x_t, self.objective.model_time(t), context, action).float()
 
     def guided(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor, scale: float | None = None) -> Tensor:
         """The prediction with classifier-free guidance ``uncond + s (cond - uncond)`` on every
@@ -264,8 +274,8 @@ class WorldModel(LightningModule):
     ) -> Tensor:
         """Sample next frames: context (B, K, C, H, W) uint8, action (B,) -> (B, C, H, W) uint8.
 
-        ``steps``/``guidance_scale`` default to the model's; ``generator`` (CPU; or one per
-        window) seeds the noise.
+        ``steps``/``guidance_scale`` default to the model's; ``generator`` (or one per
+        window, on any device: the noise is drawn there) seeds the noise.
         The null action (index ``num_actions``) samples unconditionally.
         """
         if context.dtype != torch.uint8:
@@ -274,9 +284,11 @@ class WorldModel(LightningModule):
         ctx = to_unit(context.to(self.device))  # (B, K, C, H, W)
         shape = (ctx.shape[0], self.hparams.channels, self.hparams.frame_size, self.hparams.frame_size)
         if isinstance(generator, list):
-            noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(self.device)
+            noise = torch.stack([torch.randn(shape[1:], generator=g, device=drawn_on(g)) for g in generator]).to(
+                self.device
+            )
         else:
-            noise = torch.randn(shape, generator=generator).to(self.device)  # (B, C, H, W)
+            noise = torch.randn(shape, generator=generator, device=drawn_on(generator)).to(self.device)  # (B, C, H, W)
         was_training = self.training
         self.eval()
         try:
@@ -444,14 +456,19 @@ class WorldModel(LightningModule):
         x0, ctx = to_unit(target), to_unit(context)
         if isinstance(generator, list):  # per window: (t, noise) drawn from each one in turn
             t = torch.cat([self.objective.sample_time(1, x0.device, g) for g in generator])
-            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generator]).to(x0.device)
-            drop = torch.cat([torch.rand(1, generator=g) for g in generator]).to(action.device) < dropout
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g, device=drawn_on(g)) for g in generator]).to(
+                x0.device
+            )
+            drop = (
+                torch.cat([torch.rand(1, generator=g, device=drawn_on(g)) for g in generator]).to(action.device)
+                < dropout
+            )
         else:
             rank, world = share
             n, rows = x0.shape[0] * world, slice(rank, None, world)
             t = self.objective.sample_time(n, x0.device, generator)[rows]
-            noise = torch.randn((n, *x0.shape[1:]), generator=generator)[rows].to(x0.device)
-            drop = torch.rand(n, generator=generator)[rows].to(action.device) < dropout
+            noise = torch.randn((n, *x0.shape[1:]), generator=generator, device=drawn_on(generator))[rows].to(x0.device)
+            drop = torch.rand(n, generator=generator, device=drawn_on(generator))[rows].to(action.device) < dropout
         action = torch.where(drop, torch.full_like(action, self.null_action), action)
         x_t = self.objective.add_noise(x0, noise, t)
         return self.objective.loss(self(x_t, t, ctx, action), x0, noise, t)
@@ -533,6 +550,9 @@ class WorldModel(LightningModule):
             rank_zero_info(
                 f"WorldModel test: {time.perf_counter() - self._test_start:.1f} s ({timings}); sample sheets: {root}"
             )
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # bf16-mixed with fused AdamW too
 
     def configure_optimizers(self) -> dict:
         return adamw_warmup_cosine(self, self.net.action_embed.parameters(), betas=(0.9, 0.99))

@@ -49,6 +49,7 @@ __all__ = [
     "build_objective",
     "check_sampler",
     "cosine_alpha_bar",
+    "drawn_on",
     "timestep_embedding",
 ]
 
@@ -76,6 +77,13 @@ def check_sampler(objective: str, sampler: str | None) -> str:
     return sampler
 
 
+def drawn_on(generator: torch.Generator | None) -> torch.device:
+    """Where random numbers from ``generator`` are drawn: on its own device (a CUDA generator
+    cannot fill a CPU tensor), on the CPU without one. The models seed CPU generators and move
+    the draws, so a window gets the same noise on any accelerator."""
+    return torch.device("cpu") if generator is None else generator.device
+
+
 def _check_shift(shift: object) -> float:
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 1.0 <= shift < float("inf"):
         raise ValueError(f"noise shift must be a number >= 1 (1: the plain schedule), got {shift!r}")
@@ -86,9 +94,19 @@ def _check_steps(steps: int, who: str, most: int | None = None) -> None:
     check_int("steps", steps, 1, most, who=who)
 
 
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for bf16/fp16/fp32, fp64 stays fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _expand(values: Tensor, like: Tensor) -> Tensor:
-    """(B,) -> (B, 1, ..., 1) broadcastable against ``like`` (B, *)."""
-    return values.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+    """(B,) -> (B, 1, ..., 1) broadcastable against ``like`` (B, *), in fp32 at least.
+
+    Never narrower than fp32: under mixed precision a bf16 ``like`` (a network's prediction) must not
+    round the schedule (sqrt(1 - abar) near 1, sqrt(abar) near 0 keep 8 bits in bf16), and the
+    product with it is then fp32 too, so x0/eps conversions and the sampler's steps stay fp32.
+    """
+    return values.reshape(-1, *([1] * (like.dim() - 1))).to(_at_least_fp32(like.dtype))
 
 
 def cosine_alpha_bar(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -147,7 +165,7 @@ class Objective(nn.Module):
     def sample_time(
         self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
     ) -> Tensor:
-        """(n,) training times, uniform over the objective's range (drawn on the CPU generator)."""
+        """(n,) training times, uniform over the objective's range (drawn on ``generator``'s device, :func:`drawn_on`)."""
         raise NotImplementedError
 
     def model_time(self, t: Tensor) -> Tensor:
@@ -171,7 +189,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def loss(self, pred: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """Mean squared error of the prediction (B, *) to :meth:`target`: a scalar."""
+        """Mean squared error of the prediction (B, *) to :meth:`target`: an fp32 scalar (also under autocast)."""
         return torch.mean((pred.float() - self.target(x0, noise, t).float()) ** 2)
 
     def sample(
@@ -213,12 +231,12 @@ class Diffusion(Objective):
         self.register_buffer("alpha_bar", alpha_bar, persistent=False)
 
     def _levels(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """sqrt(abar_t), sqrt(1 - abar_t) as (B, 1, ...) in ``like``'s dtype."""
+        """sqrt(abar_t), sqrt(1 - abar_t) as (B, 1, ...) in ``like``'s dtype, fp32 at least (from the float64 table)."""
         abar = self.alpha_bar.to(t.device)[t]
         return _expand(abar.sqrt(), like), _expand((1 - abar).sqrt(), like)
 
     def sample_time(self, n, device="cpu", generator=None):
-        return torch.randint(0, self.timesteps, (n,), generator=generator).to(device)
+        return torch.randint(0, self.timesteps, (n,), generator=generator, device=drawn_on(generator)).to(device)
 
     def model_time(self, t: Tensor) -> Tensor:
         return t.float()
@@ -258,7 +276,7 @@ class Diffusion(Objective):
         _check_steps(steps, "DDIM", self.timesteps)
         # evenly spaced, from the noisiest level down to t = 0; abar = 1 after the last step
         ts = torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long()
-        x = noise
+        x = noise.to(_at_least_fp32(noise.dtype))  # the sampler's state: fp32 even from bf16 noise
         for i, t in enumerate(ts.tolist()):
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             x0, eps = self.to_x0_eps(x, denoiser(x, tt), tt)
@@ -296,7 +314,7 @@ class Flow(Objective):
     time_scale = 1000.0
 
     def sample_time(self, n, device="cpu", generator=None):
-        return self.shifted(torch.rand(n, generator=generator)).to(device)
+        return self.shifted(torch.rand(n, generator=generator, device=drawn_on(generator))).to(device)
 
     def model_time(self, t: Tensor) -> Tensor:
         return t.float() * self.time_scale
@@ -323,10 +341,11 @@ class Flow(Objective):
         sampler = check_sampler("flow", sampler)
         _check_steps(steps, "flow sampler")
         grid = self.shifted(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)).tolist()
-        x = noise
+        x = noise.to(_at_least_fp32(noise.dtype))  # the sampler's state: fp32 even from bf16 noise
 
         def velocity(x: Tensor, t: float) -> Tensor:
-            tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+            # fp32 at least: a bf16 time would round t = 0.996 to 1.0 (module _expand)
+            tt = torch.full((x.shape[0],), t, dtype=_at_least_fp32(x.dtype), device=x.device)
             v = denoiser(x, tt)
             if clip is not None and t > 0:  # clamp the implied x0, keep the implied noise
                 x0 = self.to_x0(x, v, tt)

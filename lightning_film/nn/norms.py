@@ -2,6 +2,11 @@
 
 Every factory has the same shape: ``f(dim, eps=..., affine=True, **own_options)``,
 input and output ``(..., dim)``.
+
+Under mixed precision (``torch.autocast``, Lightning's ``bf16-mixed``) every normalizer computes in
+fp32 and returns the input's dtype: a bf16/fp16 input is upcast first (:func:`_fp32`), since a mean
+of squares summed in bf16 keeps 8 bits. The models' residual streams are already fp32 there (the
+sum of an fp32 embedding and bf16 branches), so this costs nothing on their path.
 """
 
 from __future__ import annotations
@@ -17,6 +22,16 @@ from lightning_film.registry import register_normalizer
 __all__ = ["LayerNorm", "RMSNorm", "DyT", "Identity", "rms_norm_reference"]
 
 
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 when it is a reduced-precision float (bf16, fp16); fp32/fp64 unchanged."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def _like(p: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A parameter in x's dtype (a bf16 model's weights meet its fp32-upcast input); no copy when equal."""
+    return None if p is None else p.to(x.dtype)
+
+
 def _check_dim(dim: int, who: str) -> None:
     if not isinstance(dim, int) or dim <= 0:
         raise ValueError(f"{who}: dim must be a positive int, got {dim!r}")
@@ -29,6 +44,11 @@ class LayerNorm(nn.LayerNorm):
     def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True) -> None:
         _check_dim(dim, "layernorm")
         super().__init__(dim, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., D) -> (..., D) in x's dtype; mean and variance in fp32 (module doc)."""
+        y = _fp32(x)
+        return F.layer_norm(y, self.normalized_shape, _like(self.weight, y), _like(self.bias, y), self.eps).to(x.dtype)
 
 
 #: RMSNorm implementations: ``auto`` picks the fastest exact one for the tensor, ``reference`` is the definition.
@@ -116,14 +136,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., D) -> (..., D)."""
+        """x: (..., D) -> (..., D) in x's dtype; the mean of squares in fp32 (module doc)."""
+        dtype, x = x.dtype, _fp32(x)
+        weight = _like(self.weight, x)
         if self.implementation == "reference":
-            return rms_norm_reference(x, self.weight, self.eps)
-        if not _fast_rms_applies(x) or (self.weight is not None and self.weight.dtype != x.dtype):
-            return F.rms_norm(x, (self.dim,), self.weight, self.eps)
-        if torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None and self.weight.requires_grad)):
-            return _RMSNormFunction.apply(x, self.weight, self.eps)
-        return _rms_forward(x, self.weight, self.eps)[0]
+            return rms_norm_reference(x, weight, self.eps).to(dtype)
+        if not _fast_rms_applies(x):
+            return F.rms_norm(x, (self.dim,), weight, self.eps).to(dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)):
+            return _RMSNormFunction.apply(x, weight, self.eps).to(dtype)
+        return _rms_forward(x, weight, self.eps)[0].to(dtype)
 
     def extra_repr(self) -> str:
         impl = "" if self.implementation == "auto" else f", implementation={self.implementation!r}"
@@ -146,11 +168,12 @@ class DyT(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., D) -> (..., D)."""
-        y = torch.tanh(self.alpha * x)
+        """x: (..., D) -> (..., D) in x's dtype; no statistics, but alpha x and tanh in fp32 (module doc)."""
+        y = _fp32(x)
+        y = torch.tanh(_like(self.alpha, y) * y)
         if self.weight is not None:
-            y = torch.addcmul(self.bias, y, self.weight)
-        return y
+            y = torch.addcmul(_like(self.bias, y), y, _like(self.weight, y))
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, affine={self.weight is not None}"
