@@ -24,16 +24,14 @@ import difflib
 import importlib
 import inspect
 import os
-import re
 import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -54,16 +52,15 @@ from lightning_film.checkpoints import (
     read_checkpoint,
     trusted_hyper_parameters,
 )  # fmt: skip
+from lightning_film.cli_inputs import check_config, check_paths
+from lightning_film.cli_messages import DEBUG_ENV, PROG, HelpFormatter, QuietParser, subcommand_description
 from lightning_film.errors import CommandParser, UsageError
-from lightning_film.io import folder_problem, yaml_problem
 from lightning_film.quiet import quiet_library_notices
 from lightning_film.registry import Registry, RegistryError
 from lightning_film.user_modules import IMPORTS_HELP, import_user_modules
 
 __all__ = ["EXTRA_COMMANDS", "FilmCLI", "UsageError", "main", "registries"]
 
-PROG = "lightning-film"
-DEBUG_ENV = "LIGHTNING_FILM_DEBUG"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -138,13 +135,6 @@ def _command(name: str) -> Callable[[list[str]], None]:
 
 
 # -- LightningCLI ----------------------------------------------------------------------------
-class _HelpFormatter(DefaultHelpFormatter):
-    """jsonargparse's formatter, but keeping the line breaks of the description and epilog."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "".join(indent + line for line in text.splitlines(keepends=True))
-
-
 def _epilog() -> str:
     width = max(len(name) for name in EXTRA_COMMANDS)
     lines = [f"  {name:<{width}}  {help_}" for name, (help_, _) in EXTRA_COMMANDS.items()]
@@ -153,127 +143,6 @@ def _epilog() -> str:
         + "\n".join(lines)
         + f"\n\nSet {DEBUG_ENV}=1 to see the traceback behind an error message."
     )
-
-
-class _QuietParser(LightningArgumentParser):
-    """On a parse error, one line naming the key, the bad value and what is accepted, instead of
-    jsonargparse's usage and its nested report of every Union branch it tried."""
-
-    def print_usage(self, file: Any = None) -> None:
-        pass
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
-            super().error(message, ex)  # jsonargparse is trying alternatives, or the user asked for it all
-        # main() prints it as `lightning-film: error: ...` and exits 2, like every other mistake
-        raise UsageError(f"{_one_line(message)} (see '{PROG} {self._subcommand_hint(ex)}{_help_for(message)}')") from ex
-
-    def _subcommand_hint(self, ex: Exception | None) -> str:
-        sub = getattr(getattr(ex, "subcommand_parser", None), "prog", "") or self.prog
-        sub = sub.replace(" [options]", "").removeprefix(PROG).strip()
-        return f"{sub} " if sub else ""
-
-
-def _help_for(message: str) -> str:
-    """``--model.help ByteLM`` when the mistake is in a model's or a DataModule's options (which
-    ``--help`` does not list: they depend on the class), else ``--help``."""
-    key = re.search(r'Parser key "(model|data)"', message)
-    owner = re.search(r"Problem with given class_path '([^']+)'", message)
-    if key and owner:
-        module, _, name = owner[1].rpartition(".")
-        shown = name if module.startswith("lightning_film.") else owner[1]
-        return f"--{key[1]}.help {shown}"
-    return "--help"
-
-
-def _subcommand_description(subcommand: str) -> str:
-    """What ``lightning-film fit --help`` says first: where the options it cannot list are."""
-    first = (inspect.getdoc(getattr(Trainer, subcommand)) or "").split("\n\n")[0]
-    rows = [
-        (f"{subcommand} --model.help ByteLM", "(or WorldModel, or your package.module.Class)"),
-        (f"{subcommand} --data.help ByteDataModule", "(or WorldDataModule)"),
-        (f"{subcommand} --config CONFIG --print_config", "every option of a config, with its value"),
-        ("list", "registered normalizers, conditioners, ..."),
-    ]
-    width = max(len(command) for command, _ in rows)
-    return (
-        f"{first}\n\nThe model's and the data's options depend on the class the config picks, so they are "
-        f"not listed here:\n"
-        + "".join(f"  {PROG} {command:<{width}}  {what}\n" for command, what in rows)
-        + "Your own modules (a conditioner registered by name, say) load with --imports MODULE or 'imports: [MODULE]'."
-    )
-
-
-#: jsonargparse report lines that say nothing about the mistake (the Union it tried, its types)
-_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
-          "Expected a <class 'NoneType'>", "Expected a dot import path string")  # fmt: skip
-
-
-#: the top-level keys of a LightningCLI config
-_SECTIONS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ckpt_path")
-
-
-def _one_line(message: str) -> str:
-    """jsonargparse's multi-line parse error as one line: ``model.dim: expected int, got 'abc'``.
-
-    Keeps the dotted key (``Parser key "model"`` then ``"dim"``) and the failing check of the branch
-    that matters (the class the user named, not ``NoneType``); an option a class does not take
-    lists the options it does take.
-    """
-    keys: list[str] = []
-    owner: str | None = None
-    leaves: list[str] = []
-    for raw in message.splitlines():
-        line = raw.strip().removeprefix("- ").strip()
-        if not line or line.startswith(_NOISE):
-            continue
-        if key := re.fullmatch(r'Parser key "([^"]+)":', line):
-            keys.append(key[1])
-        elif cls := re.fullmatch(r"Problem with given class_path '([^']+)':", line):
-            owner = cls[1]
-        else:
-            leaves.append(_leaf(line, owner))
-    where = ".".join(keys)
-    text = "; ".join(dict.fromkeys(leaves)) or " ".join(message.split())
-    return f"{where}: {text}" if where else text
-
-
-def _leaf(line: str, owner: str | None) -> str:
-    """One failing check, reworded to name the value and what is accepted."""
-    if found := re.fullmatch(r"Expected a (.+?)\. Got value: (.*)", line):
-        expected, value = found[1], found[2]
-        choices = re.fullmatch(r"typing\.Literal\[(.*)\]", expected)
-        kind = re.fullmatch(r"<class '(?:builtins\.)?([\w.]+)'>", expected)
-        accepted = f"one of {choices[1]}" if choices else (kind[1] if kind else expected)
-        return f"expected {accepted}, got {value!r}"
-    if found := re.fullmatch(r"Subcommand '(\w+)' does not accept option '([^']+)'", line):
-        top = found[2].split(".")[0]
-        close = difflib.get_close_matches(top, _SECTIONS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{found[2]!r} is not an option of {found[1]}{hint}; its sections: {', '.join(_SECTIONS)}"
-    if found := re.fullmatch(r"Option '([^']+)' is not accepted", line):
-        return _not_accepted(found[1], owner)
-    if found := re.fullmatch(r"Expected a path but (.+) either not accessible or invalid", line):
-        return (
-            f"cannot import class {found[1]!r}: give a class importable from here, by its name if lightning_film "
-            f"defines it (ByteLM, WorldModel, ByteDataModule, WorldDataModule) or as package.module.Class"
-        )
-    return line
-
-
-def _not_accepted(option: str, owner: str | None) -> str:
-    """``'dimm' is not accepted by ByteLM (did you mean 'dim'?); accepted: dim, depth, ...``."""
-    if owner is None:
-        return f"{option!r} is not accepted"
-    module, _, name = owner.rpartition(".")
-    try:
-        params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return f"{option!r} is not accepted by {name}"
-    params = [p for p in params if p not in ("self", "args", "kwargs")]
-    close = difflib.get_close_matches(option, params, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{option!r} is not accepted by {name}{hint}; accepted: {', '.join(params)}"
 
 
 class FilmCLI(LightningCLI):
@@ -286,7 +155,7 @@ class FilmCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._cli_model_keys = _cli_model_keys(args)
         super().parse_arguments(parser, args)
-        _check_config(self.config)
+        check_config(self.config)
 
     def before_instantiate_classes(self) -> None:
         # the model's __init__ reads the registries: the user's registrations must be in by then
@@ -379,7 +248,7 @@ _TRAINER_NAMES = ("last", "best", "hpc")
 
 def run_lightning_cli(args: list[str]) -> LightningCLI:
     """Build and run LightningCLI on ``args`` (``fit --config ...`` and so on)."""
-    _check_paths(args)
+    check_paths(args)
     with warnings.catch_warnings():
         # main() always passes args explicitly; LightningCLI warns about that whenever
         # sys.argv is non-empty too (e.g. under pytest), which is noise here.
@@ -390,103 +259,24 @@ def run_lightning_cli(args: list[str]) -> LightningCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            parser_class=_QuietParser,
+            parser_class=QuietParser,
             parser_kwargs={
                 "prog": PROG,
                 "description": "Train, evaluate and compare conditioned transformers (LightningCLI).",
                 "epilog": _epilog(),
-                "formatter_class": _HelpFormatter,
+                "formatter_class": HelpFormatter,
                 **{
                     sub: {
                         # argparse's usage lists every Trainer option (~90 lines) before the description
                         "usage": f"{PROG} {sub} [-h] [-c CONFIG] [--imports MODULE] [--SECTION.OPTION VALUE ...]",
-                        "description": _subcommand_description(sub),
-                        "formatter_class": _HelpFormatter,
+                        "description": subcommand_description(sub),
+                        "formatter_class": HelpFormatter,
                     }
                     for sub in LightningCLI.subcommands()
                 },
             },
             args=args,
         )
-
-
-def _check_paths(args: list[str]) -> None:
-    """A missing config or checkpoint file as one line, not a full usage or a traceback.
-
-    Only values that must be local files are checked: ``--config`` also takes inline YAML,
-    and ``--ckpt_path`` takes ``last``/``best`` and remote URLs.
-    """
-    for i, arg in enumerate(args):
-        option, has_value, value = arg.partition("=")
-        if not has_value:
-            value = args[i + 1] if i + 1 < len(args) else ""
-        if option.startswith("-"):
-            _check_inline_yaml(option, value)
-        if option in ("-c", "--config"):
-            what, is_path = "config file", value.lower().endswith((".yaml", ".yml", ".json"))
-        elif option == "--ckpt_path":
-            what, is_path = "checkpoint", value.endswith(".ckpt") and "://" not in value
-        else:
-            continue
-        if is_path and not Path(value).exists():
-            raise UsageError(f"{what} {value!r} does not exist (relative paths start at {os.getcwd()})")
-        if is_path and what == "config file" and not Path(value).is_file():  # a FIFO would hang the reader
-            raise UsageError(f"{what} {value!r} is not a regular file (a folder, FIFO or device)")
-        if is_path and what == "config file":
-            _check_yaml(value)
-
-
-def _check_inline_yaml(option: str, value: str) -> None:
-    """An option's value is YAML to jsonargparse (``--config`` inline, ``--trainer.callbacks '[...]'``):
-    the same bounds as a config file (aliases that expand past the limit, keys given twice)."""
-    if any(c in value for c in "&*{[:\n"):
-        problem = yaml_problem(value)
-        if problem:
-            raise UsageError(f"the value of {option} is refused: {problem}")
-
-
-def _check_yaml(path: str) -> None:
-    """A config that is not valid YAML, named with the line of the problem (jsonargparse names
-    neither the file nor the line)."""
-    import yaml
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        problem = yaml_problem(text)
-        if problem:
-            raise UsageError(f"config file {path!r} is refused: {problem}")
-        yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"config file {path!r} cannot be read: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UsageError(f"config file {path!r} is not valid YAML: {problem}{at}") from None
-
-
-def _check_config(config: Any) -> None:
-    """What a parsed config names on disk, checked before anything is built or trained.
-
-    ``model.init_from``: a readable checkpoint (weights only); ``--ckpt_path`` is checked next, where
-    LightningCLI reads it (:meth:`FilmCLI._parse_ckpt_path`). And ``trainer.default_root_dir`` must
-    be a folder that can be created.
-    """
-    subcommand = config.get("subcommand")
-    section = config.get(subcommand) if subcommand else None
-    if section is None:
-        return
-    trainer = section.get("trainer")
-    root = trainer.get("default_root_dir") if hasattr(trainer, "get") else None
-    if isinstance(root, (str, os.PathLike)) and "://" not in str(root):
-        problem = folder_problem(root)
-        if problem:
-            raise UsageError(f"trainer.default_root_dir {str(root)!r} cannot be written: {problem}")
-    model = section.get("model")
-    init_args = model.get("init_args") if hasattr(model, "get") else None
-    init_from = init_args.get("init_from") if hasattr(init_args, "get") else None
-    if isinstance(init_from, (str, os.PathLike)) and init_from:
-        read_checkpoint(init_from, "init_from checkpoint", lightning=False)
 
 
 # -- errors ----------------------------------------------------------------------------------
