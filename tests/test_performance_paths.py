@@ -15,7 +15,8 @@ import lightning_film.nn.transformer as transformer_module
 from lightning_film import Conditioning, Transformer, build_conditioner, build_normalizer, list_conditioners
 from lightning_film.models import ByteLM
 from lightning_film.nn import observe_conditioning
-from lightning_film.nn.conditioners.base import ProjectedConditioner, modulate_affine
+from lightning_film.nn.conditioners.base import ProjectedConditioner
+from lightning_film.nn.conditioners.fast import modulate_affine
 from lightning_film.nn.mlp import gelu_tanh
 from lightning_film.nn.norms import _RMSNormFunction, rms_norm_reference
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from lightning_film.nn.attention import KVCache, SelfAttention
-from lightning_film.nn.conditioners.base import Conditioner, precompute_projections
+from lightning_film.nn.conditioners.base import Conditioner
+from lightning_film.nn.conditioners.fast import precompute_projections
 from lightning_film.nn.conditioning import Conditioning
 from lightning_film.nn.mlp import MLP
 from lightning_film.registry import Spec, build_conditioner, build_normalizer

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_film.nn.conditioners.base import ProjectedConditioner, modulate_affine
+from lightning_film.nn.conditioners.base import ProjectedConditioner
+from lightning_film.nn.conditioners.fast import modulate_affine
 from lightning_film.nn.conditioning import Conditioning
 from lightning_film.registry import register_conditioner
 

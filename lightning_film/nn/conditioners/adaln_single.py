@@ -19,7 +19,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from lightning_film.nn.conditioners.base import Conditioner, Site, modulate_affine, projection
+from lightning_film.nn.conditioners.base import Conditioner, Site, projection
+from lightning_film.nn.conditioners.fast import modulate_affine
 from lightning_film.nn.conditioning import Conditioning
 from lightning_film.registry import register_conditioner
 
