@@ -66,20 +66,10 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 # -- extra commands --------------------------------------------------------------------------
 def registries() -> list[Registry]:
-    """Every :class:`Registry` in the loaded ``lightning_film`` modules, ``registry.py``'s first.
-
-    Found by looking, not by a hand-kept list, so a registry added anywhere in the package
-    (nibble schemes, say) shows up in ``lightning-film list`` by itself.
-    """
+    """Every :class:`Registry` there is once the package is loaded (``Registry.every``)."""
     import lightning_film  # noqa: F401  (fills the built-in registries)
 
-    names = ["lightning_film.registry"] + sorted(n for n in sys.modules if n.startswith("lightning_film."))
-    found: dict[int, Registry] = {}
-    for name in names:
-        for value in list(getattr(sys.modules.get(name), "__dict__", {}).values()):
-            if isinstance(value, Registry):
-                found.setdefault(id(value), value)
-    return list(found.values())
+    return Registry.every()
 
 
 def list_command(argv: list[str]) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import itertools
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -70,12 +72,23 @@ class Registry:
         plural: the plural of ``kind`` when it is not ``kind + "s"`` (``"corpora"``).
     """
 
+    #: every live registry by creation order (``Registry.every``), so ``lightning-film list`` sees a
+    #: registry wherever it is declared, ours or a plugin's, without a hand-kept list
+    _live: weakref.WeakValueDictionary[int, Registry] = weakref.WeakValueDictionary()
+    _created = itertools.count()
+
     def __init__(self, kind: str, group: str | None = None, plural: str | None = None) -> None:
+        Registry._live[next(Registry._created)] = self
         self.kind = kind
         self.plural = plural or f"{kind}s"
         self.group = group
         self._entries: dict[str, Entry] = {}
         self._plugins_loaded = group is None
+
+    @classmethod
+    def every(cls) -> list[Registry]:
+        """Every registry that exists, the first created first (ours: registry.py's, then by import)."""
+        return [cls._live[k] for k in sorted(cls._live.keys())]
 
     # -- filling -----------------------------------------------------------------
     def register(

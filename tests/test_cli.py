@@ -56,6 +56,20 @@ def test_list_prints_every_registered_name_with_its_doc(capsys: pytest.CaptureFi
     assert set(list_normalizers() + list_conditioners()) <= {line.split()[0] for line in lines if line}
 
 
+
+def test_list_shows_a_registry_declared_outside_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_film.registry import Registry
+
+    gadgets = Registry("gadget")  # as a plugin package would declare one
+    gadgets.add("sprocket", dict, doc="turns things")
+    main(["list", "gadgets"])
+    assert capsys.readouterr().out.splitlines() == ["gadgets:", "  sprocket  turns things"]
+    del gadgets
+    import gc
+
+    gc.collect()
+    assert "gadgets" not in {r.plural for r in registries()}  # gone with its last reference
+
 def test_list_one_kind_and_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
     main(["list", "normalizers"])
     names = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
