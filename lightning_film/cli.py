@@ -52,7 +52,13 @@ from lightning_film.checkpoints import (
     read_checkpoint,
     trusted_hyper_parameters,
 )  # fmt: skip
-from lightning_film.cli_inputs import check_config, check_paths
+from lightning_film.cli_inputs import (
+    SHARED_SETTINGS,
+    check_config,
+    check_paths,
+    check_shared_settings,
+    config_model_keys,
+)
 from lightning_film.cli_messages import DEBUG_ENV, PROG, HelpFormatter, QuietParser, subcommand_description
 from lightning_film.errors import CommandParser, UsageError
 from lightning_film.quiet import quiet_library_notices
@@ -141,11 +147,16 @@ class FilmCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--imports", type=list[str] | str, default=[], help=IMPORTS_HELP)
+        # said once, under data; a model and data class that both take one get the data's value
+        for name in SHARED_SETTINGS:
+            parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._cli_model_keys = _cli_model_keys(args)
         super().parse_arguments(parser, args)
         check_config(self.config)
+        if isinstance(args, (list, tuple)):
+            check_shared_settings(self.config, self._cli_model_keys | config_model_keys(list(args)))
 
     def before_instantiate_classes(self) -> None:
         # the model's __init__ reads the registries: the user's registrations must be in by then

@@ -11,7 +11,11 @@ from lightning_film.checkpoints import read_checkpoint
 from lightning_film.errors import UsageError
 from lightning_film.io import folder_problem, yaml_problem
 
-__all__ = ["check_config", "check_paths"]
+__all__ = ["SHARED_SETTINGS", "check_config", "check_paths", "check_shared_settings", "config_model_keys"]
+
+#: settings a model and its data must agree on: given once, under ``data``; the CLI links them to
+#: the model (``FilmCLI.add_arguments_to_parser``) when the data class takes them
+SHARED_SETTINGS = ("frame_size", "context_frames", "seq_len", "nibble_scheme")
 
 
 def check_paths(args: list[str]) -> None:
@@ -38,6 +42,45 @@ def check_paths(args: list[str]) -> None:
             raise UsageError(f"{what} {value!r} is not a regular file (a folder, FIFO or device)")
         if is_path and what == "config file":
             _check_yaml(value)
+
+
+def config_model_keys(args: list[str]) -> set[str]:
+    """The model settings the ``--config`` files name (``model.init_args.X`` or ``model.X``)."""
+    import yaml
+
+    keys: set[str] = set()
+    for i, arg in enumerate(args):
+        option, has_value, value = arg.partition("=")
+        value = value if has_value else (args[i + 1] if i + 1 < len(args) else "")
+        if option not in ("-c", "--config"):
+            continue
+        try:  # a file (checked by check_paths first) or inline YAML
+            text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+            model = (yaml.safe_load(text) or {}).get("model")
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            continue
+        if isinstance(model, dict):
+            init = model.get("init_args")
+            keys |= set(init) if isinstance(init, dict) else set()
+            keys |= {k for k in model if k not in ("class_path", "init_args", "dict_kwargs")}
+    return keys
+
+
+def check_shared_settings(config: Any, given: set[str]) -> None:
+    """A shared setting given under ``model`` would be replaced, silently, by the data's (the CLI
+    links it): one line saying where it goes instead. Only for data classes that take it."""
+    subcommand = config.get("subcommand")
+    section = config.get(subcommand) if subcommand else None
+    data = section.get("data") if section is not None else None
+    init = data.get("init_args") if hasattr(data, "get") else None
+    taken = set(vars(init)) if init is not None and hasattr(init, "__dict__") else set()
+    clash = [name for name in SHARED_SETTINGS if name in given and name in taken]
+    if clash:
+        moved = ", ".join(f"model.{n} -> data.{n}" for n in clash)
+        raise UsageError(
+            f"{', '.join(f'model.{n}' for n in clash)}: the model takes these from its data (the two must agree, so "
+            f"each is set once, under data); move them: {moved}"
+        )
 
 
 def _check_inline_yaml(option: str, value: str) -> None:

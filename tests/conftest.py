@@ -36,7 +36,6 @@ def tiny_cli_args(tmp_path: Path) -> list[str]:
         "trainer.logger": json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}),
         "model.dim": 16,
         "model.num_heads": 2,
-        "model.seq_len": 16,
         "data.seq_len": 16,
         "data.batch_size": 4,
         "data.val_windows": 8,

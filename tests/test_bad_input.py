@@ -39,7 +39,7 @@ TEXT = "To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωπ
 BYTE_TINY = {
     "trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1,
     "trainer.limit_test_batches": 1, "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
-    "trainer.logger": "false", "model.dim": 16, "model.depth": 1, "model.num_heads": 2, "model.seq_len": 16,
+    "trainer.logger": "false", "model.dim": 16, "model.depth": 1, "model.num_heads": 2,
     "model.nibble_dim": 8, "model.acc_dim": 4, "model.warmup_steps": 1, "data.seq_len": 16, "data.batch_size": 4,
     "data.split_blocks": 10, "data.train_windows_per_epoch": 8,
 }  # fmt: skip
@@ -47,7 +47,7 @@ BYTE_TINY = {
 WORLD_TINY = {
     "trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1,
     "trainer.limit_test_batches": 1, "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
-    "trainer.logger": "false", "model.frame_size": 16, "model.dim": 16, "model.depth": 1, "model.num_heads": 2,
+    "trainer.logger": "false", "model.dim": 16, "model.depth": 1, "model.num_heads": 2,
     "model.sample_steps": 2, "model.warmup_steps": 1, "model.kid_feature": "tiny", "model.kid_subset_size": 4,
     "model.kid_subsets": 2, "model.max_eval_samples": 4, "model.rollout_steps": 1, "data.episodes": 8,
     "data.episode_length": 6, "data.frame_size": 16, "data.val_episodes": 2, "data.test_episodes": 2,
@@ -57,7 +57,7 @@ WORLD_TINY = {
 EXAMPLE_TINY = {
     "trainer.max_steps": 2, "trainer.limit_val_batches": 1, "trainer.limit_test_batches": 1,
     "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false", "trainer.logger": "false",
-    "model.dim": 16, "model.num_heads": 2, "model.seq_len": 16, "data.seq_len": 16, "data.batch_size": 4,
+    "model.dim": 16, "model.num_heads": 2, "data.seq_len": 16, "data.batch_size": 4,
     "data.val_windows": 8,
 }  # fmt: skip
 #: the recording the data_dir rows damage: the settings of WORLD_TINY's data, 2 shards of 4 episodes
@@ -268,8 +268,11 @@ CASES: list[Case] = [
          ("unknown normalizer 'rmsnrom'", "did you mean 'rmsnorm'", "layernorm")),
     Case("byte-misspelled-conditioner", lambda e: e.byte("fit", "nibble_acc.yaml", "--model.embed_conditioner", "flim"),
          ("unknown conditioner 'flim'", "did you mean 'film'", "adaln_zero")),
-    Case("byte-misspelled-model-nibble-scheme", lambda e: e.byte("fit", "nibble.yaml", "--model.nibble_scheme", "utf9"),
-         ("unknown nibble scheme 'utf9'", "high_nibble", "utf8")),
+    Case("byte-model-setting-the-data-owns", lambda e: e.byte("fit", "nibble.yaml", "--model.nibble_scheme", "utf9"),
+         ("model.nibble_scheme", "set once, under data", "model.nibble_scheme -> data.nibble_scheme")),
+    Case("world-model-setting-the-data-owns-in-a-config",
+         lambda e: e.world("fit", "filmcond.yaml", "--config", "{model: {init_args: {frame_size: 16}}}"),
+         ("model.frame_size", "set once, under data", "model.frame_size -> data.frame_size")),
     Case("byte-misspelled-data-nibble-scheme", lambda e: e.byte("test", "nibble_acc.yaml", "--data.nibble_scheme",
          "utf-8"), ("unknown nibble scheme 'utf-8'", "did you mean 'utf8'")),
     Case("byte-misspelled-corpus", lambda e: e.byte("fit", "byte.yaml", "--data.sources", "[shakespear]"),
@@ -284,8 +287,6 @@ CASES: list[Case] = [
          f"[{e.folder('corpus')}]"), ("corpus'", "contains no files")),
     Case("byte-corpus-smaller-than-a-window", lambda e: e.byte("fit", "nibble_acc.yaml", "--data.sources",
          f"[{e.file('small.txt', 'x' * 20)}]"), ("small.txt' has 20 bytes", "seq_len + 1 = 17", "lower seq_len")),
-    Case("byte-window-longer-than-context", lambda e: e.byte("fit", "byte.yaml", "--data.seq_len", "32"),
-         ("data seq_len=32", "max_seq_len=16", "set data.seq_len <= 16")),
     Case("misspelled-command", lambda e: ["recrod", "--episodes", "2"],
          ("unknown command 'recrod'", "did you mean 'record'", "fit, validate, test, predict, list, record")),
     Case("trainer-value-lightning-rejects", lambda e: e.byte("fit", "nibble.yaml", "--trainer.devices", "abc"),
@@ -384,7 +385,7 @@ CASES: list[Case] = [
          str(e.trained.world_ckpt)), ("'init_from' is not accepted by ByteLM",)),
     # -- lightning-film list ---------------------------------------------------------------------------
     Case("list-misspelled-kind", lambda e: ["list", "nibbel schemes"],
-         ("unknown kind(s) ['nibbel schemes']", "nibble schemes, worlds")),
+         ("unknown kind(s) ['nibbel schemes']", "nibble schemes, corpora, worlds")),
     Case("list-unknown-option", lambda e: ["list", "--bogus"], ("list: unrecognized arguments: --bogus",)),
     # -- lightning-film record -------------------------------------------------------------------------
     Case("record-misspelled-world", lambda e: ["record", "--world", "bounce_rom", "--out", "out"],

@@ -100,7 +100,7 @@ def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[s
     overrides = {
         "trainer.default_root_dir": tmp_path, "trainer.max_steps": 2, "trainer.val_check_interval": 2,
         "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
-        "model.dim": 16, "model.depth": 1, "model.seq_len": SEQ, "data.seq_len": SEQ, "data.batch_size": 4,
+        "model.dim": 16, "model.depth": 1, "data.seq_len": SEQ, "data.batch_size": 4,
         "data.split_blocks": 10, "data.val_fraction": 0.1, "data.test_fraction": 0.1,
         "data.sources": "[" + ", ".join(sources) + "]",
     }  # fmt: skip

@@ -15,7 +15,7 @@ from lightning_film.reproduce.runner import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.dim=16", "model.depth=1", "model.num_heads=2", "model.seq_len=16", "data.seq_len=16",
+    "model.dim=16", "model.depth=1", "model.num_heads=2", "data.seq_len=16",
     "data.batch_size=4", "data.split_blocks=10", "trainer.val_check_interval=2",
 ]  # fmt: skip
 

@@ -491,13 +491,13 @@ def test_world_configs_build_their_row(name: str) -> None:
         args.pop("init_from", "runs/world/pretrain/checkpoints/last.ckpt")
         == "runs/world/pretrain/checkpoints/last.ckpt"
     )
-    m = WorldModel(**args)
+    data = config["data"]["init_args"]
+    assert not {"frame_size", "context_frames"} & set(args)  # said once, under data (the CLI links them)
+    m = WorldModel(**args, frame_size=data["frame_size"], context_frames=data["context_frames"])
     hp = m.hparams
     assert (hp.normalizer, hp.conditioner, hp.objective, hp.guidance_scale) == ROWS[name]
     assert hp.condition == ("none" if name == "pretrain" else "action")
     assert (hp.cond_dropout > 0) == (name == "flow_clsfg")
-    data = config["data"]["init_args"]
-    assert all(data[k] == args[k] for k in ("frame_size", "context_frames"))
 
 
 def test_cli_chains_pretraining_and_finetuning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -506,7 +506,7 @@ def test_cli_chains_pretraining_and_finetuning(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
     shrink = {
         "trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1,
-        "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false", "model.frame_size": FRAME,
+        "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
         "model.dim": 32, "model.depth": 1, "model.num_heads": 2, "model.sample_steps": 2, "model.kid_feature": "tiny",
         "model.max_eval_samples": 8, "model.kid_subset_size": 4, "model.rollout_steps": 2, "data.episodes": 10,
         "data.episode_length": 8, "data.frame_size": FRAME, "data.val_episodes": 2, "data.test_episodes": 2,
@@ -556,7 +556,7 @@ def test_command_line_model_settings_win_over_the_checkpoint(tmp_path: Path, mon
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
     shrink = {
         "trainer.max_steps": 2, "trainer.limit_val_batches": 0, "trainer.enable_progress_bar": "false",
-        "trainer.enable_model_summary": "false", "model.frame_size": FRAME, "model.dim": 32, "model.depth": 1,
+        "trainer.enable_model_summary": "false", "model.dim": 32, "model.depth": 1,
         "model.num_heads": 2, "model.sample_steps": 2, "model.kid_feature": "tiny", "model.max_eval_samples": 4,
         "model.kid_subset_size": 2, "model.rollout_steps": 1, "model.rollout_windows": 2, "data.episodes": 10,
         "data.episode_length": 8, "data.frame_size": FRAME, "data.val_episodes": 2, "data.test_episodes": 2,
