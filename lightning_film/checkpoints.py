@@ -41,7 +41,7 @@ from lightning_film.io import atomic_path
 
 __all__ = [
     "LIGHTNING_KEYS", "AtomicCheckpointIO", "check_model_class", "check_weights_fit", "checkpoint_class", "last_checkpoint",
-    "load_model", "loaded_class", "read_checkpoint",
+    "load_model", "loaded_class", "nest_checkpoint", "nest_keys", "read_checkpoint",
     "trusted_hyper_parameters",
 ]  # fmt: skip
 
@@ -234,6 +234,23 @@ def check_weights_fit(module: torch.nn.Module, checkpoint: dict[str, Any], stric
         f"{f' (and {count - 1} more)' if count > 1 else ''}{settings}; build the model with the settings "
         f"it was trained with (drop the --model options that change its shape) or start a new run"
     )
+
+
+def nest_keys(state: dict[str, Tensor], modules: tuple[str, ...], prefix: str = "net") -> list[str]:
+    """Rename, in place, the keys of ``state`` whose first part is one of ``modules`` to
+    ``prefix.<key>`` (a state_dict written before those modules moved into the network
+    ``prefix``: ``transformer.blocks.0...`` -> ``net.transformer.blocks.0...``); returns the old names."""
+    old = [k for k in state if k.split(".", 1)[0] in modules]
+    for key in old:
+        state[f"{prefix}.{key}"] = state.pop(key)
+    return old
+
+
+def nest_checkpoint(checkpoint: dict[str, Any], modules: tuple[str, ...], prefix: str = "net") -> bool:
+    """:func:`nest_keys` on a Lightning checkpoint's ``state_dict`` and EMA's ``current_model_state``;
+    whether any key was renamed. Call it from ``on_load_checkpoint`` (before the weights load)."""
+    states = [checkpoint[k] for k in ("state_dict", "current_model_state") if isinstance(checkpoint.get(k), dict)]
+    return any([nest_keys(state, modules, prefix) for state in states])
 
 
 def load_model(path: str | os.PathLike[str], model_class: str | None = None) -> Any:

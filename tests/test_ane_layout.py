@@ -181,7 +181,7 @@ def test_eps_below_fp16_normal_is_raised_and_is_the_only_change(normalizer: str)
             m.eps = FP16_SAFE_EPS
     assert max_diff(model, min_eps=FP16_SAFE_EPS, reference=raised) < TOL  # equal to the original with eps raised
     assert to_ane_layout(model, min_eps=None).notes == []
-    assert model.transformer.final_norm.eps == 1e-6  # the model itself is untouched
+    assert model.net.transformer.final_norm.eps == 1e-6  # the model itself is untouched
 
 
 def test_causal_mask_is_finite_and_additive() -> None:
@@ -231,14 +231,14 @@ class _MeanNorm(nn.Module):
 
 def test_unsupported_parts_are_refused_by_name() -> None:
     model = byte_lm(block_conditioner="film")
-    model.transformer.blocks[1].cond2 = _Halved(32, model.embed.cond_dim, site="mlp")
+    model.net.transformer.blocks[1].cond2 = _Halved(32, model.net.embed.cond_dim, site="mlp")
     supported = ", ".join(SUPPORTED_CONDITIONERS)
     with pytest.raises(
         ExportError, match=rf"conditioner _Halved \(at transformer\.blocks\.1\.cond2\); supported: {supported};"
     ):
         to_ane_layout(model)
     model = byte_lm()
-    model.transformer.final_norm = _MeanNorm()
+    model.net.transformer.final_norm = _MeanNorm()
     with pytest.raises(
         ExportError,
         match=r"normalizer _MeanNorm \(at transformer\.final_norm\); supported: layernorm, rmsnorm, dyt, identity",

@@ -89,11 +89,11 @@ def test_block_conditioning_reads_the_same_signal(tmp_path: Path, sources: list[
     batch = next(iter(dm.val_dataloader()))
     x, n, a = batch["bytes"][:, :-1], batch["nibbles"], batch["acc"]
     with torch.no_grad():
-        for p in model.transformer.final_cond.parameters():
+        for p in model.net.transformer.final_cond.parameters():
             p.normal_()
-        model.embed.conditioner.ablated = True  # only the blocks see the signal now
+        model.net.embed.conditioner.ablated = True  # only the blocks see the signal now
         assert not torch.allclose(model(x, n, a), model(x, (n + 1) % 16, a))
-        model.embed.conditioner.ablated = False
+        model.net.embed.conditioner.ablated = False
 
 
 def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[str], capsys) -> None:
@@ -170,6 +170,63 @@ def test_checkpoint_table_wins_over_the_data(tmp_path: Path, sources: list[str])
     doc_start = torch.from_numpy(src.doc_start(0, len(src.data)))
     expected = accumulate(torch.from_numpy(src.nibbles), dm.rare_table, doc_start=doc_start).numpy()
     assert np.array_equal(src.acc, expected)  # the data's acc follows the checkpoint's table
+
+
+def test_checkpoints_of_the_layout_before_net_still_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint written before ``ByteLM.net`` (by tests/fixtures/make_byte_lm_before_net.py at
+    commit 195dccb: keys ``embed.*``, ``transformer.*``, ``head.*``, ``pos``) loads, says so in one
+    info line, and gives the logits it gave then, through the model and its exported step."""
+    from lightning_film.export import inference_step
+    from lightning_film.models import byte_lm
+    from lightning_film.models.byte_net import ByteNet
+
+    said: list[str] = []  # read the message itself: Lightning's logger need not reach caplog
+    monkeypatch.setattr(byte_lm, "rank_zero_info", said.append)
+    path = REPO / "tests" / "fixtures" / "byte_lm_before_net.ckpt"
+    old = torch.load(path, weights_only=True)
+    assert {"embed.byte.weight", "pos", "head.weight", "transformer.final_norm.weight"} <= set(old["state_dict"])
+    loaded = ByteLM.load_from_checkpoint(path).eval()
+    assert said == ["ByteLM: this checkpoint predates ByteLM.net; its network keys were renamed net.*"]
+    assert isinstance(loaded.net, ByteNet) and loaded.net.blocks_conditioned
+    assert set(loaded.state_dict()) == {f"net.{k}" if not k.startswith("rare_table") else k for k in old["state_dict"]}
+    for key, value in old["state_dict"].items():
+        assert torch.equal(loaded.state_dict()[key if key.startswith("rare_table") else f"net.{key}"], value), key
+    ids = old["fixture_inputs"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*ids), old["fixture_logits"], rtol=0, atol=1e-6)
+        step = inference_step(loaded, batch_size=2)
+        torch.testing.assert_close(step.module(*(i.int() for i in ids)), old["fixture_logits"], rtol=0, atol=1e-6)
+    # EMA's copy of the weights is renamed too; a checkpoint of the new layout is left as it is
+    checkpoint = {"state_dict": dict(old["state_dict"]), "current_model_state": dict(old["state_dict"])}
+    said.clear()
+    ByteLM(**TINY, block_conditioner="film").on_load_checkpoint(checkpoint)
+    assert len(said) == 1 and set(checkpoint["current_model_state"]) == set(checkpoint["state_dict"]) == set(
+        loaded.state_dict()
+    )
+    ByteLM(**TINY, block_conditioner="film").on_load_checkpoint(checkpoint)
+    assert len(said) == 1
+
+
+@pytest.mark.parametrize(
+    "spec", ["none", {"name": "none"}, "lightning_film.nn.conditioners.simple:NoConditioning", "NoConditioning"]
+)
+def test_every_spelling_of_no_block_conditioner_leaves_the_blocks_unconditioned(spec) -> None:
+    """``{"name": "none"}``, an import path or the class itself mean ``"none"``: the blocks read no
+    signal (so variant ``byte`` accepts it) and the model is the one ``"none"`` builds."""
+    from lightning_film.export import to_ane_layout
+    from lightning_film.nn.conditioners import NoConditioning, conditions_nothing
+
+    spec = NoConditioning if spec == "NoConditioning" else spec
+    assert conditions_nothing(spec) and not conditions_nothing("film") and not conditions_nothing({"name": "film"})
+    for variant in ("byte", "nibble_acc"):
+        torch.manual_seed(0)
+        model = ByteLM(**TINY, variant=variant, block_conditioner=spec).eval()
+        torch.manual_seed(0)
+        plain = ByteLM(**TINY, variant=variant, block_conditioner="none").eval()
+        assert not model.net.blocks_conditioned and not to_ane_layout(model).blocks_conditioned
+        ids = torch.randint(0, 16, (2, SEQ)), torch.randint(0, 16, (2, SEQ)), torch.randint(0, 16, (2, SEQ))
+        with torch.no_grad():
+            torch.testing.assert_close(model(*ids), plain(*ids), rtol=0, atol=0)
 
 
 # -- generation -----------------------------------------------------------------------------------------

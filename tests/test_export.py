@@ -65,7 +65,7 @@ def checkpoint(tmp_path: Path) -> Path:
 # -- the package and its report ---------------------------------------------------------------------------
 def test_int4_film_export_compresses_every_role_including_small_film_projections(tmp_path: Path) -> None:
     model = byte_lm()
-    film = model.embed.conditioner.scale[0].weight
+    film = model.net.embed.conditioner.scale[0].weight
     assert film.numel() < 2048  # coremltools' default weight_threshold would skip it
     report = export_coreml(model, tmp_path / "out" / "byte.mlpackage", weights="int4_film", group_size=4)
     package = tmp_path / "out" / "byte.mlpackage"
@@ -86,11 +86,11 @@ def test_int4_film_export_compresses_every_role_including_small_film_projections
     assert report["export_check_max_abs_diff"] < 1e-4
     by_param = {w["param"]: w for w in report["weights"] if "param" in w}
     expected_roles = {n + ".weight": r for n, r in
-                      __import__("lightning_film.quantization", fromlist=["x"]).assign_roles(model).items()}  # fmt: skip
-    assert set(by_param) == {"model." + k for k in expected_roles}  # every Linear / Embedding weight compressed
+                      __import__("lightning_film.quantization", fromlist=["x"]).assign_roles(model.net).items()}  # fmt: skip
+    assert set(by_param) == {"net." + k for k in expected_roles}  # every Linear / Embedding weight compressed
     for param, w in by_param.items():
         assert w["storage"] == ("int4" if w["role"] == "conditioner" else "int8"), param
-    assert by_param["model.embed.conditioner.scale.0.weight"]["role"] == "conditioner"
+    assert by_param["net.embed.conditioner.scale.0.weight"]["role"] == "conditioner"
     assert report["size_bytes"]["total"] > report["size_bytes"]["weights"] > 0
     assert any("subnormal in fp16" in w for w in report["warnings"])  # rmsnorm's 1e-6 eps
     assert not leftovers(tmp_path / "out")
@@ -275,6 +275,31 @@ def test_an_op_the_converter_rejects_is_named_with_its_module(tmp_path: Path) ->
     assert not list(tmp_path.iterdir())
     with pytest.raises(ExportError, match="no Core ML inference step for Linear; supported: ByteLM, WorldModel"):
         inference_step(nn.Linear(2, 2))
+
+
+def test_export_steps_call_the_models_own_networks() -> None:
+    """The default step is one call of ``model.net`` (shared, not copied); steps are found with
+    isinstance, so a subclass exports in both layouts; export names no model by a class-path string."""
+    import ast
+
+    from lightning_film.export import ane_layout, steps, to_ane_layout
+
+    class Subclassed(ByteLM):
+        pass
+
+    torch.manual_seed(0)
+    model = Subclassed(**TINY, block_conditioner="film").eval()
+    step = inference_step(model, batch_size=2)
+    assert step.module.net is model.net and [s.name for s in step.inputs] == ["byte_ids", "nibble_ids", "acc_ids"]
+    ids = step.example()
+    with torch.no_grad():
+        expected = model(*(i.long() for i in ids))  # (B, N, V)
+        torch.testing.assert_close(step.module(*ids), expected, rtol=0, atol=0)
+        torch.testing.assert_close(to_ane_layout(model, min_eps=None)(*ids), expected, rtol=1e-4, atol=1e-5)
+    for module in (steps, ane_layout):
+        tree = ast.parse(Path(module.__file__).read_text())
+        strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        assert not [s for s in strings if s.startswith("lightning_film.models")], module.__name__
 
 
 class _Masked(nn.Module):

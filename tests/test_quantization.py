@@ -108,11 +108,11 @@ def test_every_linear_inside_a_conditioner_has_the_conditioner_role(name: str) -
 
 def test_byte_lm_roles() -> None:
     roles = assign_roles(model())
-    assert roles["embed.byte"] == roles["embed.nibble"] == roles["embed.acc"] == "embedding"
-    assert roles["embed.conditioner.scale.0"] == roles["transformer.blocks.0.cond1.shift.0"] == "conditioner"
-    assert roles["transformer.final_cond.scale.0"] == "conditioner"
-    assert roles["transformer.blocks.0.attn.qkv"] == roles["transformer.blocks.0.mlp.fc2"] == "backbone"
-    assert roles["head"] == "head"
+    assert roles["net.embed.byte"] == roles["net.embed.nibble"] == roles["net.embed.acc"] == "embedding"
+    assert roles["net.embed.conditioner.scale.0"] == roles["net.transformer.blocks.0.cond1.shift.0"] == "conditioner"
+    assert roles["net.transformer.final_cond.scale.0"] == "conditioner"
+    assert roles["net.transformer.blocks.0.attn.qkv"] == roles["net.transformer.blocks.0.mlp.fc2"] == "backbone"
+    assert roles["net.head"] == "head"
 
 
 # -- schemes ----------------------------------------------------------------------------------------
@@ -188,8 +188,8 @@ def test_int4_film_quantizes_per_role_and_leaves_the_original_alone() -> None:
             assert weight.target_dtype == torch.int8 and weight.block_size == (1, e.shape[-1])
     roles = {e.role for e in entries.values()}
     assert roles == {"conditioner", "backbone", "embedding", "head"}
-    assert entries["transformer.blocks.0.cond1.scale.0"].group_size is None  # 12 inputs: gcd(12, 8) = 4 < 8
-    assert entries["transformer.blocks.0.mlp.fc1"].format == "int8"
+    assert entries["net.transformer.blocks.0.cond1.scale.0"].group_size is None  # 12 inputs: gcd(12, 8) = 4 < 8
+    assert entries["net.transformer.blocks.0.mlp.fc1"].format == "int8"
     ids = torch.randint(0, 16, (2, SEQ))
     with torch.no_grad():
         assert (copy(ids, ids, ids) - float_model(ids, ids, ids)).abs().max() < 0.05
@@ -296,7 +296,7 @@ def test_qat_trains_fake_quantized_from_a_step_then_converts(tmp_path: Path, sou
     assert probe.prepared == {0: False, 1: False, 2: True, 3: True}
     assert not is_prepared(m)  # the training model is plain again, with the QAT-trained weights
     quantized = callback.quantized_model
-    assert type(quantized.transformer.blocks[0].cond1.scale[0].weight).__name__ == "IntxUnpackedToInt8Tensor"
+    assert type(quantized.net.transformer.blocks[0].cond1.scale[0].weight).__name__ == "IntxUnpackedToInt8Tensor"
     assert math.isfinite(float(t.callback_metrics["val/bpb_int4_film"]))
     assert callback.sizes["int4_film"]["packed"] < callback.sizes["float"]["packed"]
     # a checkpoint written while fake quantization was on loads into a plain model; test after conversion works
@@ -366,7 +366,7 @@ def test_qat_state_resumes_from_a_checkpoint(tmp_path: Path, sources) -> None:
 
 def test_plan_is_a_dry_run() -> None:
     entries = plan(model(), Scheme.parse({"head": "int4"}, group_size=16))
-    assert [(e.fqn, e.format, e.group_size) for e in entries] == [("head", "int4", 16)]
+    assert [(e.fqn, e.format, e.group_size) for e in entries] == [("net.head", "int4", 16)]
 
 
 def test_world_model_roles_and_a_quantized_copy() -> None:

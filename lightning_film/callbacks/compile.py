@@ -38,7 +38,7 @@ class TorchCompile(Callback):
         modules: attribute paths of the submodules to compile (``"transformer"``,
             ``"net.transformer.blocks.0"``, ...); ``""`` is the whole LightningModule. Default: the
             model's transformer (``transformer``, or ``net.transformer`` for a model that wraps
-            its network as ``net``, as WorldModel does).
+            its network as ``net``, as ByteLM and WorldModel do).
         mode: ``torch.compile``'s mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``).
         fullgraph: ``torch.compile``'s fullgraph: fail on a graph break instead of splitting.
         dynamic: ``torch.compile``'s dynamic shapes (``None``: decided by torch).

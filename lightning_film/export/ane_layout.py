@@ -2,8 +2,9 @@
 
 Apple's guidance for transformers on the Neural Engine ("Deploying Transformers on the Apple Neural
 Engine", 2022) asks for a layout the converter cannot derive from an ordinary PyTorch model.
-:func:`to_ane_layout` rebuilds a trained ByteLM's or WorldModel's inference step in that layout,
-copying the weights of the model (no retraining, the checkpoint is only read):
+:func:`to_ane_layout` rebuilds a trained ByteLM's or WorldModel's inference step in that layout from
+its plain network ``model.net`` (ByteNet, WorldDenoiser), copying its weights (no retraining, the
+checkpoint is only read):
 
 - channels-first tensors (B, C, 1, S) from the embedding to the head: the Neural Engine's native
   4D layout, whose last axis (the sequence) is the one it packs in memory;
@@ -67,6 +68,9 @@ from lightning_film.export.ane_layers import (
 )
 from lightning_film.export.report import FP16_MIN_NORMAL
 from lightning_film.export.steps import ExportError, InferenceStep, inference_step
+from lightning_film.models.byte_lm import ByteLM
+from lightning_film.models.byte_net import ID_LIMITS, ByteNet
+from lightning_film.models.world_model import WorldModel
 from lightning_film.nn.attention import CrossAttention, SelfAttention
 from lightning_film.nn.conditioners import (
     AdaLN,
@@ -242,25 +246,25 @@ _FILMS: dict[type, type[AneFiLM]] = {FiLM: AneFiLM, FiLMExp: AneFiLMExp, FiLMTan
 
 # -- the steps ---------------------------------------------------------------------------------------------
 class AneByteLMStep(nn.Module):
-    """ByteLM's inference step in the Neural Engine layout: int32 ids (B, N) -> logits (B, N, 256)."""
+    """ByteLM's inference step in the Neural Engine layout, from its :class:`ByteNet` ``model.net``:
+    int32 ids (B, N) -> logits (B, N, 256)."""
 
-    def __init__(self, model: nn.Module, min_eps: float | None = FP16_SAFE_EPS) -> None:
+    def __init__(self, model: ByteLM, min_eps: float | None = FP16_SAFE_EPS) -> None:
         super().__init__()
-        hp, embed, build = model.hparams, model.embed, _Builder(model, min_eps)
-        self.names = {"byte": ["byte_ids"], "nibble": ["byte_ids", "nibble_ids"]}.get(
-            hp.variant, ["byte_ids", "nibble_ids", "acc_ids"]
-        )
-        self.id_limits = {"byte_ids": 256, "nibble_ids": 16, "acc_ids": 256}
+        net: ByteNet = model.net
+        embed, build = net.embed, _Builder(net, min_eps)
+        self.names = net.input_names
+        self.id_limits = dict(ID_LIMITS)
         self.byte = build.embedding(embed.byte)
         self.nibble = None if embed.nibble is None else build.embedding(embed.nibble)
         self.acc = None if embed.acc is None else build.embedding(embed.acc)
         self.combine = embed.combine
         self.embed_cond = None if embed.conditioner is None else build.conditioner(embed.conditioner)
-        pos = None if model.pos is None else channels_first(model.pos.detach()).clone()  # (1, D, 1, L)
+        pos = None if net.pos is None else channels_first(net.pos.detach()).clone()  # (1, D, 1, L)
         self.pos = None if pos is None else nn.Parameter(pos)
-        self.blocks_conditioned = hp.block_conditioner != "none"
-        self.transformer = build.transformer(model.transformer, causal_len=hp.seq_len)
-        self.head = build.conv(model.head)
+        self.blocks_conditioned = net.blocks_conditioned
+        self.transformer = build.transformer(net.transformer, causal_len=net.seq_len)
+        self.head = build.conv(net.head)
         self.notes = build.notes()
 
     def forward(self, byte_ids: Tensor, nibble_ids: Tensor | None = None, acc_ids: Tensor | None = None) -> Tensor:
@@ -288,7 +292,7 @@ class AneWorldModelStep(nn.Module):
     """WorldModel's denoiser call in the Neural Engine layout: x_t (B, C, H, W), t (B,), context
     (B, K, C, H, W), action (B,) int -> prediction (B, C, H, W)."""
 
-    def __init__(self, model: nn.Module, min_eps: float | None = FP16_SAFE_EPS) -> None:
+    def __init__(self, model: WorldModel, min_eps: float | None = FP16_SAFE_EPS) -> None:
         super().__init__()
         net, build = model.net, _Builder(model.net, min_eps)  # the WorldDenoiser, as export's default step
         self.id_limits = {"action": net.num_actions + 1}
@@ -332,11 +336,8 @@ def _weight_roles(step: nn.Module) -> dict[str, str]:
     return roles
 
 
-#: class path -> its step in the Neural Engine layout; matched along the model's MRO.
-ANE_STEPS: dict[str, type[nn.Module]] = {
-    "lightning_film.models.byte_lm.ByteLM": AneByteLMStep,
-    "lightning_film.models.world_model.WorldModel": AneWorldModelStep,
-}
+#: model class -> its step in the Neural Engine layout; matched with isinstance, so subclasses too.
+ANE_STEPS: dict[type[nn.Module], type[nn.Module]] = {ByteLM: AneByteLMStep, WorldModel: AneWorldModelStep}
 
 
 def _check_min_eps(min_eps: float | None) -> None:
@@ -352,12 +353,11 @@ def to_ane_layout(model: nn.Module, min_eps: float | None = FP16_SAFE_EPS) -> nn
     is listed in the copy's ``notes``.
     """
     _check_min_eps(min_eps)
-    for cls in type(model).__mro__:
-        step = ANE_STEPS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if step is not None:
+    for cls, step in ANE_STEPS.items():
+        if isinstance(model, cls):
             with torch.no_grad():
                 return step(model, min_eps).eval()
-    known = ", ".join(path.rsplit(".", 1)[-1] for path in ANE_STEPS)
+    known = ", ".join(cls.__name__ for cls in ANE_STEPS)
     raise ExportError(f"layout 'ane' is built for {known}; {type(model).__name__} exports with layout 'default' only")
 
 

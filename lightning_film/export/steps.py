@@ -5,7 +5,10 @@
 - :class:`~lightning_film.models.WorldModel`: one denoiser call: ``x_t`` (B, C, H, W), ``t`` (B,),
   ``context`` (B, K, C, H, W) in [-1, 1], ``action`` (B,) int32 -> ``prediction`` (B, C, H, W).
 
-Another LightningModule exports if it defines ``coreml_step(batch_size, seq_len) -> InferenceStep``.
+Each step calls the model's own plain network, ``model.net`` (a
+:class:`~lightning_film.models.byte_net.ByteNet` or a
+:class:`~lightning_film.models.world_net.WorldDenoiser`), shared, not copied. Another
+LightningModule exports if it defines ``coreml_step(batch_size, seq_len) -> InferenceStep``.
 Shapes are always fixed: the Neural Engine compiles one shape per model.
 """
 
@@ -18,6 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_film.errors import UsageError, check_int
+from lightning_film.models.byte_lm import ByteLM
+from lightning_film.models.byte_net import ID_LIMITS
+from lightning_film.models.world_model import WorldModel
 
 __all__ = ["ByteLMStep", "ExportError", "InferenceStep", "TensorSpec", "WorldModelStep", "inference_step"]
 
@@ -57,20 +63,18 @@ class InferenceStep:
 
 
 class ByteLMStep(nn.Module):
-    """ByteLM's inference step: int32 ids (B, N) -> logits (B, N, 256)."""
+    """ByteLM's inference step: one call of its network ``model.net`` (a
+    :class:`~lightning_film.models.byte_net.ByteNet`): int32 ids (B, N) -> logits (B, N, 256)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: ByteLM) -> None:
         super().__init__()
-        self.model = model
-        variant = model.hparams.variant
-        self.names = {"byte": ["byte_ids"], "nibble": ["byte_ids", "nibble_ids"]}.get(
-            variant, ["byte_ids", "nibble_ids", "acc_ids"]
-        )
-        self.id_limits = {"byte_ids": 256, "nibble_ids": 16, "acc_ids": 256}
+        self.net = model.net
+        self.names = self.net.input_names
+        self.id_limits = dict(ID_LIMITS)
 
     def forward(self, byte_ids: Tensor, nibble_ids: Tensor | None = None, acc_ids: Tensor | None = None) -> Tensor:
         """byte_ids, nibble_ids, acc_ids: (B, N) int32 -> (B, N, 256)."""
-        return self.model(byte_ids, nibble_ids, acc_ids)  # (B, N, V)
+        return self.net(byte_ids, nibble_ids, acc_ids)  # (B, N, V)
 
 
 def _fixed_shape(name: str, value: object, minimum: int, maximum: int | None = None, who: str = "") -> int:
@@ -81,8 +85,8 @@ def _fixed_shape(name: str, value: object, minimum: int, maximum: int | None = N
         raise ExportError(f"{err} (exported shapes are fixed)") from None
 
 
-def _byte_lm(model: nn.Module, batch_size: int, seq_len: int | None) -> InferenceStep:
-    context = model.hparams.seq_len
+def _byte_lm(model: ByteLM, batch_size: int, seq_len: int | None) -> InferenceStep:
+    context = model.net.seq_len
     n = context if seq_len is None else seq_len
     _fixed_shape("seq_len", n, 1, context, who="ByteLM export")  # at most the model's context
     step = ByteLMStep(model)
@@ -95,34 +99,34 @@ class WorldModelStep(nn.Module):
     :class:`~lightning_film.models.world_net.WorldDenoiser`, shared, not copied), with the time
     in the objective's unit as the sampler gives it (no sampler loop, no guidance)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: WorldModel) -> None:
         super().__init__()
         self.net, self.objective = model.net, model.objective
-        self.id_limits = {"action": model.hparams.num_actions + 1}
+        self.id_limits = {"action": self.net.num_actions + 1}
 
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
         """x_t (B, C, H, W), t (B,), context (B, K, C, H, W), action (B,) int32 -> (B, C, H, W)."""
         return self.net(x_t, self.objective.model_time(t), context, action)  # (B, C, H, W)
 
 
-def _world_model(model: nn.Module, batch_size: int, seq_len: int | None) -> InferenceStep:
+def _world_model(model: WorldModel, batch_size: int, seq_len: int | None) -> InferenceStep:
     if seq_len is not None:
         raise ExportError("WorldModel export: seq_len does not apply (the frame size fixes every shape)")
-    hp = model.hparams
-    frame = (hp.channels, hp.frame_size, hp.frame_size)
+    net = model.net
+    frame = (net.channels, net.frame_size, net.frame_size)
     inputs = [
         TensorSpec("x_t", (batch_size, *frame), torch.float32),
         TensorSpec("t", (batch_size,), torch.float32),
-        TensorSpec("context", (batch_size, hp.context_frames, *frame), torch.float32),
+        TensorSpec("context", (batch_size, net.context_frames, *frame), torch.float32),
         TensorSpec("action", (batch_size,), torch.int32),
     ]
     return InferenceStep(WorldModelStep(model), inputs, "prediction")
 
 
-#: class path -> step builder; matched along the model's MRO, so subclasses export too.
-STEPS: dict[str, Callable[[nn.Module, int, int | None], InferenceStep]] = {
-    "lightning_film.models.byte_lm.ByteLM": _byte_lm,
-    "lightning_film.models.world_model.WorldModel": _world_model,
+#: model class -> step builder; matched with isinstance, so subclasses export too.
+STEPS: dict[type[nn.Module], Callable[[nn.Module, int, int | None], InferenceStep]] = {
+    ByteLM: _byte_lm,
+    WorldModel: _world_model,
 }
 
 
@@ -133,11 +137,10 @@ def inference_step(model: nn.Module, batch_size: int = 1, seq_len: int | None = 
         _fixed_shape("seq_len", seq_len, 1)
     if hasattr(model, "coreml_step"):
         return model.coreml_step(batch_size=batch_size, seq_len=seq_len)
-    for cls in type(model).__mro__:
-        builder = STEPS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if builder is not None:
+    for cls, builder in STEPS.items():
+        if isinstance(model, cls):
             return builder(model, batch_size, seq_len)
-    known = ", ".join(path.rsplit(".", 1)[-1] for path in STEPS)
+    known = ", ".join(cls.__name__ for cls in STEPS)
     raise ExportError(
         f"no Core ML inference step for {type(model).__name__}; supported: {known}, or any model with a "
         f"coreml_step(batch_size, seq_len) method returning an InferenceStep"

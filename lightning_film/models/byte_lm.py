@@ -1,8 +1,15 @@
 """``ByteLM``: a causal byte-level language model whose byte embedding is nibble/acc-modulated.
 
+The network is :class:`~lightning_film.models.byte_net.ByteNet` (``model.net``), a plain
+``nn.Module`` that export and quantization take:
+
     x = DualModulatedEmbedding(bytes, nibbles, acc) + pos      # (B, N, D)
     h = Transformer(x, Conditioning(per_token=c))              # (B, N, D), causal
     logits = head(h)                                           # (B, N, 256)
+
+this module adds the data hooks, the loss and bits-per-byte metrics, the optimizer and sampling.
+Checkpoints written before the network became ``model.net`` (keys ``embed.*``, ``transformer.*``,
+``head.*``, ``pos``) are converted when loaded, with one info line.
 
 Variants (``variant``): ``byte`` (plain byte embedding, the baseline), ``nibble`` and
 ``nibble_acc`` (see :mod:`lightning_film.nn.embedding`). ``block_conditioner`` optionally lets the
@@ -39,23 +46,24 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_film.checkpoints import check_weights_fit
+from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.errors import check_int
+from lightning_film.models.byte_net import NET_MODULES, ByteNet
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
-from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.diffusion import drawn_on
-from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
+from lightning_film.nn.embedding import Variant
 from lightning_film.nn.transformer import TransformerCache
 from lightning_film.registry import Spec
 
-__all__ = ["BitsPerByte", "ByteLM", "ByteStream", "source_log_names"]
+__all__ = ["BitsPerByte", "ByteLM", "ByteNet", "ByteStream", "source_log_names"]
 
 _LN2 = math.log(2.0)
 
@@ -146,7 +154,8 @@ class ByteStream:
 
 
 class ByteLM(LightningModule):
-    """Causal byte LM with a nibble/acc-modulated byte embedding (see the module docstring).
+    """Trains and samples :class:`ByteNet` (``self.net``), a causal byte LM with a nibble/acc-modulated
+    byte embedding (see the module docstring).
 
     Args:
         dim: D, the width.
@@ -207,29 +216,13 @@ class ByteLM(LightningModule):
         _check_sampling(temperature, top_k)
         if max_lr_steps is not None:
             _check_ints(max_lr_steps=(max_lr_steps, 1))
-        if positions not in ("learned", "none"):
-            raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'none'")
         check_schedule("ByteLM", lr, weight_decay, min_lr_ratio)
         build_nibble_scheme(nibble_scheme)  # an unknown scheme fails here, naming the registered ones
         self.save_hyperparameters()
-        self.embed = DualModulatedEmbedding(dim, variant, nibble_dim, acc_dim, embed_conditioner, combine)
-        self.pos = nn.Parameter(EMBED_STD * torch.randn(1, seq_len, dim)) if positions == "learned" else None
-        blocks_conditioned = block_conditioner != "none"
-        if blocks_conditioned and self.embed.cond_dim == 0:
-            raise ValueError(
-                f"ByteLM: block_conditioner={block_conditioner!r} conditions the blocks on the nibble/acc "
-                f"signal, which variant 'byte' does not have; use variant 'nibble' or 'nibble_acc', or "
-                f"block_conditioner 'none'"
-            )
-        self.transformer = Transformer(
-            dim, depth, num_heads, cond_dim=max(1, self.embed.cond_dim), mlp_ratio=mlp_ratio,
-            normalizer=normalizer, conditioner=block_conditioner, causal=True,
+        self.net = ByteNet(
+            dim, depth, num_heads, seq_len, mlp_ratio, normalizer, variant, embed_conditioner, block_conditioner,
+            combine, nibble_dim, acc_dim, positions, tie_embeddings,
         )  # fmt: skip
-        if blocks_conditioned:
-            check_modulating(self.transformer.final_cond, block_conditioner, "ByteLM: block_conditioner")
-        self.head = nn.Linear(dim, 256, bias=not tie_embeddings)
-        if tie_embeddings:
-            self.head.weight = self.embed.byte.weight
         self.register_buffer("rare_table", torch.zeros(16, 16, dtype=torch.bool))
         self.register_buffer("rare_table_known", torch.tensor(False))
         self.source_names: list[str] = []
@@ -242,29 +235,13 @@ class ByteLM(LightningModule):
         acc_ids: Tensor | None = None,
         cache: TransformerCache | None = None,
     ) -> Tensor:
-        """byte_ids, nibble_ids, acc_ids: (B, N <= seq_len) long -> (B, N, V) next-byte logits.
-
-        ``cache`` (from :meth:`new_cache`): the N bytes follow the ``cache.length`` bytes already
-        fed (positions continue from there; L + N <= seq_len), and join the cache.
-        """
-        n = byte_ids.shape[-1]
-        past = 0 if cache is None else cache.length
-        if byte_ids.dim() != 2 or past + n > self.hparams.seq_len:
-            raise ValueError(
-                f"ByteLM expects byte_ids (B, N) with N <= seq_len={self.hparams.seq_len}"
-                + (f" - {past} cached bytes" if past else "")
-                + f", got {tuple(byte_ids.shape)}"
-            )
-        x = self.embed(byte_ids, nibble_ids, acc_ids)  # (B, N, D)
-        if self.pos is not None:
-            x = x + self.pos[:, past : past + n]  # (B, N, D)
-        signal = self.embed.signal(nibble_ids, acc_ids) if self.hparams.block_conditioner != "none" else None
-        h = self.transformer(x, Conditioning(per_token=signal), cache=cache)  # (B, N, D)
-        return self.head(h)  # (B, N, V)
+        """byte_ids, nibble_ids, acc_ids: (B, N <= seq_len) long -> (B, N, V) next-byte logits
+        (:meth:`ByteNet.forward`; ``cache`` from :meth:`new_cache`)."""
+        return self.net(byte_ids, nibble_ids, acc_ids, cache)  # (B, N, V)
 
     def new_cache(self) -> TransformerCache:
         """An empty key/value cache for :meth:`forward`, holding up to ``seq_len`` bytes."""
-        return self.transformer.new_cache(self.hparams.seq_len)
+        return self.net.new_cache()
 
     def nll(self, batch: dict[str, Tensor]) -> Tensor:
         """A ByteDataModule batch -> (B, N) fp32 nats of each target (padding included; mask it)."""
@@ -305,7 +282,11 @@ class ByteLM(LightningModule):
             setattr(self, f"{split}_bpb", BitsPerByte(len(self.source_names)))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """The checkpoint's rare table wins over the data's (the weights learned with it)."""
+        """Old layouts are renamed (``embed.*`` -> ``net.embed.*``); the checkpoint's rare table
+        wins over the data's (the weights learned with it)."""
+        # Lightning loads the state_dict (and EMA its current_model_state) after this hook
+        if nest_checkpoint(checkpoint, NET_MODULES):
+            rank_zero_info("ByteLM: this checkpoint predates ByteLM.net; its network keys were renamed net.*")
         check_weights_fit(self, checkpoint, self.strict_loading)
         state = checkpoint.get("state_dict", {})
         saved, known = state.get("rare_table"), state.get("rare_table_known")
@@ -385,7 +366,8 @@ class ByteLM(LightningModule):
 
     def configure_optimizers(self) -> dict:
         no_decay = [p for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()]
-        return adamw_warmup_cosine(self, no_decay + ([self.pos] if self.pos is not None else []), betas=(0.9, 0.95))
+        pos = [] if self.net.pos is None else [self.net.pos]
+        return adamw_warmup_cosine(self, no_decay + pos, betas=(0.9, 0.95))
 
     # -- sampling -----------------------------------------------------------------------------
     def byte_stream(self, prompt: bytes | bytearray | str = b"") -> ByteStream:

@@ -37,7 +37,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from lightning_film.checkpoints import check_weights_fit, read_checkpoint
+from lightning_film.checkpoints import check_weights_fit, nest_checkpoint, nest_keys, read_checkpoint
 from lightning_film.errors import check_int
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
@@ -73,10 +73,7 @@ NET_MODULES = ("time_embed", "action_embed", "patch_embed", "transformer", "head
 def upgrade_state_dict(state: dict[str, Tensor]) -> list[str]:
     """Rename, in place, the keys of a state_dict written before the network became ``net``
     (``transformer.blocks.0...`` -> ``net.transformer.blocks.0...``); returns the old names."""
-    old = [k for k in state if k.split(".", 1)[0] in NET_MODULES]
-    for key in old:
-        state[f"net.{key}"] = state.pop(key)
-    return old
+    return nest_keys(state, NET_MODULES)
 
 
 
@@ -403,8 +400,7 @@ class WorldModel(LightningModule):
         self._initialized_from = "checkpoint"
         # Lightning loads the state_dict (and EMA its current_model_state) after this hook: a
         # checkpoint of the layout before WorldModel.net loads as it is, renamed
-        renamed = [upgrade_state_dict(checkpoint[k]) for k in ("state_dict", "current_model_state") if k in checkpoint]
-        if any(renamed):
+        if nest_checkpoint(checkpoint, NET_MODULES):
             rank_zero_info("WorldModel: this checkpoint predates WorldModel.net; its network keys were renamed net.*")
         check_weights_fit(self, checkpoint, self.strict_loading)
 

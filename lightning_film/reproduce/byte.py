@@ -111,7 +111,7 @@ def model_facts(model_args: dict, variants: tuple[str, ...]) -> dict[str, dict[s
     facts = {}
     for variant in variants:
         model = build_variant(model_args, variant)
-        embed = model.embed
+        embed = model.net.embed
         parts = {name: sum(p.numel() for p in child.parameters()) for name, child in embed.named_children()}
         facts[variant] = {
             "params": sum(p.numel() for p in model.parameters()),

@@ -6,14 +6,21 @@ import torch
 
 from lightning_film.nn.conditioners.base import Conditioner, ProjectedConditioner
 from lightning_film.nn.conditioning import Conditioning
-from lightning_film.registry import register_conditioner
+from lightning_film.registry import CONDITIONERS, Spec, register_conditioner
 
-__all__ = ["NoConditioning", "Additive"]
+__all__ = ["NoConditioning", "Additive", "conditions_nothing"]
 
 
 @register_conditioner("none")
 class NoConditioning(Conditioner):
     """No conditioning at all: the unconditioned baseline."""
+
+
+def conditions_nothing(spec: Spec) -> bool:
+    """Whether a conditioner spec builds :class:`NoConditioning` (or a subclass): ``"none"``,
+    ``{"name": "none"}``, its import path or the class itself. An unknown name is the registry's error."""
+    factory, _, _ = CONDITIONERS.resolve(spec)
+    return isinstance(factory, type) and issubclass(factory, NoConditioning)
 
 
 @register_conditioner("additive")
