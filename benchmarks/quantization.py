@@ -6,7 +6,7 @@
 Any ``lightning-film fit`` checkpoint (ByteLM or WorldModel): torchao post-training copies (``float``,
 ``int8``, ``int4_film``, ``int4`` and the ``int8_dyn`` reference) scored on the test split, their sizes,
 their forward time on the CPU as a ratio to float's, and Core ML packages of the float weights per
-compression. The measuring is :func:`lightning_film.reproduce.quant.assess_checkpoint`, what
+compression. The measuring is :func:`lightning_film.reproduce.quant_assess.assess_checkpoint`, what
 ``lightning-film reproduce quant`` runs on the checkpoints it trains itself (it adds film vs
 film_tanh and PTQ vs QAT, for both models). Writes ``quantization.md`` and ``quantization.json`` into
 ``--out``; packages and sample sheets go to ``--work``. CPU timings on a shared machine: read ratios.
@@ -26,7 +26,7 @@ import torch
 
 from lightning_film.io import write_atomic
 from lightning_film.measure import machine_info
-from lightning_film.reproduce import quant
+from lightning_film.reproduce import quant_assess, quant_report, quant_specs, quant_summary
 
 PROG = "python -m benchmarks.quantization"
 #: the model class a checkpoint holds -> its metrics in the reproduce table
@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    quant.quiet_trainers()
+    quant_assess.quiet_trainers()
 
     started = time.perf_counter()
-    variants = (*quant.VARIANTS, quant.REFERENCE)
-    result = quant.assess_checkpoint(Path(args.ckpt), Path(args.work), variants, args.repeats, args.steps_per_repeat,
-                                     quant.COREML, say=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    variants = (*quant_specs.VARIANTS, quant_specs.REFERENCE)
+    result = quant_assess.assess_checkpoint(
+        Path(args.ckpt), Path(args.work), variants, args.repeats, args.steps_per_repeat, quant_specs.COREML,
+        say=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
     result.update(
         command=" ".join([PROG, *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -70,7 +72,7 @@ def markdown(r: dict) -> str:
     kind = KINDS.get(ckpt["model_class"], "byte")
     conditioner = str(hp.get("embed_conditioner") or hp.get("conditioner") or "model")
     table: dict = {conditioner: {}}
-    quant.add_scores(table[conditioner], r["scores"], quant.SPECS[kind].metrics)
+    quant_summary.add_scores(table[conditioner], r["scores"], quant_specs.SPECS[kind].metrics)
     lines = [
         f"# Quantization of one checkpoint ({ckpt['model_class']}): test metrics, size, CPU speed, Core ML", "",
         f"Command: `{r['command']}`  ", f"Date: {r['date']}  ",
@@ -82,12 +84,12 @@ def markdown(r: dict) -> str:
                                                                  "embed_conditioner", "conditioner"))
         + f"). int4 groups of {r['group_size']}.", "",
         "## Test metrics and size (torchao post-training quantization)", "",
-        *quant.variant_table(quant.SPECS[kind].metrics, table, r["sizes"], r["schemes"]), "",
-        *quant.corpus_table(table),
+        *quant_report.variant_table(quant_specs.SPECS[kind].metrics, table, r["sizes"], r["schemes"]), "",
+        *quant_report.corpus_table(table),
         "## CPU inference speed (forward time as a ratio to float; > 1 is slower)", "",
-        *quant.speed_table(r["speed"]), "", quant.SPEED_NOTE, "",
+        *quant_report.speed_table(r["speed"]), "", quant_report.SPEED_NOTE, "",
         "## Core ML packages of the float weights (fp16 compute, CPU_AND_NE, iOS18; compression per role)", "",
-        *quant.coreml_table(r["coreml"]), "",
+        *quant_report.coreml_table(r["coreml"]), "",
         f"Total run time {r['seconds'] / 60:.1f} min. Raw numbers: `quantization.json`. For both models, film vs "
         "film_tanh and PTQ vs QAT: `lightning-film reproduce quant` (benchmarks/results/quant/).", "",
     ]  # fmt: skip

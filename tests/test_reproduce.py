@@ -83,7 +83,8 @@ def test_reproduce_bad_input_is_one_line(argv: list[str], message: str, capsys) 
 
 # -- the world tables: run plans and cost measurement (the training path is the runner's, tested above) --
 def test_world_kid_plan_chains_pretraining_and_tests_the_finetuned_model(tmp_path: Path) -> None:
-    from lightning_film.reproduce.world import KID_ROWS, PRESETS, kid_runs
+    from lightning_film.reproduce.world import PRESETS, kid_runs
+    from lightning_film.reproduce.world_report import KID_ROWS
 
     preset = PRESETS["world-kid"]["quick"]
     runs = kid_runs(preset, REPO / "configs/world", (0, 1), [("model.dim", "16")])
@@ -109,7 +110,8 @@ def test_world_kid_plan_chains_pretraining_and_tests_the_finetuned_model(tmp_pat
 
 def test_world_conditioning_covers_every_registered_pair_and_measures_costs() -> None:
     from lightning_film.registry import list_conditioners
-    from lightning_film.reproduce.world import conditioning_rows, model_costs
+    from lightning_film.reproduce.world import conditioning_rows
+    from lightning_film.reproduce.world_measure import model_costs
 
     rows = conditioning_rows()
     assert {c for n, c in rows if n == "rmsnorm"} == set(list_conditioners())
@@ -126,7 +128,9 @@ def test_copy_baseline_scores_the_last_context_frame_on_the_test_windows(tmp_pat
 
     from lightning_film.data.world import WorldDataModule
     from lightning_film.measure import machine_info
-    from lightning_film.reproduce.world import PRESETS, Preset, analyse_kid, copy_baseline, render_kid
+    from lightning_film.reproduce.world import PRESETS, Preset, analyse_kid
+    from lightning_film.reproduce.world_measure import copy_baseline
+    from lightning_film.reproduce.world_report import render_kid
     from tests.helpers.configs import world_config
 
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))

@@ -13,7 +13,9 @@ pytest.importorskip("torchao")
 pytest.importorskip("coremltools")
 
 from lightning_film.cli import main  # noqa: E402
-from lightning_film.reproduce.quant import SPECS, claim_verdict, load_for_scoring, score  # noqa: E402
+from lightning_film.reproduce.quant_assess import load_for_scoring, score  # noqa: E402
+from lightning_film.reproduce.quant_specs import SPECS  # noqa: E402
+from lightning_film.reproduce.quant_summary import claim_verdict  # noqa: E402
 from tests.helpers.configs import byte_config, world_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

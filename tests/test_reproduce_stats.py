@@ -107,7 +107,7 @@ def _conditioning_report(none_acc: list[float], new: bool = True) -> dict:
     ("none_acc", "clear"), [([0.20, 0.22, 0.19], True), ([0.75, 0.90, 0.60], False)], ids=["worst", "not-worst"]
 )
 def test_none_is_worst_is_computed_both_ways(none_acc: list[float], clear: bool) -> None:
-    from lightning_film.reproduce.world import render_conditioning
+    from lightning_film.reproduce.world_report import render_conditioning
 
     report = _conditioning_report(none_acc)
     verdict = report["stats"]["none_worst"]
@@ -120,7 +120,8 @@ def test_none_is_worst_is_computed_both_ways(none_acc: list[float], clear: bool)
 
 
 def test_world_tables_render_runs_with_and_without_the_new_metrics() -> None:
-    from lightning_film.reproduce.world import PRESETS, analyse_kid, render_conditioning, render_kid
+    from lightning_film.reproduce.world import PRESETS, analyse_kid
+    from lightning_film.reproduce.world_report import render_conditioning, render_kid
 
     old = _conditioning_report([0.2, 0.2, 0.2], new=False)
     md = render_conditioning(old)
@@ -139,7 +140,7 @@ def test_world_tables_render_runs_with_and_without_the_new_metrics() -> None:
 
 
 def test_committed_byte_table_rerenders_to_the_same_numbers(tmp_path: Path) -> None:
-    from lightning_film.reproduce.byte import analyse, render_markdown
+    from lightning_film.reproduce.byte_report import analyse, render_markdown
     from lightning_film.reproduce.report import rerender
 
     shutil.copy(REPO / "benchmarks/results/byte/quick/results.json", tmp_path / "results.json")
@@ -165,7 +166,8 @@ def test_the_run_plan_names_each_row_its_seeds_and_steps() -> None:
 
 
 def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped() -> None:
-    from lightning_film.reproduce.world import PRESETS, RECIPE_ROWS, analyse_recipe, recipe_runs, render_recipe
+    from lightning_film.reproduce.world import PRESETS, analyse_recipe, recipe_runs
+    from lightning_film.reproduce.world_report import RECIPE_ROWS, render_recipe
 
     preset = PRESETS["world-recipe"]["quick"]
     runs = recipe_runs(preset, REPO / "configs/world", (0, 1, 2), [("model.dim", "64")])

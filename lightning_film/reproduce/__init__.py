@@ -7,7 +7,10 @@
 
 Each table trains its runs through the real ``lightning-film fit``/``test`` (finished runs are
 read, not redone; see :mod:`lightning_film.reproduce.runner`) and writes a markdown table, the
-JSON behind it and a plot under ``benchmarks/results/``.
+JSON behind it and a plot under ``benchmarks/results/``. Every table has one shape, runs -> scores ->
+summary -> render (:mod:`lightning_film.reproduce.table`); a table's module defines what is its own
+(``byte``, ``world``, ``quant``), beside its summary and markdown (``*_report``) and what it measures in
+this process (``world_measure``; ``quant_specs``, ``quant_assess``, ``quant_deploy``, ``quant_summary``).
 """
 
 from __future__ import annotations
@@ -19,18 +22,18 @@ from lightning_film.errors import CommandParser, UsageError
 
 __all__ = ["TABLES", "reproduce_command"]
 
-#: table name -> (one-line help, "module:function(argv)"), imported only when that table runs.
+#: table name -> (one-line help, "module:its Table"), imported only when that table runs.
 TABLES: dict[str, tuple[str, str]] = {
     "byte": ("byte vs nibble vs nibble_acc byte LMs: test bpb per corpus, cost, speed",
-             "lightning_film.reproduce.byte:main"),
+             "lightning_film.reproduce.byte:TABLE"),
     "world-kid": ("the seed's world-model rows (base, filmcond, filmcond_pre[_half], flow_clsfg): KID, control, over seeds",
-                  "lightning_film.reproduce.world:main_kid"),
+                  "lightning_film.reproduce.world:KID"),
     "world-recipe": ("the world model's training recipe, one change at a time: control, PSNR, KID, over seeds",
-                     "lightning_film.reproduce.world:main_recipe"),
+                     "lightning_film.reproduce.world:RECIPE"),
     "world-conditioning": ("every conditioner (rmsnorm) and normalizer (film) in the world model: KID, cost",
-                           "lightning_film.reproduce.world:main_conditioning"),
+                           "lightning_film.reproduce.world:CONDITIONING"),
     "quant": ("both models at float/int8/int4 (PTQ, QAT), film vs film_tanh: damage, CPU speed, Core ML size",
-              "lightning_film.reproduce.quant:main"),
+              "lightning_film.reproduce.quant:TABLE"),
 }  # fmt: skip
 
 
@@ -50,5 +53,7 @@ def reproduce_command(argv: list[str]) -> None:
     if not argv or (argv[0] not in TABLES and argv[0] not in ("-h", "--help")):
         raise UsageError(f"reproduce: name a table first (reproduce TABLE [options]); tables: {', '.join(TABLES)}")
     args = parser.parse_args(argv)
-    module, _, function = TABLES[args.table][1].partition(":")
-    getattr(importlib.import_module(module), function)(args.options)
+    from lightning_film.reproduce.table import run_table
+
+    module, _, name = TABLES[args.table][1].partition(":")
+    run_table(getattr(importlib.import_module(module), name), args.options)

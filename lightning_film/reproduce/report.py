@@ -140,38 +140,6 @@ def results_folder(out: Path | None, runs: Path, preset: str) -> Path:
     return out if out is not None else runs / preset / "results"
 
 
-def add_common_options(parser: argparse.ArgumentParser, presets: dict[str, Any], published: str) -> None:
-    """``--preset`` (with what each preset means), ``--out`` and ``--plan``, shared by every table."""
-    meaning = "; ".join(f"{name}: {describe_preset(preset)}" for name, preset in presets.items())
-    parser.add_argument("--preset", choices=sorted(presets), default="quick", help=f"the budget ({meaning})")
-    parser.add_argument(
-        "--out", type=Path,
-        help=f"results folder (default <runs>/<preset>/results; the committed table is {published}/<preset>, "
-        f"written only when named here)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--plan", action="store_true",
-        help="print the runs, their steps and a rough time, and stop: trains and writes nothing",
-    )  # fmt: skip
-
-
-def describe_preset(preset: Any) -> str:
-    """``3 seeds x 600 steps`` (and pretraining, test windows, per-model budgets where a preset has them)."""
-    fields = asdict(preset)
-    parts = [f"{len(fields['seeds'])} seed{'s' * (len(fields['seeds']) != 1)}"]
-    if "max_steps" in fields:
-        parts.append(f"x {fields['max_steps']} steps")
-    if fields.get("pretrain_steps"):
-        parts.append(f"(+ {fields['pretrain_steps']} pretraining)")
-    if "eval_samples" in fields:
-        parts.append(f", {fields['eval_samples']} test windows, {fields['sample_steps']} sampler steps")
-    for model in ("byte", "world"):
-        if isinstance(fields.get(model), dict):
-            budget = ", ".join(f"{k} {v}" for k, v in fields[model].items() if isinstance(v, (int, float)))
-            parts.append(f"; {model}: {budget}")
-    return " ".join(parts).replace(" ,", ",").replace(" ;", ";")
-
-
 def rerender(
     out: Path, analyse: Callable[[dict[str, Any]], dict[str, Any]], render: Callable[[dict[str, Any]], str]
 ) -> str:

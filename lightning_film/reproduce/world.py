@@ -29,35 +29,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
-import json
-import statistics
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lightning_film.errors import CommandParser
-from lightning_film.io import write_atomic
-from lightning_film.measure import interleaved, machine_info, paired_ratios, repeat_times, spread
-from lightning_film.reproduce.report import (
-    add_common_options,
-    config_tree,
-    init_args,
-    make_folder,
-    mean_std,
-    override_args,
-    parse_override,
-    report_basics,
-    rerender,
-    results_folder,
-)
-from lightning_film.reproduce.runner import Run, execute_all, print_plan
-from lightning_film.reproduce.world_report import (  # noqa: F401  (re-exported)
+from lightning_film.reproduce.report import config_tree, mean_std, override_args, parse_override
+from lightning_film.reproduce.runner import Run
+from lightning_film.reproduce.table import Plan, Table
+from lightning_film.reproduce.world_measure import copy_baseline, model_args, model_costs
+from lightning_film.reproduce.world_report import (
     DIT_FID,
     KID_REFERENCE,
     KID_ROWS,
@@ -67,17 +48,16 @@ from lightning_film.reproduce.world_report import (  # noqa: F401  (re-exported)
     PRETRAIN_HALF,
     RECIPE_REFERENCE,
     RECIPE_ROWS,
-    RecipeRow,
     analyse,
     kid_verdict,
     render_conditioning,
     render_kid,
+    render_png,
     render_recipe,
 )
 
-__all__ = ["KID_ROWS", "PRESETS", "RECIPE_ROWS", "Preset", "RecipeRow", "conditioning_runs", "copy_baseline", "kid_runs",
-           "main_conditioning", "main_kid", "main_recipe", "recipe_runs", "render_conditioning", "render_kid",
-           "render_recipe"]  # fmt: skip
+__all__ = ["CONDITIONING", "KID", "PRESETS", "RECIPE", "Preset", "analyse_conditioning", "analyse_kid", "analyse_recipe",
+           "conditioning_rows", "conditioning_runs", "kid_runs", "recipe_runs"]  # fmt: skip
 
 CONFIGS = Path("configs/world")
 
@@ -191,133 +171,12 @@ def recipe_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides
     ]
 
 
-# -- in-process measurements ---------------------------------------------------------------------------
-def _model_args(config: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:
-    args = init_args(config_tree(config, overrides), "model", "WorldModel", config)
-    args["init_from"] = None
-    return args
-
-
-def model_costs(
-    base_args: dict[str, Any], rows: list[tuple[str, str]], repeats: int, steps_per_repeat: int, batch_size: int
-) -> dict[str, dict[str, Any]]:
-    """Per (normalizer, conditioner): parameters, forward GFLOPs of one denoiser call (batch 1) and
-    training-step time (loss, backward, AdamW) against ``rmsnorm + none``, interleaved."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from lightning_film.models import WorldModel
-
-    hp = {**base_args}
-    k, c, s = hp.get("context_frames", 2), hp.get("channels", 3), hp.get("frame_size", 32)
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "context": torch.randint(0, 256, (batch_size, k, c, s, s), generator=g, dtype=torch.uint8),
-        "action": torch.randint(0, hp.get("num_actions", 5), (batch_size,), generator=g),
-        "target": torch.randint(0, 256, (batch_size, c, s, s), generator=g, dtype=torch.uint8),
-    }
-    models, opts, out = {}, {}, {}
-    for norm, cond in rows:
-        name = f"{norm} + {cond}"
-        torch.manual_seed(0)
-        model = WorldModel(**{**hp, "normalizer": norm, "conditioner": cond})
-        one = {key: v[:1] for key, v in batch.items()}
-        context, action, target = model.unpack_batch(one)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(target.float() / 127.5 - 1, torch.full((1,), 0.5), context.float() / 127.5 - 1, action)
-        out[name] = {
-            "params": sum(p.numel() for p in model.parameters()),
-            "forward_gflops": counter.get_total_flops() / 1e9,
-        }
-        models[name], opts[name] = model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-    def step(name: str) -> None:
-        models[name].loss(batch).backward()
-        opts[name].step()
-        opts[name].zero_grad(set_to_none=True)
-
-    raw = interleaved({n: functools.partial(step, n) for n in models}, repeats, steps_per_repeat, warmup=2)
-    base = "rmsnorm + none" if "rmsnorm + none" in raw else next(iter(raw))
-    for name in models:
-        out[name]["step_ms"] = 1000 * statistics.median(repeat_times(raw[name]))
-        out[name]["step_ratio_vs_none"] = spread(paired_ratios(raw[name], raw[base]))
-        out[name]["raw_step_s"] = raw[name]
-    return out
-
-
-def copy_baseline(config: Path, overrides: list[tuple[str, str]], preset: Preset) -> dict[str, float]:
-    """KID and PSNR of "predicting" the last context frame, on the windows, features and KID
-    subsets a run's ``test`` uses: the score of a model that knows what the room looks like but
-    nothing about what moves. Real frames look real, so its KID is near 0; its PSNR is the bar
-    a model's next frames must clear."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    from lightning_film.data.world import WorldDataModule
-    from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
-
-    tree = config_tree(config, overrides)
-    model = init_args(tree, "model", "WorldModel", config)
-    dm = WorldDataModule(**init_args(tree, "data", "WorldDataModule", config))
-    dm.setup("test")
-    last, truth, n = [], [], 0
-    for batch in dm.test_dataloader():  # the same order as a run's test, first windows first
-        take = min(len(batch["target"]), preset.eval_samples - n)
-        if take <= 0:
-            break
-        last.append(batch["context"][:take, -1])  # (take, C, H, W) uint8
-        truth.append(batch["target"][:take])
-        n += take
-    fake, real = torch.cat(last), torch.cat(truth)
-    if fake.shape[1] == 1:  # the feature networks read RGB
-        fake, real = fake.expand(-1, 3, -1, -1), real.expand(-1, 3, -1, -1)
-    extractor = build_kid_feature(model.get("kid_feature", "inception"))
-    metric = kid_metric(extractor, model.get("kid_subsets", 50), min(preset.kid_subset_size, n))
-    metric.update(fake, real=False)
-    metric.real_features.append(real_features(extractor, real, dm.dataset_key, "test"))
-    kid_mean, kid_std = compute_kid(metric, seed=model.get("seed", 0))
-    psnr = peak_signal_noise_ratio(fake.float(), real.float(), data_range=255.0)
-    return {"kid_mean": float(kid_mean), "kid_std": float(kid_std), "psnr": float(psnr), "windows": n}
-
-
-# -- reports (the tables themselves: world_report) -----------------------------------------------------
-def render_png(kid: dict[str, list[float]], order: list[str], title: str, reference: dict[str, float] | None) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in order if kid.get(n)]
-    means = [mean_std(kid[n])[0] for n in names]
-    stds = [mean_std(kid[n])[1] for n in names]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
-    x = range(len(names))
-    ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", label="ours (mean ± std over seeds)")
-    if reference:
-        ref = [reference.get(n) for n in names]
-        ax.scatter([i for i, r in zip(x, ref) if r is not None], [r for r in ref if r is not None],
-                   color="tab:red", marker="D", zorder=3, label="seed's KID (its own data)")  # fmt: skip
-        ax.legend()
-    ax.set_xticks(list(x), names, rotation=30, ha="right")
-    ax.set_ylabel("KID (lower is better)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 # -- the commands --------------------------------------------------------------------------------------
-def _parser(table: str) -> argparse.ArgumentParser:
-    parser = CommandParser(prog=f"lightning-film reproduce {table}", description=__doc__.split("\n\n")[0])
-    add_common_options(parser, PRESETS[table], f"benchmarks/results/world/{table}")
+def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of the world configs")
-    parser.add_argument("--seeds", nargs="+", type=int, help="override the preset's seeds")
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run (and pretraining's)")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="KEY=VALUE", help="a config override for every run, e.g. model.dim=64 (repeatable)")  # fmt: skip
-    parser.add_argument("--runs", type=Path, default=Path("runs/reproduce") / table, help="where the runs live")
-    parser.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (each a subprocess; set OMP_NUM_THREADS so they share the cores)")  # fmt: skip
     parser.add_argument("--rows", nargs="+", metavar="ROW", help="run only these rows (names as in the table)")
@@ -326,13 +185,10 @@ def _parser(table: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--runs-note", help="where and how the runs were made, when not by this command here (a header line)"
     )
-    parser.add_argument("--render-only", action="store_true",
-                        help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
-    return parser
 
 
-def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tuple[int, ...], Path]:
-    args = _parser(table).parse_args(argv)
+def _plan(table: str, runs_of: Callable[..., list[Run]], args: argparse.Namespace) -> Plan:
+    """``runs_of``: the table's runs from (preset, configs folder, seeds, overrides)."""
     if not args.configs.is_dir():
         raise ValueError(
             f"config folder {str(args.configs)!r} does not exist; run from the repository root or pass --configs"
@@ -347,7 +203,11 @@ def _setup(table: str, argv: list[str]) -> tuple[argparse.Namespace, Preset, tup
         raise ValueError(f"--max-steps and --repeats must be >= 1, got {changes}")
     preset = Preset(**{**asdict(preset), **changes})
     seeds = tuple(args.seeds) if args.seeds else preset.seeds
-    return args, preset, seeds, results_folder(args.out, args.runs, args.preset)
+    root = args.runs / args.preset
+    runs = _select(runs_of(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
+    for run in runs:  # the pretrained checkpoint's path depends on where the runs live
+        run.fit_args = [a.replace("{runs}", str(root)) for a in run.fit_args]
+    return Plan(preset, seeds, runs, f"{table}, preset {args.preset}", jobs=args.jobs)
 
 
 def _select(runs: list[Run], rows: list[str] | None, finished_only: bool, root: Path) -> list[Run]:
@@ -367,12 +227,6 @@ def _select(runs: list[Run], rows: list[str] | None, finished_only: bool, root: 
         print(f"--finished-only: {len(done)} of {len(runs)} runs finished; not run: {', '.join(missing) or 'none'}")
         runs = done
     return runs
-
-
-def _execute(runs: list[Run], root: Path, jobs: int = 1) -> dict[str, dict]:
-    for run in runs:  # the pretrained checkpoint's path depends on where the runs live
-        run.fit_args = [a.replace("{runs}", str(root)) for a in run.fit_args]
-    return execute_all(runs, root, jobs=jobs)
 
 
 def _collect(results: dict[str, dict], metric: str) -> dict[str, list[float]]:
@@ -398,94 +252,59 @@ def analyse_conditioning(report: dict[str, Any]) -> dict[str, Any]:
     return analyse({**report, "kid": kid, "psnr": psnr, "dit_fid": DIT_FID, "nanowm": NANOWM}, NONE_ROW)
 
 
-def _render_only(table: str, argv: list[str]) -> bool:
-    """``--render-only``: re-render the table from its results.json, train nothing (True when done)."""
-    args = _parser(table).parse_args(argv)
-    if not args.render_only:
-        return False
-    analyse_, render = {
-        "world-kid": (analyse_kid, render_kid),
-        "world-recipe": (analyse_recipe, render_recipe),
-        "world-conditioning": (analyse_conditioning, render_conditioning),
-    }[table]
-    print(rerender(results_folder(args.out, args.runs, args.preset), analyse_, render))
-    return True
-
-
-def _run_table(
-    table: str, argv: list[str], plan: Callable[..., list[Run]]
-) -> tuple[dict[str, Any], Path, Any] | None:
-    """The steps every world table shares: parse, select and run its runs, score the copy
-    baseline. Returns (the report's common part, the results folder, the parsed arguments), or
-    None after ``--plan``."""
-    start = time.perf_counter()
-    args, preset, seeds, out = _setup(table, argv)
-    root = args.runs / args.preset
-    runs = _select(plan(preset, args.configs, seeds, args.overrides), args.rows, args.finished_only, root)
-    print_plan(f"{table}, preset {args.preset}", runs, root)
-    if args.plan:
-        return None
-    make_folder(out, "--out")
-    make_folder(root, "--runs")
-    results = _execute(runs, root, args.jobs)
+# -- what each table measures here, and the tables -------------------------------------------------------
+def _baseline(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     print("scoring the copy-last-frame baseline on the same test windows ...")
-    baseline = copy_baseline(args.configs / "filmcond.yaml", args.overrides, preset)
-    basics = report_basics(table, argv, args, preset, seeds, machine_info())
-    return {**basics, "baseline": baseline, "runs": results, "wall_s": time.perf_counter() - start}, out, args
+    return {"baseline": copy_baseline(args.configs / "filmcond.yaml", args.overrides, plan.preset)}
 
 
-def _write(out: Path, report: dict[str, Any], markdown: str, png: bytes | None) -> None:
-    write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
-    write_atomic(out / "results.md", markdown)
-    if png is not None:
-        write_atomic(out / "kid.png", png)
-    print(markdown)
-    print(
-        f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'kid.png'}" if png else ""), file=sys.stderr
-    )
+def _measure_kid(args: argparse.Namespace, plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {**_baseline(args, plan), "seed_kid": {r.name: r.seed_kid for r in KID_ROWS}}
 
 
-def main_kid(argv: list[str]) -> None:
-    """``lightning-film reproduce world-kid ...``"""
-    if _render_only("world-kid", argv):
-        return
-    ran = _run_table("world-kid", argv, kid_runs)
-    if ran is None:  # --plan
-        return
-    common, out, _ = ran
-    report = analyse_kid({**common, "seed_kid": {r.name: r.seed_kid for r in KID_ROWS}})
-    order = [r.name for r in (*KID_ROWS, PRETRAIN, PRETRAIN_HALF)]
-    png = render_png(report["kid"], order, "World model: the seed's rows", report["seed_kid"])
-    _write(out, report, render_kid(report), png)
+def _measure_recipe(args: argparse.Namespace, plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {**_baseline(args, plan), "rows": [asdict(r) for r in RECIPE_ROWS]}
 
 
-def main_conditioning(argv: list[str]) -> None:
-    """``lightning-film reproduce world-conditioning ...``"""
-    if _render_only("world-conditioning", argv):
-        return
-    ran = _run_table("world-conditioning", argv, conditioning_runs)
-    if ran is None:  # --plan
-        return
-    common, out, args = ran
+def _measure_conditioning(args: argparse.Namespace, plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    baseline = _baseline(args, plan)
     print("measuring parameters, FLOPs and step time of every row (interleaved) ...")
-    start, preset = time.perf_counter(), Preset(**common["preset"])
-    base_args = _model_args(args.configs / "filmcond.yaml", args.overrides)
+    base_args = model_args(args.configs / "filmcond.yaml", args.overrides)
     batch = int(config_tree(args.configs / "filmcond.yaml", args.overrides)["data"]["init_args"].get("batch_size", 32))
-    costs = model_costs(base_args, conditioning_rows(), preset.repeats, preset.steps_per_repeat, batch)
-    report = analyse_conditioning({**common, "costs": costs, "wall_s": common["wall_s"] + time.perf_counter() - start})
+    costs = model_costs(base_args, conditioning_rows(), plan.preset.repeats, plan.preset.steps_per_repeat, batch)
+    return {**baseline, "costs": costs}
+
+
+def _kid_png(report: dict[str, Any]) -> bytes:
+    order = [r.name for r in (*KID_ROWS, PRETRAIN, PRETRAIN_HALF)]
+    return render_png(report["kid"], order, "World model: the seed's rows", report["seed_kid"])
+
+
+def _conditioning_png(report: dict[str, Any]) -> bytes:
     kid = report["kid"]
-    order = sorted(costs, key=lambda r: mean_std(kid[r])[0] if kid.get(r) else float("inf"))
-    png = render_png(kid, order, "World model: conditioner / normalizer at equal budget", None)
-    _write(out, report, render_conditioning(report), png)
+    order = sorted(report["costs"], key=lambda r: mean_std(kid[r])[0] if kid.get(r) else float("inf"))
+    return render_png(kid, order, "World model: conditioner / normalizer at equal budget", None)
 
 
-def main_recipe(argv: list[str]) -> None:
-    """``lightning-film reproduce world-recipe ...``"""
-    if _render_only("world-recipe", argv):
-        return
-    ran = _run_table("world-recipe", argv, recipe_runs)
-    if ran is None:  # --plan
-        return
-    common, out, _ = ran
-    report = analyse_recipe({**common, "rows": [asdict(r) for r in RECIPE_ROWS]})
-    _write(out, report, render_recipe(report), None)
+def _table(
+    name: str,
+    runs: Callable[..., list[Run]],
+    measure: Callable[..., dict[str, Any]],
+    analyse_: Callable[[dict[str, Any]], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    png: Callable[[dict[str, Any]], bytes] | None,
+) -> Table:
+    return Table(
+        name=name, description=__doc__.split("\n\n")[0], presets=PRESETS[name],
+        published=f"benchmarks/results/world/{name}", add_options=_add_options,
+        plan=functools.partial(_plan, name, runs), measure=measure, analyse=analyse_, render=render,
+        plot=png, plot_name="kid.png",
+    )  # fmt: skip
+
+
+KID = _table("world-kid", kid_runs, _measure_kid, analyse_kid, render_kid, _kid_png)
+RECIPE = _table("world-recipe", recipe_runs, _measure_recipe, analyse_recipe, render_recipe, None)
+CONDITIONING = _table(
+    "world-conditioning", conditioning_runs, _measure_conditioning, analyse_conditioning, render_conditioning,
+    _conditioning_png,
+)  # fmt: skip

@@ -9,15 +9,16 @@ copying the last context frame); runs made before these metrics existed show "�
 
 from __future__ import annotations
 
+import io
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_film.reproduce.report import header
+from lightning_film.reproduce.report import header, mean_std
 from lightning_film.reproduce.stats import compare, fmt_ci, holm, interval, paired, paired_section
 
 __all__ = ["DIT_FID", "KID_ROWS", "RECIPE_REFERENCE", "RECIPE_ROWS", "RecipeRow", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
-           "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid", "render_recipe"]  # fmt: skip
+           "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid", "render_png", "render_recipe"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -324,3 +325,31 @@ def render_recipe(report: dict[str, Any]) -> str:
     lines += [_baseline_row(report, values, ["–"], []), "", *_notes(report, values), ""]
     lines += [*paired_section(report["stats"]["paired"], *_digits_names())]
     return "\n".join([*lines, "Per-run metrics and commands: `results.json`.", ""])
+
+
+def render_png(kid: dict[str, list[float]], order: list[str], title: str, reference: dict[str, float] | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in order if kid.get(n)]
+    means = [mean_std(kid[n])[0] for n in names]
+    stds = [mean_std(kid[n])[1] for n in names]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
+    x = range(len(names))
+    ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", label="ours (mean ± std over seeds)")
+    if reference:
+        ref = [reference.get(n) for n in names]
+        ax.scatter([i for i, r in zip(x, ref) if r is not None], [r for r in ref if r is not None],
+                   color="tab:red", marker="D", zorder=3, label="seed's KID (its own data)")  # fmt: skip
+        ax.legend()
+    ax.set_xticks(list(x), names, rotation=30, ha="right")
+    ax.set_ylabel("KID (lower is better)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
