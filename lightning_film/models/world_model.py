@@ -37,11 +37,12 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from lightning_film.checkpoints import check_weights_fit, nest_checkpoint, nest_keys, read_checkpoint
+from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
 from lightning_film.errors import check_int
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
+from lightning_film.models.world_init import NET_MODULES, init_from
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
 from lightning_film.models.world_render import save_png
 from lightning_film.nn.conditioning import Combine
@@ -55,7 +56,7 @@ from lightning_film.nn.diffusion import (
 )
 from lightning_film.registry import Spec
 
-__all__ = ["WorldDenoiser", "WorldModel", "sincos_2d", "to_uint8", "to_unit", "upgrade_state_dict"]
+__all__ = ["WorldDenoiser", "WorldModel", "sincos_2d", "to_uint8", "to_unit"]
 
 #: the data settings a WorldDataModule must share with the model (checked in ``setup``)
 DATA_SETTINGS = ("frame_size", "channels", "context_frames", "num_actions")
@@ -64,17 +65,6 @@ DATA_SETTINGS = ("frame_size", "channels", "context_frames", "num_actions")
 SEED_MASK = 2**63 - 1
 #: windows sampled at each validation (val/psnr): the first ones of the validation split
 VAL_SAMPLES = 16
-
-
-#: the network's own modules, whose keys had no ``net.`` prefix before the network was split out
-NET_MODULES = ("time_embed", "action_embed", "patch_embed", "transformer", "head")
-
-
-def upgrade_state_dict(state: dict[str, Tensor]) -> list[str]:
-    """Rename, in place, the keys of a state_dict written before the network became ``net``
-    (``transformer.blocks.0...`` -> ``net.transformer.blocks.0...``); returns the old names."""
-    return nest_keys(state, NET_MODULES)
-
 
 
 class WorldModel(LightningModule):
@@ -318,57 +308,9 @@ class WorldModel(LightningModule):
 
     # -- pretrain -> finetune -------------------------------------------------------------------
     def initialize_from(self, path: str | Path) -> dict[str, list[str]]:
-        """Copy the weights of a checkpoint (Lightning's, or a plain state_dict) into this model.
-
-        Tensors present in both are copied; a shape that differs is an error naming every such
-        tensor with both shapes. Tensors the checkpoint lacks (conditioning layers a
-        ``conditioner: none`` pretraining did not have) keep their fresh, identity init; tensors
-        only the checkpoint has are ignored; both lists are reported. When the checkpoint's model
-        was trained with ``condition: none`` (only its null action ever trained), every action
-        starts as that null action, so the finetuned model begins exactly where the pretrained
-        one was, for every action. Returns ``{"copied", "missing", "ignored", "actions_from_null"}``.
-        """
-        path = Path(path)
-        checkpoint = read_checkpoint(path, "init_from checkpoint", lightning=False)
-        state = dict(checkpoint.get("state_dict", checkpoint))
-        if upgrade_state_dict(state):
-            rank_zero_info(f"WorldModel: init_from {str(path)!r} predates WorldModel.net; its keys were renamed net.*")
-        own = self.state_dict()
-        mismatched = [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-            for k, v in state.items()
-            if k in own and v.shape != own[k].shape
-        ]
-        if mismatched:
-            raise ValueError(
-                f"init_from {str(path)!r}: {len(mismatched)} tensor(s) differ in shape from this model "
-                f"(was it trained with other dim/depth/patch_size/frame settings?): " + "; ".join(mismatched)
-            )
-        copied = [k for k in state if k in own]
-        if not copied:
-            raise ValueError(
-                f"init_from {str(path)!r} shares no tensor with this model (it holds {sorted(state)[:8]}); "
-                "is it a checkpoint of another model?"
-            )
-        report = {
-            "copied": copied,
-            "missing": [k for k in own if k not in state],
-            "ignored": [k for k in state if k not in own],
-            "actions_from_null": [],
-        }
-        self.load_state_dict({k: state[k] for k in copied}, strict=False)
-        source_hp = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-        if source_hp.get("condition") == "none" and self.hparams.condition == "action":
-            with torch.no_grad():
-                weight = self.net.action_embed.weight  # (A + 1, Dc)
-                weight[: self.null_action] = weight[self.null_action]
-            report["actions_from_null"] = ["net.action_embed.weight"]
+        """Copy the weights of a checkpoint into this model (:func:`~lightning_film.models.world_init.init_from`)."""
+        report = init_from(self, path)
         self._initialized_from = str(path)
-        rank_zero_info(
-            f"WorldModel: init_from {str(path)!r}: copied {len(copied)} tensors; kept the fresh init of "
-            f"{len(report['missing'])} the checkpoint lacks {report['missing']}; ignored {report['ignored']}"
-            + ("; every action starts as the pretrained null action" if report["actions_from_null"] else "")
-        )
         return report
 
     # -- Lightning hooks ------------------------------------------------------------------------
