@@ -20,6 +20,8 @@ Sections (each a ratio against a baseline timed in the same run, interleaved):
 5. ``inference``: byte sampling with and without the KV cache; world-model frames/s per sampler
    and step count; KID of ``--kid-frames`` generated frames with cached real features.
 6. ``allocator``: the byte step with glibc's default malloc vs freed memory kept for reuse.
+7. ``precision``: bf16 mixed precision (``bf16-mixed``) against fp32: a 1024^3 matmul and both
+   models' training steps at their config shapes.
 
 Writes ``performance.md``, ``performance.json``, ``performance.png`` and
 ``performance_scaling.png`` into ``--out``. About 10 minutes on an idle 2-core CPU; ``--quick``
@@ -50,7 +52,7 @@ PROG = "python -m benchmarks.performance"
 
 def run(settings: Settings, out: Path, command: str) -> dict[str, Any]:
     """Run the chosen sections, write the report files into ``out``; returns the JSON content."""
-    from benchmarks.performance import allocator, inference, report, training
+    from benchmarks.performance import allocator, inference, precision, report, training
 
     began = time.perf_counter()
     result: dict[str, Any] = {
@@ -81,6 +83,8 @@ def run(settings: Settings, out: Path, command: str) -> dict[str, Any]:
         }
     if "allocator" in sections:
         result["allocator"] = allocator.allocator_section(settings)
+    if "precision" in sections:
+        result["precision"] = precision.precision_section(settings, shapes)
     result["wall_s"] = time.perf_counter() - began
     result["load_average_at_end"] = load_average()
     out.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ class Settings:
     sample_bytes: int = 120
     world_batch: int = 32
     world_steps: tuple[int, ...] = (10, 20, 50)
-    sections: tuple[str, ...] = ("norms", "conditioners", "step", "scaling", "inference", "allocator")
+    sections: tuple[str, ...] = ("norms", "conditioners", "step", "scaling", "inference", "allocator", "precision")
 
     @classmethod
     def quick_run(cls, sections: tuple[str, ...] | None = None) -> Settings:
@@ -85,14 +85,16 @@ def byte_shape() -> Shape:
     m, d = _init_args(BYTE_CONFIG, "model"), _init_args(BYTE_CONFIG, "data")
     cond = int(m.get("nibble_dim", 32)) + int(m.get("acc_dim", 16))  # nibble ++ acc (combine: concat)
     return Shape(
-        "byte", int(d.get("batch_size", 32)), int(m.get("seq_len", 128)), int(m.get("dim", 128)),
+        "byte", int(d.get("batch_size", 32)), int(d.get("seq_len", 128)), int(m.get("dim", 128)),
         int(m.get("depth", 4)), int(m.get("num_heads", 4)), cond, True, m,
     )  # fmt: skip
 
 
 def world_shape() -> Shape:
     """The world model's default shape: N = (frame_size / patch_size)^2 patches, Dc = dim."""
-    m, d = _init_args(WORLD_CONFIG, "model"), _init_args(WORLD_CONFIG, "data")
+    d = _init_args(WORLD_CONFIG, "data")
+    # the settings the model takes from its data (said once, under data) join the model's own
+    m = {**_init_args(WORLD_CONFIG, "model"), **{k: d[k] for k in ("frame_size", "context_frames") if k in d}}
     grid = int(m.get("frame_size", 32)) // int(m.get("patch_size", 4))
     dim = int(m.get("dim", 128))
     return Shape(
