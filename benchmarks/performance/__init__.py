@@ -44,6 +44,7 @@ import torch
 
 from benchmarks.performance.common import Settings, byte_shape, log, world_shape
 from lightning_film.measure import load_average, machine_info, write_atomic
+from lightning_film.reproduce.report import commit
 
 __all__ = ["main", "run"]
 
@@ -58,6 +59,7 @@ def run(settings: Settings, out: Path, command: str) -> dict[str, Any]:
     result: dict[str, Any] = {
         "command": command,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit(),
         "machine": machine_info(("x-transformers",)),
         "load_average_at_start": load_average(),
         "quick": settings.quick,

@@ -30,7 +30,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         "`performance.png`, `performance_scaling.png`.",
         "",
         f"- Command: `{res['command']}`" + (" (**quick smoke run: tiny shapes, not results**)" if res["quick"] else ""),
-        f"- Date: {res['date']}; wall time {res['wall_s']:.0f} s",
+        f"- Date: {res['date']}; commit {res.get('commit', 'not recorded')}; wall time {res['wall_s']:.0f} s",
         f"- Machine: {m['cpu']}, {m['cpu_count']} cores, {m['platform']}; **CPU timings**",
         f"- Software: Python {m['python']}, torch {m['torch']}, **{m['torch_threads']} threads**, "
         f"x-transformers {m.get('x_transformers')}",
