@@ -249,6 +249,28 @@ def test_unsupported_parts_are_refused_by_name() -> None:
         export_coreml(byte_lm(), "never.mlpackage", layout="nchw")
 
 
+def test_a_custom_conditioner_from_the_readme_exports_with_the_hook_and_is_refused_without() -> None:
+    from examples.custom_conditioner import LowRankFiLM
+
+    class NoHook(Conditioner):  # the README's conditioner, without channels_first
+        def __init__(self, dim: int, cond_dim: int, site: str = "attn") -> None:
+            super().__init__(dim, cond_dim, site)
+            self.inner = LowRankFiLM(dim, cond_dim, site)
+
+        def modulate(self, h: torch.Tensor, cond) -> torch.Tensor:
+            return self.inner.modulate(h, cond)
+
+    model = world_model(conditioner="examples.custom_conditioner:LowRankFiLM")
+    assert max_diff(model) < TOL and sensitivity(model) > SENSITIVE
+    model = world_model(conditioner={"name": "examples.custom_conditioner:LowRankFiLM", "rank": 2})
+    assert max_diff(model) < TOL
+    model.net.transformer.blocks[0].cond1 = NoHook(32, model.net.transformer.cond_dim)
+    with pytest.raises(ExportError, match=r"^layout 'ane': NoHook \(at transformer\.blocks\.0\.cond1\) has no "
+                       r"channels-first form: define NoHook\.channels_first\(self, cf\) -> nn\.Module .*or export "
+                       r"with layout 'default'$"):  # fmt: skip
+        to_ane_layout(model)
+
+
 def test_a_torchao_quantized_model_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("torchao")
     from lightning_film.quantization import Scheme, quantize
