@@ -37,6 +37,7 @@ from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 
 from examples.stdlib_lm import ConditionalByteLM, StdlibBytes  # noqa: E402
 from lightning_film import Conditioner, Conditioning, register_conditioner  # noqa: E402
+from lightning_film.nn.channels_first import Affine, ChannelsFirst  # noqa: E402
 from lightning_film.nn.conditioners.base import Site  # noqa: E402
 
 
@@ -63,6 +64,11 @@ class LowRankFiLM(Conditioner):
         dgamma, beta = self.up(self.down(c)).chunk(2, dim=-1)  # (B, 1 | N, D) each
         self.observe(gamma=1 + dgamma, beta=beta)
         return torch.addcmul(beta, h, 1 + dgamma)  # (B, N, D)
+
+    def channels_first(self, cf: ChannelsFirst) -> Affine:
+        """The same modulation on (B, D, 1, S), for export with ``layout: ane``: chunk 0 of up(down(c))
+        is the scale, chunk 1 the shift (optional: without it, ``layout: 'default'`` still exports)."""
+        return Affine(self.dim, [nn.Sequential(cf.conv(self.down), cf.conv(self.up))], shift=1, scale=0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}"

@@ -24,10 +24,10 @@ from lightning_film import cli
 from lightning_film.callbacks import ANEExportCallback
 from lightning_film.export import ExportError, ane_inference_step, export_coreml, inference_step, to_ane_layout
 from lightning_film.export import coreml as coreml_module
-from lightning_film.export.ane_layers import AneFiLM, AneFiLMTanh, ChannelLayerNorm, ChannelRMSNorm
-from lightning_film.export.ane_layout import FP16_SAFE_EPS, MASK_VALUE, SUPPORTED_CONDITIONERS, SUPPORTED_NORMALIZERS
+from lightning_film.export.ane_layout import FP16_SAFE_EPS, MASK_VALUE
 from lightning_film.models import ByteLM, WorldModel
 from lightning_film.nn import FiLM, ablate_conditioning
+from lightning_film.nn.channels_first import Affine, ChannelLayerNorm, ChannelRMSNorm, one_plus
 from lightning_film.nn.conditioners import Conditioner
 from lightning_film.nn.embedding import modulating_conditioners
 from lightning_film.nn.norms import LayerNorm, RMSNorm
@@ -87,22 +87,12 @@ def sensitivity(model: nn.Module) -> float:
     return float((full - ablated).abs().max())
 
 
-def check_refused(build, kind: str) -> None:
-    with pytest.raises(ExportError, match=rf"no channels-first version of {kind} .*; supported: "):
-        to_ane_layout(build())
-
-
 # -- equivalence: every normalizer x conditioner ----------------------------------------------------------------
 @pytest.mark.parametrize("normalizer", NORMALIZERS.names())
 @pytest.mark.parametrize("conditioner", [*modulating_conditioners(), "none"])
 def test_byte_lm_equals_its_ane_layout(normalizer: str, conditioner: str) -> None:
     embed = "film" if conditioner == "none" else conditioner
-    build = lambda: byte_lm(normalizer=normalizer, embed_conditioner=embed, block_conditioner=conditioner)  # noqa: E731
-    if normalizer not in SUPPORTED_NORMALIZERS:
-        return check_refused(build, "normalizer")
-    if conditioner not in SUPPORTED_CONDITIONERS:
-        return check_refused(build, "conditioner")
-    model = build()
+    model = byte_lm(normalizer=normalizer, embed_conditioner=embed, block_conditioner=conditioner)
     assert max_diff(model) < TOL
     assert sensitivity(model) > SENSITIVE
 
@@ -110,12 +100,7 @@ def test_byte_lm_equals_its_ane_layout(normalizer: str, conditioner: str) -> Non
 @pytest.mark.parametrize("normalizer", NORMALIZERS.names())
 @pytest.mark.parametrize("conditioner", CONDITIONERS.names())
 def test_world_model_equals_its_ane_layout(normalizer: str, conditioner: str) -> None:
-    build = lambda: world_model(normalizer=normalizer, conditioner=conditioner)  # noqa: E731
-    if normalizer not in SUPPORTED_NORMALIZERS:
-        return check_refused(build, "normalizer")
-    if conditioner not in SUPPORTED_CONDITIONERS:
-        return check_refused(build, "conditioner")
-    model = build()
+    model = world_model(normalizer=normalizer, conditioner=conditioner)  # every registered one has a form
     assert max_diff(model) < TOL
     if conditioner != "none":
         assert sensitivity(model) > SENSITIVE
@@ -160,7 +145,8 @@ def test_ablated_conditioners_stay_ablated_in_the_copy() -> None:
 
 def test_a_wrong_modulation_would_fail_the_grid(monkeypatch) -> None:
     model = byte_lm(embed_conditioner="film_tanh", block_conditioner="film_tanh")
-    monkeypatch.setattr(AneFiLMTanh, "gamma", AneFiLM.gamma)  # 1 + s instead of 1 + bound * tanh(s)
+    wrong = lambda self, h, c: h * one_plus(self._part(c, 1)) + self._part(c, 0)  # noqa: E731
+    monkeypatch.setattr(Affine, "modulate", wrong)  # 1 + s instead of FiLMTanh's 1 + bound * tanh(s)
     assert max_diff(model) > 100 * TOL
 
 
@@ -172,7 +158,7 @@ def test_eps_below_fp16_normal_is_raised_and_is_the_only_change(normalizer: str)
     assert FP16_SAFE_EPS == 2.0**-14
     assert step.notes == [f"5 normalizer eps 1e-06 raised to {FP16_SAFE_EPS:g} (fp16's smallest normal; subnormals "
                           f"may be flushed to zero on the Neural Engine)"]  # fmt: skip
-    assert {float(m.eps) for m in step.modules() if isinstance(m, (ChannelLayerNorm, ChannelRMSNorm))} == {
+    assert {float(m.eps) for m in step.modules() if isinstance(m, ChannelRMSNorm)} == {  # layernorm: centred
         FP16_SAFE_EPS
     }
     raised = copy.deepcopy(model)
@@ -186,7 +172,7 @@ def test_eps_below_fp16_normal_is_raised_and_is_the_only_change(normalizer: str)
 
 def test_causal_mask_is_finite_and_additive() -> None:
     step = to_ane_layout(byte_lm())
-    mask = step.transformer.mask  # (1, L, 1, L): [0, key, 0, query]
+    mask = step.net.transformer.mask  # (1, L, 1, L): [0, key, 0, query]
     assert mask.shape == (1, SEQ, 1, SEQ) and torch.isfinite(mask).all()
     assert mask[0, 3, 0, 2] == MASK_VALUE and mask[0, 2, 0, 3] == 0 and mask.min() == MASK_VALUE
     assert abs(MASK_VALUE) < 65504  # finite in fp16
@@ -218,10 +204,17 @@ def test_the_copy_shares_no_tensor_and_leaves_the_model_unchanged() -> None:
 
 
 class _Halved(FiLM):
-    """A FiLM subclass with its own gamma: matched by exact class, so never taken for a FiLM."""
+    """A FiLM subclass with its own gamma: FiLM's channels-first form reads it, so it exports."""
 
     def gamma(self, s: torch.Tensor) -> torch.Tensor:
         return 0.5 + s
+
+
+class _Squared(FiLM):
+    """A FiLM subclass with its own modulate: FiLM's form would compute FiLM's, so it is refused."""
+
+    def modulate(self, h: torch.Tensor, cond) -> torch.Tensor:
+        return super().modulate(h, cond) ** 2
 
 
 class _MeanNorm(nn.Module):
@@ -231,17 +224,19 @@ class _MeanNorm(nn.Module):
 
 def test_unsupported_parts_are_refused_by_name() -> None:
     model = byte_lm(block_conditioner="film")
-    model.net.transformer.blocks[1].cond2 = _Halved(32, model.net.embed.cond_dim, site="mlp")
-    supported = ", ".join(SUPPORTED_CONDITIONERS)
+    model.net.transformer.blocks[1].cond2 = perturbed(_Halved(32, model.net.embed.cond_dim, site="mlp"))
+    assert max_diff(model) < TOL  # a subclass changing only gamma exports (it used to be refused)
+    model.net.transformer.blocks[1].cond2 = _Squared(32, model.net.embed.cond_dim, site="mlp")
     with pytest.raises(
-        ExportError, match=rf"conditioner _Halved \(at transformer\.blocks\.1\.cond2\); supported: {supported};"
+        ExportError, match=r"_Squared \(at transformer\.blocks\.1\.cond2\) overrides modulate but inherits "
+        r"channels_first from FiLM, .*define _Squared\.channels_first\(self, cf\) -> nn\.Module.*layout 'default'"
     ):
         to_ane_layout(model)
     model = byte_lm()
     model.net.transformer.final_norm = _MeanNorm()
     with pytest.raises(
         ExportError,
-        match=r"normalizer _MeanNorm \(at transformer\.final_norm\); supported: layernorm, rmsnorm, dyt, identity",
+        match=r"_MeanNorm \(at transformer\.final_norm\) has no channels-first form: define _MeanNorm\.channels_first",
     ):
         to_ane_layout(model)
     with pytest.raises(
@@ -252,6 +247,28 @@ def test_unsupported_parts_are_refused_by_name() -> None:
         to_ane_layout(byte_lm(), min_eps=-1)
     with pytest.raises(ExportError, match="unknown layout 'nchw'; accepted: default, ane"):
         export_coreml(byte_lm(), "never.mlpackage", layout="nchw")
+
+
+def test_a_custom_conditioner_from_the_readme_exports_with_the_hook_and_is_refused_without() -> None:
+    from examples.custom_conditioner import LowRankFiLM
+
+    class NoHook(Conditioner):  # the README's conditioner, without channels_first
+        def __init__(self, dim: int, cond_dim: int, site: str = "attn") -> None:
+            super().__init__(dim, cond_dim, site)
+            self.inner = LowRankFiLM(dim, cond_dim, site)
+
+        def modulate(self, h: torch.Tensor, cond) -> torch.Tensor:
+            return self.inner.modulate(h, cond)
+
+    model = world_model(conditioner="examples.custom_conditioner:LowRankFiLM")
+    assert max_diff(model) < TOL and sensitivity(model) > SENSITIVE
+    model = world_model(conditioner={"name": "examples.custom_conditioner:LowRankFiLM", "rank": 2})
+    assert max_diff(model) < TOL
+    model.net.transformer.blocks[0].cond1 = NoHook(32, model.net.transformer.cond_dim)
+    with pytest.raises(ExportError, match=r"^layout 'ane': NoHook \(at transformer\.blocks\.0\.cond1\) has no "
+                       r"channels-first form: define NoHook\.channels_first\(self, cf\) -> nn\.Module .*or export "
+                       r"with layout 'default'$"):  # fmt: skip
+        to_ane_layout(model)
 
 
 def test_a_torchao_quantized_model_is_refused(tmp_path: Path) -> None:
@@ -300,9 +317,9 @@ def test_export_command_converts_the_ane_layout_to_convolutions(tmp_path: Path, 
         {"name": "logits", "shape": [1, SEQ, 256], "dtype": "FLOAT16"}
     ]  # as the default layout
     storage = {w["param"]: (w["role"], w["storage"]) for w in report["weights"] if "param" in w}
-    assert storage["embed_cond.scale.0.weight"] == ("conditioner", "int4")
-    assert storage["transformer.blocks.0.attn.q.weight"] == ("backbone", "int8")  # q keeps its own constant
-    assert storage["head.weight"] == ("head", "int8") and storage["byte.weight"] == ("embedding", "int8")
+    assert storage["net.embed.conditioner.form.projections.0.0.weight"] == ("conditioner", "int4")
+    assert storage["net.transformer.blocks.0.attn.q.weight"] == ("backbone", "int8")  # q keeps its own constant
+    assert storage["net.head.form.weight"] == ("head", "int8") and storage["net.embed.byte.weight"] == ("embedding", "int8")
     assert len(storage) == linears + 2 + 3  # every conv and embedding compressed
 
 

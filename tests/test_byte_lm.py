@@ -223,7 +223,7 @@ def test_every_spelling_of_no_block_conditioner_leaves_the_blocks_unconditioned(
         model = ByteLM(**TINY, variant=variant, block_conditioner=spec).eval()
         torch.manual_seed(0)
         plain = ByteLM(**TINY, variant=variant, block_conditioner="none").eval()
-        assert not model.net.blocks_conditioned and not to_ane_layout(model).blocks_conditioned
+        assert not model.net.blocks_conditioned and not to_ane_layout(model).net.blocks_conditioned
         ids = torch.randint(0, 16, (2, SEQ)), torch.randint(0, 16, (2, SEQ)), torch.randint(0, 16, (2, SEQ))
         with torch.no_grad():
             torch.testing.assert_close(model(*ids), plain(*ids), rtol=0, atol=0)

@@ -41,7 +41,7 @@ from torch import nn
 
 import lightning_film
 from lightning_film.checkpoints import load_model
-from lightning_film.export.ane_layout import LAYOUTS, ane_inference_step
+from lightning_film.export.ane_layout import LAYOUTS, ane_inference_step, weight_roles
 from lightning_film.export.report import read_package
 from lightning_film.export.steps import ExportError, InferenceStep, inference_step
 from lightning_film.io import atomic_path, folder_problem, write_atomic
@@ -229,7 +229,7 @@ def _compress(ct: Any, mlmodel: Any, ep: Any, step: InferenceStep, scheme: Schem
     """Compress every Linear / Embedding weight of a compressed role; returns the model, what was
     compressed (param, role, const, format, block) and notes (weights left in fp16, and why)."""
     roles = {w.fqn + ".weight": w.role for w in role_weights(step.module)}
-    roles.update(step.module.weight_roles() if hasattr(step.module, "weight_roles") else {})  # layout "ane"
+    roles.update(weight_roles(step.module))  # layout "ane": its convolutions
     consts = {op.name: op for op in mlmodel._mil_program.functions["main"].operations if op.op_type == "const"}
     by_format: dict[str, dict[str, Any]] = {}
     done, notes = [], []

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_film.errors import check_int
+from lightning_film.nn.channels_first import Attention, ChannelsFirst
 
 __all__ = ["SelfAttention", "CrossAttention", "KVCache", "check_heads"]
 
@@ -97,6 +98,10 @@ class SelfAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(key_mask, x.shape[1]))
         return self.proj(_merge_heads(out))  # (B, S, D)
 
+    def channels_first(self, cf: ChannelsFirst) -> Attention:
+        """Head by head on (B, D, 1, S), q, k, v from the rows of ``qkv`` (the causal mask is the stack's)."""
+        return cf.attention(self.qkv, self.qkv, self.qkv, self.proj, self.num_heads, self.proj.out_features)
+
     def _cached(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, cache: KVCache
     ) -> torch.Tensor:
@@ -149,3 +154,7 @@ class CrossAttention(nn.Module):
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, S, Dh)
         return self.proj(_merge_heads(out))  # (B, S, D)
+
+    def channels_first(self, cf: ChannelsFirst) -> Attention:
+        """Head by head: queries (B, D, 1, S), keys and values from tokens (B, Dc, 1, M)."""
+        return cf.attention(self.q, self.kv, self.kv, self.proj, self.num_heads, self.q.out_features)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_film.nn.channels_first import ChannelsFirst
+
 __all__ = ["ACTIVATIONS", "MLP", "gelu_tanh"]
 
 # GELU's tanh approximation rewritten with sigmoid: 0.5 (1 + tanh(z)) = sigmoid(2 z), so
@@ -89,3 +91,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D)."""
         return self.fc2(self.act(self.fc1(x)))
+
+    def channels_first(self, cf: ChannelsFirst) -> nn.Module:
+        """1x1 conv -> GELU -> 1x1 conv on (B, D, 1, S)."""
+        if not isinstance(self.act, nn.GELU):
+            raise cf.error(f"layout 'ane': MLP activation {type(self.act).__name__} (at {cf.where(self)}) is not a GELU")
+        return nn.Sequential(cf.conv(self.fc1), nn.GELU(approximate=self.act.approximate), cf.conv(self.fc2))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_film.nn.channels_first import ChannelDyT, ChannelLayerNorm, ChannelRMSNorm, ChannelsFirst
 from lightning_film.registry import register_normalizer
 
 __all__ = ["LayerNorm", "RMSNorm", "DyT", "Identity", "rms_norm_reference"]
@@ -49,6 +50,10 @@ class LayerNorm(nn.LayerNorm):
         """x: (..., D) -> (..., D) in x's dtype; mean and variance in fp32 (module doc)."""
         y = _fp32(x)
         return F.layer_norm(y, self.normalized_shape, _like(self.weight, y), _like(self.bias, y), self.eps).to(x.dtype)
+
+    def channels_first(self, cf: ChannelsFirst) -> nn.Module:
+        """Over the channels of (B, D, 1, S), eps floored by ``cf``."""
+        return ChannelLayerNorm(cf.eps(self.eps), self.weight, self.bias)
 
 
 #: RMSNorm implementations: ``auto`` picks the fastest exact one for the tensor, ``reference`` is the definition.
@@ -147,6 +152,10 @@ class RMSNorm(nn.Module):
             return _RMSNormFunction.apply(x, weight, self.eps).to(dtype)
         return _rms_forward(x, weight, self.eps)[0].to(dtype)
 
+    def channels_first(self, cf: ChannelsFirst) -> nn.Module:
+        """Over the channels of (B, D, 1, S), eps floored by ``cf``."""
+        return ChannelRMSNorm(cf.eps(self.eps), self.weight)
+
     def extra_repr(self) -> str:
         impl = "" if self.implementation == "auto" else f", implementation={self.implementation!r}"
         return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}{impl}"
@@ -175,6 +184,10 @@ class DyT(nn.Module):
             y = torch.addcmul(_like(self.bias, y), y, _like(self.weight, y))
         return y.to(x.dtype)
 
+    def channels_first(self, cf: ChannelsFirst) -> nn.Module:
+        """Per channel of (B, D, 1, S)."""
+        return ChannelDyT(self.alpha, self.weight, self.bias)
+
     def extra_repr(self) -> str:
         return f"{self.dim}, affine={self.weight is not None}"
 
@@ -189,3 +202,6 @@ class Identity(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def channels_first(self, cf: ChannelsFirst) -> nn.Module:
+        return nn.Identity()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_film.nn.channels_first import Affine, ChannelsFirst
 from lightning_film.nn.conditioners.base import ProjectedConditioner
 from lightning_film.nn.conditioners.fast import modulate_affine
 from lightning_film.nn.conditioning import Conditioning
@@ -36,6 +37,12 @@ class AdaLN(ProjectedConditioner):
         self.observe(gamma=gamma, beta=shift)
         return modulate_affine(h, gamma, shift)  # (B, N, D)
 
+    def channels_first(self, cf: ChannelsFirst) -> Affine:
+        """shift, scale = modulation(c) (and y * gate_proj(c) where there is one) on (B, D, 1, S)."""
+        gate = getattr(self, "gate_proj", None)
+        projections = [cf.convert(self.modulation)] + ([] if gate is None else [cf.convert(gate)])
+        return Affine(self.dim, projections, shift=0, scale=1, gate=None if gate is None else 2)
+
 
 @register_conditioner("adaln_zero")
 class AdaLNZero(AdaLN):
@@ -59,3 +66,5 @@ class AdaLNZero(AdaLN):
         (g,) = self.projected(y, cond, "gate_proj")  # (B, 1 | N, D)
         self.observe(gate=g)
         return modulate_affine(y, g)  # (B, N, D)
+
+    channels_first = AdaLN.channels_first  # reads gate_proj too

@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from lightning_film.nn.channels_first import Affine, ChannelsFirst
 from lightning_film.nn.conditioners.base import Conditioner, Site, projection
 from lightning_film.nn.conditioners.fast import modulate_affine
 from lightning_film.nn.conditioning import Conditioning
@@ -79,3 +80,11 @@ class AdaLNSingle(Conditioner):
         g = self._chunks(y, cond, 3)[2]  # (B, 1 | N, D)
         self.observe(gate=g)
         return modulate_affine(y, g)  # (B, N, D)
+
+    def channels_first(self, cf: ChannelsFirst) -> Affine:
+        """The chunks of the shared modulation (B, 6 D, 1, 1 | S) plus this site's table, on (B, D, 1, S);
+        the final site's ``prepare`` publishes the modulation."""
+        share = None if self.modulation is None else cf.convert(self.modulation)
+        gate = None if self.site == "final" else self.first + 2
+        return Affine(self.dim, [], shift=self.first, scale=self.first + 1, gate=gate, shared=SHARED, share=share,
+                      table=self.table)  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_film.nn.channels_first import Affine, ChannelsFirst
 from lightning_film.nn.conditioners.base import ProjectedConditioner, Site
 from lightning_film.nn.conditioners.fast import modulate_affine
 from lightning_film.nn.conditioning import Conditioning
@@ -47,6 +48,11 @@ class FiLM(ProjectedConditioner):
         gamma = self.gamma(s)
         self.observe(gamma=gamma, beta=beta)
         return modulate_affine(h, gamma, beta)  # (B, N, D)
+
+    def channels_first(self, cf: ChannelsFirst) -> Affine:
+        """h * self.gamma(scale(c)) [+ shift(c)] on (B, D, 1, S): subclasses that change only ``gamma`` keep it."""
+        shift = [] if self.shift is None else [cf.convert(self.shift)]
+        return Affine(self.dim, [cf.convert(self.scale), *shift], shift=1 if shift else None, scale=0, gamma=self.gamma)
 
 
 @register_conditioner("film_exp")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_film.nn.channels_first import Affine, ChannelsFirst, Hooks
 from lightning_film.nn.conditioners.base import Conditioner, ProjectedConditioner
 from lightning_film.nn.conditioning import Conditioning
 from lightning_film.registry import CONDITIONERS, Spec, register_conditioner
@@ -14,6 +15,9 @@ __all__ = ["NoConditioning", "Additive", "conditions_nothing"]
 @register_conditioner("none")
 class NoConditioning(Conditioner):
     """No conditioning at all: the unconditioned baseline."""
+
+    def channels_first(self, cf: ChannelsFirst) -> Hooks:
+        return Hooks()
 
 
 def conditions_nothing(spec: Spec) -> bool:
@@ -36,3 +40,7 @@ class Additive(ProjectedConditioner):
         (beta,) = self.projected(h, cond, "shift")  # (B, 1 | N, D)
         self.observe(beta=beta)
         return h + beta  # (B, N, D)
+
+    def channels_first(self, cf: ChannelsFirst) -> Affine:
+        """h + shift(c) on (B, D, 1, S)."""
+        return Affine(self.dim, [cf.convert(self.shift)], shift=0, scale=None)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_film.nn.attention import CrossAttention as _CrossAttention
+from lightning_film.nn.channels_first import ChannelsFirst, CrossBranch, Hooks, TokenPrefix
 from lightning_film.nn.conditioners.base import Conditioner, Site
 from lightning_film.nn.conditioning import Conditioning
 from lightning_film.registry import register_conditioner
@@ -49,6 +50,10 @@ class Concat(Conditioner):
             return x
         return x[:, cond.tokens.shape[1] :]  # (B, N, D)
 
+    def channels_first(self, cf: ChannelsFirst) -> Hooks:
+        """Tokens (B, Dc, 1, M) embedded and joined on the S axis of (B, D, 1, S)."""
+        return Hooks() if self.embed is None else TokenPrefix(cf.conv(self.embed))
+
 
 @register_conditioner("cross_attention")
 class CrossAttentionConditioner(Conditioner):
@@ -76,3 +81,7 @@ class CrossAttentionConditioner(Conditioner):
         if tokens.shape[0] != h.shape[0]:
             raise ValueError(f"cross_attention: {tokens.shape[0]} token rows for a batch of {h.shape[0]}")
         return self.attn(h, tokens, mask)  # (B, N, D)
+
+    def channels_first(self, cf: ChannelsFirst) -> Hooks:
+        """A residual cross-attention branch on (B, D, 1, S)."""
+        return Hooks() if self.attn is None else CrossBranch(cf.convert(self.attn))
