@@ -19,6 +19,10 @@ Each conditioner owns its initialisation and, unless ``identity_at_init`` is Fal
 The measured fast paths (one matmul for every site's projections, a leaner affine backward)
 live in :mod:`~lightning_film.nn.conditioners.fast`.
 
+For Core ML's Neural Engine layout a conditioner also defines ``channels_first(self, cf)``
+(:mod:`lightning_film.nn.channels_first`): its hooks on (B, C, 1, S) tensors, usually a generic
+form built from its own projections; without it, ``export --layout ane`` refuses it by name.
+
 Legend: B batch, N tokens, D width, Dc conditioning width.
 """
 
