@@ -53,3 +53,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _registries_as_they_were():
+    """A test that imports a module registering a name (examples/custom_conditioner.py registers
+    ``lowrank_film``) leaves it registered for every later test: tests that read the registry
+    would then depend on the order they run in. Each test gets the registries back as it found them."""
+    from lightning_film.registry import Registry
+
+    before = {id(r): (r, dict(r._entries)) for r in Registry.every()}
+    yield
+    for registry, entries in before.values():
+        registry._entries.clear()
+        registry._entries.update(entries)
