@@ -101,3 +101,17 @@ def test_cli_rejects_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         overhead.parse_args(["--dim", "10", "--heads", "4"])
     assert "--heads must divide --dim" in capsys.readouterr().err
+
+
+def test_paired_tables_pairs_rows_by_seed(tmp_path: Path) -> None:
+    from benchmarks.paired_tables import main as paired_tables
+
+    def report(bpb: list[float], command: str) -> Path:
+        runs = {f"byte/seed{s}": {"variant": "byte", "seed": s, "test": {"test/bpb": v}} for s, v in enumerate(bpb)}
+        path = tmp_path / f"{command}.json"
+        path.write_text(json.dumps({"command": command, "commit": "abc", "date": "d", "runs": runs}))
+        return path
+
+    paired_tables([str(report([2.0, 2.1, 2.2], "a")), str(report([1.9, 2.0, 2.1], "b")), "--out", str(tmp_path)])
+    line = next(x for x in (tmp_path / "paired.md").read_text().splitlines() if x.startswith("| byte |"))
+    assert "| 3 | 2.1000 | 2.0000 | -0.1000 |" in line and line.endswith("| established |")
