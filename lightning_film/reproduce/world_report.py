@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_film.reproduce.report import header, mean_std
-from lightning_film.reproduce.stats import compare, fmt_ci, holm, interval, paired, paired_section
+from lightning_film.reproduce.stats import compare, fmt_ci, fmt_p, holm, interval, paired, paired_section
 
 __all__ = ["DIT_FID", "KID_ROWS", "RECIPE_REFERENCE", "RECIPE_ROWS", "RecipeRow", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
            "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid", "render_png", "render_recipe"]  # fmt: skip
@@ -143,8 +143,11 @@ def none_verdict(values: dict[str, dict[str, dict[int, float]]], none: str = NON
     better = [c for c in tests if c["verdict"] == "established" and (c["diff"] > 0) == metric.higher_is_better]
     clear = bool(tests) and len(better) == len(tests)
     if clear:
+        worst_p = max(c["p_holm"] for c in tests)
         sentence = (f"**`none` comes out clearly worst** on {metric.name}: each of the {len(tests)} other rows beats "
-                    f"it, established by the paired test over the seeds (Holm over these {len(tests)} pairs).")  # fmt: skip
+                    f"it, established by the paired test over the seeds (Holm over these {len(tests)} pairs, largest "
+                    f"adjusted p {fmt_p(worst_p)}; the paired table below adjusts over all its comparisons, a larger "
+                    f"family, so there the same pairs can read not established).")  # fmt: skip
     else:
         untested = sum(c["p"] is None for c in tests)
         why = f"; {untested} without a test (fewer than 2 shared seeds)" if untested else ""
