@@ -47,10 +47,20 @@ def _trainer(root: Path, steps: int, timer: _Timer):
     import lightning.pytorch as L
 
     return L.Trainer(
-        accelerator="cuda", devices=1, precision="bf16-mixed", max_steps=steps, gradient_clip_val=1.0,
-        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root, callbacks=[timer.callback],
-    )  # fmt: skip
+        accelerator="cuda",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=steps,
+        gradient_clip_val=1.0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=[timer.callback],
+    )
 
 
 def byte_lm(root: Path, steps: int, warmup: int) -> tuple[float, float]:
@@ -74,10 +84,12 @@ def world_model(root: Path, steps: int, warmup: int) -> tuple[float, float]:
     from lightning_film.models import WorldModel
 
     os.environ["LIGHTNING_FILM_CACHE"] = str(root / "cache")  # the recorded episodes go there
-    dm = WorldDataModule(episodes=40, episode_length=16, frame_size=32, context_frames=2, val_episodes=2,
-                         test_episodes=2, batch_size=64)  # fmt: skip
-    model = WorldModel(frame_size=32, context_frames=2, dim=256, depth=4, num_heads=4, kid_feature="tiny",
-                       warmup_steps=2)  # fmt: skip
+    dm = WorldDataModule(
+        episodes=40, episode_length=16, frame_size=32, context_frames=2, val_episodes=2, test_episodes=2, batch_size=64
+    )
+    model = WorldModel(
+        frame_size=32, context_frames=2, dim=256, depth=4, num_heads=4, kid_feature="tiny", warmup_steps=2
+    )
     timer = _Timer(warmup)
     trainer = _trainer(root / "world", steps, timer)
     trainer.fit(model, dm)

@@ -102,8 +102,14 @@ def build_ours(cfg: BenchConfig, conditioner: str, normalizer: str = "rmsnorm") 
     """Our causal transformer, seeded so every build starts from the same generator state."""
     torch.manual_seed(cfg.seed)
     return Transformer(
-        cfg.dim, cfg.depth, cfg.heads, cfg.cond_dim,
-        mlp_ratio=MLP_RATIO, normalizer=normalizer, conditioner=conditioner, causal=True,
+        cfg.dim,
+        cfg.depth,
+        cfg.heads,
+        cfg.cond_dim,
+        mlp_ratio=MLP_RATIO,
+        normalizer=normalizer,
+        conditioner=conditioner,
+        causal=True,
     )
 
 
@@ -163,8 +169,13 @@ def x_transformers_cases(cfg: BenchConfig) -> list[Case]:
         torch.manual_seed(cfg.seed)
         # attn_flash: its scaled_dot_product_attention path, the kernel ours uses too.
         theirs = xt.Decoder(
-            dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, attn_dim_head=cfg.dim // cfg.heads,
-            ff_mult=MLP_RATIO, attn_flash=True, **options,
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            attn_dim_head=cfg.dim // cfg.heads,
+            ff_mult=MLP_RATIO,
+            attn_flash=True,
+            **options,
         )
         cases.append(Case(f"ours/{norm}", ours, Conditioning(), {"side": "ours", "norm": norm}))
         cases.append(Case(f"x_transformers/{norm}", theirs, None, {"side": "x_transformers", "norm": norm}))
@@ -226,36 +237,38 @@ def summarize_conditioners(cases: list[Case], raw: dict[str, list[list[float]]])
     rows = []
     for case in cases:
         added = count_params(case.model) - base_params
-        rows.append({
-            "id": case.id,
-            **case.info,
-            "params": count_params(case.model),
-            "params_added": added,
-            "params_added_pct": 100.0 * added / base_params,
-            "step_s": statistics.median(repeat_times(raw[case.id])),
-            "ratio": spread(paired_ratios(raw[case.id], raw[BASELINE])),
-        })
+        rows.append(
+            {
+                "id": case.id,
+                **case.info,
+                "params": count_params(case.model),
+                "params_added": added,
+                "params_added_pct": 100.0 * added / base_params,
+                "step_s": statistics.median(repeat_times(raw[case.id])),
+                "ratio": spread(paired_ratios(raw[case.id], raw[BASELINE])),
+            }
+        )
     return rows
 
 
-def summarize_x_transformers(
-    cases: list[Case], raw: dict[str, list[list[float]]], tokens: int
-) -> list[dict[str, Any]]:
+def summarize_x_transformers(cases: list[Case], raw: dict[str, list[list[float]]], tokens: int) -> list[dict[str, Any]]:
     """One row per norm: both sides' parameters and tokens/s, and ours/x-transformers tokens/s."""
     rows = []
     for norm in dict.fromkeys(c.info["norm"] for c in cases):
         models = {c.info["side"]: c.model for c in cases if c.info["norm"] == norm}
         ours, theirs = raw[f"ours/{norm}"], raw[f"x_transformers/{norm}"]
-        rows.append({
-            "norm": norm,
-            "params": {side: count_params(m) for side, m in models.items()},
-            "tokens_per_s": {
-                "ours": statistics.median(tokens / t for t in repeat_times(ours)),
-                "x_transformers": statistics.median(tokens / t for t in repeat_times(theirs)),
-            },
-            # tokens/s ours / theirs = step time theirs / ours, per repeat
-            "ratio": spread(paired_ratios(theirs, ours)),
-        })
+        rows.append(
+            {
+                "norm": norm,
+                "params": {side: count_params(m) for side, m in models.items()},
+                "tokens_per_s": {
+                    "ours": statistics.median(tokens / t for t in repeat_times(ours)),
+                    "x_transformers": statistics.median(tokens / t for t in repeat_times(theirs)),
+                },
+                # tokens/s ours / theirs = step time theirs / ours, per repeat
+                "ratio": spread(paired_ratios(theirs, ours)),
+            }
+        )
     return rows
 
 
@@ -333,7 +346,7 @@ def _x_transformers_markdown(section: dict[str, Any] | None) -> list[str]:
         "",
         "## Ours vs x-transformers `Decoder` (unconditioned)",
         "",
-        "Ours: `Transformer(..., conditioner=\"none\", causal=True)`. Theirs: `Decoder(dim, depth, heads, "
+        'Ours: `Transformer(..., conditioner="none", causal=True)`. Theirs: `Decoder(dim, depth, heads, '
         "attn_dim_head=dim // heads, ff_mult=4, attn_flash=True)` (+ `use_rmsnorm=True` for rmsnorm), "
         "both on `F.scaled_dot_product_attention`. Ratio > 1: ours is faster.",
         "",
@@ -364,8 +377,14 @@ def render_png(result: dict[str, Any]) -> bytes:
     left.barh(y, [m - 1.0 for m in med], left=1.0, xerr=err, capsize=3, color="tab:blue")
     left.axvline(1.0, color="black", linewidth=0.8)
     for i, (m, r) in enumerate(zip(med, rows)):
-        left.annotate(f"{m:.3f}", (max(m, r["ratio"]["q3"]), i), xytext=(4, 0), textcoords="offset points",
-                      va="center", fontsize=8)
+        left.annotate(
+            f"{m:.3f}",
+            (max(m, r["ratio"]["q3"]), i),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
     left.set_xlabel("training-step time / none (median, IQR bars)")
     left.set_yticks(y, [r["id"] for r in rows])
     left.invert_yaxis()

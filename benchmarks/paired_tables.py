@@ -33,8 +33,11 @@ def compare(first: dict, second: dict, names: tuple[str, str]) -> str:
     lines = [f"# {names[1]} against {names[0]}, paired by seed", ""]
     for name, report in zip(names, (first, second)):
         lines.append(f"- {name}: `{report['command']}` (commit {report['commit']}, {report['date']})")
-    lines += ["", f"| row | metric | seeds | {names[0]} | {names[1]} | {names[1]} − {names[0]} | 95% CI | p | verdict |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"| row | metric | seeds | {names[0]} | {names[1]} | {names[1]} − {names[0]} | 95% CI | p | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for row in sorted(set(a) & set(b)):
         for metric in sorted(set(a[row]) & set(b[row])):
             r = paired(b[row][metric], a[row][metric])
@@ -42,8 +45,10 @@ def compare(first: dict, second: dict, names: tuple[str, str]) -> str:
                 continue
             first_mean, second_mean = (statistics.fmean(d[row][metric][s] for s in r["seeds"]) for d in (a, b))
             ci = "–" if r["p"] is None else f"[{r['low']:+.4f}, {r['high']:+.4f}]"
-            lines.append(f"| {row} | {metric} | {len(r['seeds'])} | {first_mean:.4f} | "
-                         f"{second_mean:.4f} | {r['diff']:+.4f} | {ci} | {fmt_p(r['p'])} | {r['verdict']} |")  # fmt: skip
+            lines.append(
+                f"| {row} | {metric} | {len(r['seeds'])} | {first_mean:.4f} | "
+                f"{second_mean:.4f} | {r['diff']:+.4f} | {ci} | {fmt_p(r['p'])} | {r['verdict']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps-per-repeat", type=int, default=10)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--work", default="runs/quant/benchmark", help="Core ML packages and sample sheets")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: on a shared 2-core machine a second thread oversubscribes the "
-                   "cores and turns a sub-millisecond forward into ~100 ms)")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine a second thread oversubscribes the "
+        "cores and turns a sub-millisecond forward into ~100 ms)",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -51,9 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     variants = (*quant_specs.VARIANTS, quant_specs.REFERENCE)
     result = quant_assess.assess_checkpoint(
-        Path(args.ckpt), Path(args.work), variants, args.repeats, args.steps_per_repeat, quant_specs.COREML,
+        Path(args.ckpt),
+        Path(args.work),
+        variants,
+        args.repeats,
+        args.steps_per_repeat,
+        quant_specs.COREML,
         say=lambda line: print(line, file=sys.stderr),
-    )  # fmt: skip
+    )
     result.update(
         command=" ".join([PROG, *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -74,25 +83,40 @@ def markdown(r: dict) -> str:
     table: dict = {conditioner: {}}
     quant_summary.add_scores(table[conditioner], r["scores"], quant_specs.SPECS[kind].metrics)
     lines = [
-        f"# Quantization of one checkpoint ({ckpt['model_class']}): test metrics, size, CPU speed, Core ML", "",
-        f"Command: `{r['command']}`  ", f"Date: {r['date']}  ",
+        f"# Quantization of one checkpoint ({ckpt['model_class']}): test metrics, size, CPU speed, Core ML",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Date: {r['date']}  ",
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads, load average "
         f"{m['load_average_1_5_15']} at the end; torch {m['torch']}, torchao {m.get('torchao')}, "
         f"coremltools {m.get('coremltools')}  ",
         f"Checkpoint: `{ckpt['path']}` (step {ckpt['global_step']}; {ckpt['model_class']} "
-        + ", ".join(f"{k} {v}" for k, v in hp.items() if k in ("variant", "dim", "depth", "seq_len", "normalizer",
-                                                                 "embed_conditioner", "conditioner"))
-        + f"). int4 groups of {r['group_size']}.", "",
-        "## Test metrics and size (torchao post-training quantization)", "",
-        *quant_report.variant_table(quant_specs.SPECS[kind].metrics, table, r["sizes"], r["schemes"]), "",
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in hp.items()
+            if k in ("variant", "dim", "depth", "seq_len", "normalizer", "embed_conditioner", "conditioner")
+        )
+        + f"). int4 groups of {r['group_size']}.",
+        "",
+        "## Test metrics and size (torchao post-training quantization)",
+        "",
+        *quant_report.variant_table(quant_specs.SPECS[kind].metrics, table, r["sizes"], r["schemes"]),
+        "",
         *quant_report.corpus_table(table),
-        "## CPU inference speed (forward time as a ratio to float; > 1 is slower)", "",
-        *quant_report.speed_table(r["speed"]), "", quant_report.SPEED_NOTE, "",
-        "## Core ML packages of the float weights (fp16 compute, CPU_AND_NE, iOS18; compression per role)", "",
-        *quant_report.coreml_table(r["coreml"]), "",
+        "## CPU inference speed (forward time as a ratio to float; > 1 is slower)",
+        "",
+        *quant_report.speed_table(r["speed"]),
+        "",
+        quant_report.SPEED_NOTE,
+        "",
+        "## Core ML packages of the float weights (fp16 compute, CPU_AND_NE, iOS18; compression per role)",
+        "",
+        *quant_report.coreml_table(r["coreml"]),
+        "",
         f"Total run time {r['seconds'] / 60:.1f} min. Raw numbers: `quantization.json`. For both models, film vs "
-        "film_tanh and PTQ vs QAT: `lightning-film reproduce quant` (benchmarks/results/quant/).", "",
-    ]  # fmt: skip
+        "film_tanh and PTQ vs QAT: `lightning-film reproduce quant` (benchmarks/results/quant/).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -63,16 +63,20 @@ def resume(model: str, tmp: Path) -> dict[str, Any]:
     config = CONFIGS[model](tmp, STEPS, EVERY)
     _check(run_cli("fit", config, tmp / "whole"), f"{model}: uninterrupted fit")
     killer = json.dumps([{"class_path": "tests.helpers.kill.KillAtStep", "init_args": {"step": KILL_AT}}])
-    _check(run_cli("fit", config, tmp / "killed", "--trainer.callbacks+", killer), f"{model}: killed fit",
-           -signal.SIGKILL)  # fmt: skip
+    _check(
+        run_cli("fit", config, tmp / "killed", "--trainer.callbacks+", killer), f"{model}: killed fit", -signal.SIGKILL
+    )
     died_after = max(_losses(tmp / "killed"))
     _check(run_cli("fit", config, tmp / "killed", "--ckpt_path", "last"), f"{model}: resumed fit")
     whole, resumed = _losses(tmp / "whole"), _losses(tmp / "killed")
     diffs = [abs(resumed[s] - whole[s]) / max(abs(whole[s]), 1e-12) for s in whole if s in resumed]
     return {
-        "steps": STEPS, "killed_after_step": died_after, "resumed_from_step": KILL_AT - 1 - (KILL_AT - 1) % EVERY,
-        "same_steps": sorted(whole) == sorted(resumed), "max_rel_loss_diff": max(diffs),
-    }  # fmt: skip
+        "steps": STEPS,
+        "killed_after_step": died_after,
+        "resumed_from_step": KILL_AT - 1 - (KILL_AT - 1) % EVERY,
+        "same_steps": sorted(whole) == sorted(resumed),
+        "max_rel_loss_diff": max(diffs),
+    }
 
 
 def processes(model: str, tmp: Path) -> dict[str, Any]:
@@ -82,8 +86,10 @@ def processes(model: str, tmp: Path) -> dict[str, Any]:
     one = make(tmp, DDP_STEPS, DDP_STEPS, batch_size=8, val=True, windows=64)
     _check(run_cli("fit", one, tmp / "one"), f"{model}: 1-process fit")
     two = make(tmp, DDP_STEPS, DDP_STEPS, batch_size=4, val=True, windows=64, name="two.yaml")
-    _check(run_cli("fit", two, tmp / "two", "--trainer.devices", "2", "--trainer.strategy", "ddp", timeout=600),
-           f"{model}: 2-process fit")  # fmt: skip
+    _check(
+        run_cli("fit", two, tmp / "two", "--trainer.devices", "2", "--trainer.strategy", "ddp", timeout=600),
+        f"{model}: 2-process fit",
+    )
 
     def final(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         state = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
@@ -92,31 +98,43 @@ def processes(model: str, tmp: Path) -> dict[str, Any]:
 
     (s1, m1), (s2, m2) = final(tmp / "one"), final(tmp / "two")
     return {
-        "steps": DDP_STEPS, "global_batch": 8,
+        "steps": DDP_STEPS,
+        "global_batch": 8,
         "max_abs_param_diff": max((s1[k].float() - s2[k].float()).abs().max().item() for k in s1),
         "val_rel_diff": {k: abs(m2[k] - m1[k]) / max(abs(m1[k]), 1e-12) for k in m1 if k in m2},
-        "val_one": m1, "val_two": m2,
-    }  # fmt: skip
+        "val_one": m1,
+        "val_two": m2,
+    }
 
 
 def pytest_counts(path: str) -> dict[str, Any]:
     """Run one test file; (passed, failed, seconds) from pytest's summary line."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path], capture_output=True, text=True
+    )
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     count = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", summary)}
-    return {"passed": count.get("passed", 0), "failed": count.get("failed", 0) + count.get("error", 0),
-            "skipped": count.get("skipped", 0), "seconds": time.perf_counter() - start, "summary": summary}  # fmt: skip
+    return {
+        "passed": count.get("passed", 0),
+        "failed": count.get("failed", 0) + count.get("error", 0),
+        "skipped": count.get("skipped", 0),
+        "seconds": time.perf_counter() - start,
+        "summary": summary,
+    }
 
 
 #: issue 14's classes of hostile input
 CLASSES = {
-    1: "code through a checkpoint fetched by URL", 2: "code named by a checkpoint's hyper-parameters",
-    3: "`--ckpt_path last` bypassing the checks", 4: "small files that exhaust memory or time",
-    5: "SIGTERM during fit (save, exit 143, resume exactly)", 6: "silent clobbering and leakage",
-    7: "tracebacks instead of one line", 8: "a corpus changing while fit reads it",
-}  # fmt: skip
+    1: "code through a checkpoint fetched by URL",
+    2: "code named by a checkpoint's hyper-parameters",
+    3: "`--ckpt_path last` bypassing the checks",
+    4: "small files that exhaust memory or time",
+    5: "SIGTERM during fit (save, exit 143, resume exactly)",
+    6: "silent clobbering and leakage",
+    7: "tracebacks instead of one line",
+    8: "a corpus changing while fit reads it",
+}
 
 
 def _class_of(test: str) -> int | None:
@@ -129,12 +147,30 @@ def hostile_counts() -> dict[int, dict[str, Any]]:
     memory and the longest time of one case (``benchmarks.peak_plugin``)."""
     with tempfile.TemporaryDirectory() as tmp:
         peaks_file = Path(tmp) / "peaks.jsonl"
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p",
-                               "benchmarks.peak_plugin", "tests/test_hostile_input.py", "tests/test_resume.py", "-k",
-                               "hostile or c4 or c7 or c8 or sigterm"], capture_output=True, text=True,
-                              env={**os.environ, "LIGHTNING_FILM_PEAKS": str(peaks_file)})  # fmt: skip
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-rA",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "benchmarks.peak_plugin",
+                "tests/test_hostile_input.py",
+                "tests/test_resume.py",
+                "-k",
+                "hostile or c4 or c7 or c8 or sigterm",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LIGHTNING_FILM_PEAKS": str(peaks_file)},
+        )
         peaks = [json.loads(line) for line in peaks_file.read_text().splitlines()] if peaks_file.exists() else []
-    counts: dict[int, dict[str, Any]] = {c: {"tried": 0, "handled": 0, "peak_mib": 0.0, "seconds": 0.0} for c in CLASSES}
+    counts: dict[int, dict[str, Any]] = {
+        c: {"tried": 0, "handled": 0, "peak_mib": 0.0, "seconds": 0.0} for c in CLASSES
+    }
     for outcome, test in re.findall(r"^(PASSED|FAILED|ERROR) (\S+)", done.stdout, re.M):
         kind = _class_of(test)
         if kind is not None:
@@ -163,8 +199,10 @@ def render(report: dict[str, Any]) -> str:
         "|---|---:|---|---:|---:|",
     ]
     for model, r in report["resume"].items():
-        lines.append(f"| {model} | {r['resumed_from_step']} | {'yes' if r['same_steps'] else 'NO'} | "
-                     f"{r['max_rel_loss_diff']:.1e} | < 1e-6 |")  # fmt: skip
+        lines.append(
+            f"| {model} | {r['resumed_from_step']} | {'yes' if r['same_steps'] else 'NO'} | "
+            f"{r['max_rel_loss_diff']:.1e} | < 1e-6 |"
+        )
     lines += [
         "",
         f"## 1 process x batch 8 vs 2 processes x batch 4 (`--trainer.devices 2 --trainer.strategy ddp`, "
@@ -198,8 +236,10 @@ def render(report: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for c, r in report["hostile"].items():
-        lines.append(f"| {c} | {CLASSES[int(c)]} | {r['tried']} | {r['handled']} | {r.get('peak_mib', 0):,.0f} | "
-                     f"{r.get('seconds', 0):.1f} |")  # fmt: skip
+        lines.append(
+            f"| {c} | {CLASSES[int(c)]} | {r['tried']} | {r['handled']} | {r.get('peak_mib', 0):,.0f} | "
+            f"{r.get('seconds', 0):.1f} |"
+        )
     lines += [
         "",
         "Peak memory: the resident high-water mark of the whole test process during one case (reset before it; "
@@ -228,12 +268,15 @@ def main(argv: list[str] | None = None) -> None:
     from tests.test_bad_input import CASES
 
     report.update(
-        bad_input_cases=len(CASES), bad_inputs=pytest_counts("tests/test_bad_input.py"),
-        atomic_writes=pytest_counts("tests/test_atomic_writes.py"), hostile=hostile_counts(),
+        bad_input_cases=len(CASES),
+        bad_inputs=pytest_counts("tests/test_bad_input.py"),
+        atomic_writes=pytest_counts("tests/test_atomic_writes.py"),
+        hostile=hostile_counts(),
         command=shlex.join([*PROG.split(), *(argv if argv is not None else sys.argv[1:])]),
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=machine_info(),
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=machine_info(),
         wall_s=time.perf_counter() - start,
-    )  # fmt: skip
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "reliability.json", json.dumps(report, indent=1) + "\n")
     write_atomic(args.out / "reliability.md", render(report))

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_film.data.environments import agent_matches
 from lightning_film.data.world import WorldDataModule
-from lightning_film.data.worlds import agent_matches
 from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
 from lightning_film.models.world_eval import datamodule_world
 from lightning_film.models.world_model import WorldModel

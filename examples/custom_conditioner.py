@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> float:
     bpb = float(trainer.callback_metrics["val/bpb"])
     other = float(trainer.callback_metrics["val/bpb_other_class"])
     n_cond = sum(p.numel() for c in model.transformer.conditioners() for p in c.parameters())
-    print(f"{args.conditioner}: val/bpb {bpb:.3f} (told another package: {other:.3f}) "
-          f"after {args.steps} steps; {n_cond} conditioner parameters")  # fmt: skip
+    print(
+        f"{args.conditioner}: val/bpb {bpb:.3f} (told another package: {other:.3f}) "
+        f"after {args.steps} steps; {n_cond} conditioner parameters"
+    )
     return bpb
 
 

@@ -109,16 +109,24 @@ class StdlibBytes(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        _check_ints("StdlibBytes", 1, seq_len=seq_len, batch_size=batch_size, val_windows=val_windows,
-                    train_windows_per_epoch=train_windows_per_epoch)  # fmt: skip
+        _check_ints(
+            "StdlibBytes",
+            1,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            val_windows=val_windows,
+            train_windows_per_epoch=train_windows_per_epoch,
+        )
         _check_ints("StdlibBytes", 0, num_workers=num_workers)
         self.packages = list(DEFAULT_PACKAGES if packages is None else packages)
         available = available_packages()
         unknown = [p for p in self.packages if p not in available]
         if unknown or not self.packages or len(set(self.packages)) != len(self.packages):
             why = f" (unknown: {unknown})" if unknown else ""
-            raise ValueError(f"StdlibBytes: packages must be distinct stdlib packages, got {self.packages}{why}; "
-                             f"available in {STDLIB}: {', '.join(available)}")  # fmt: skip
+            raise ValueError(
+                f"StdlibBytes: packages must be distinct stdlib packages, got {self.packages}{why}; "
+                f"available in {STDLIB}: {', '.join(available)}"
+            )
         self.seq_len, self.batch_size, self.seed, self.num_workers = seq_len, batch_size, seed, num_workers
         self.train_windows_per_epoch, self.val_windows = train_windows_per_epoch, val_windows
         self.streams: dict[str, list[torch.Tensor]] = {}
@@ -211,8 +219,10 @@ class ConditionalByteLM(LightningModule):
         for what in ("num_classes", "seq_len"):
             theirs, mine = getattr(self.trainer.datamodule, what, None), self.hparams[what]
             if isinstance(theirs, int) and theirs > mine:
-                raise ValueError(f"ConditionalByteLM: the data has {what}={theirs} but the model {what}={mine}; "
-                                 f"set model.{what} to at least {theirs}")  # fmt: skip
+                raise ValueError(
+                    f"ConditionalByteLM: the data has {what}={theirs} but the model {what}={mine}; "
+                    f"set model.{what} to at least {theirs}"
+                )
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x: (B, N) bytes, c: (B,) class ids -> (B, N, V) next-byte logits."""

@@ -40,10 +40,19 @@ from lightning_film.errors import UsageError
 from lightning_film.io import atomic_path
 
 __all__ = [
-    "LIGHTNING_KEYS", "AtomicCheckpointIO", "check_model_class", "check_weights_fit", "checkpoint_class", "last_checkpoint",
-    "load_model", "loaded_class", "nest_checkpoint", "nest_keys", "read_checkpoint",
+    "LIGHTNING_KEYS",
+    "AtomicCheckpointIO",
+    "check_model_class",
+    "check_weights_fit",
+    "checkpoint_class",
+    "last_checkpoint",
+    "load_model",
+    "loaded_class",
+    "nest_checkpoint",
+    "nest_keys",
+    "read_checkpoint",
     "trusted_hyper_parameters",
-]  # fmt: skip
+]
 
 #: what makes a dict a Lightning checkpoint (Lightning's own loader needs both)
 LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
@@ -303,9 +312,11 @@ def last_checkpoint(trainer: Any, subcommand: str) -> str | None:
     from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
 
     found = [
-        path for cb in trainer.checkpoint_callbacks if isinstance(cb, _ModelCheckpoint)
+        path
+        for cb in trainer.checkpoint_callbacks
+        if isinstance(cb, _ModelCheckpoint)
         for path in cb._find_last_checkpoints(trainer)
-    ]  # fmt: skip
+    ]
     if found:
         return max(found, key=os.path.getmtime)
     if subcommand == "fit":
@@ -338,9 +349,10 @@ def _code_names(hparams: Mapping[str, Any]) -> dict[str, str]:
     """Key -> value of every value that would import code: a ``module:attr`` string, or any
     ``class_path`` (jsonargparse imports it)."""
     return {
-        key: value for key, value in _strings(hparams, "")
+        key: value
+        for key, value in _strings(hparams, "")
         if isinstance(value, str) and (_IMPORT_PATH.fullmatch(value.strip()) or key.rpartition(".")[2] == "class_path")
-    }  # fmt: skip
+    }
 
 
 def trusted_hyper_parameters(

@@ -51,7 +51,7 @@ from lightning_film.checkpoints import (
     loaded_class,
     read_checkpoint,
     trusted_hyper_parameters,
-)  # fmt: skip
+)
 from lightning_film.cli_inputs import (
     SHARED_SETTINGS,
     check_config,
@@ -211,8 +211,10 @@ class FilmCLI(LightningCLI):
         for key in kept:
             del hparams[key]
         if kept:
-            rank_zero_info(f"{PROG}: model settings from checkpoint {str(ckpt_path)!r}, except from the command line: "
-                           + ", ".join(f"{k}={given.get(k)!r}" for k in kept))  # fmt: skip
+            rank_zero_info(
+                f"{PROG}: model settings from checkpoint {str(ckpt_path)!r}, except from the command line: "
+                + ", ".join(f"{k}={given.get(k)!r}" for k in kept)
+            )
         if hparams:
             # the class stays the user's: the checkpoint only fills in its settings
             merged = {subcommand: {"model": {"class_path": class_path, "init_args": hparams}}}
@@ -226,8 +228,9 @@ class FilmCLI(LightningCLI):
         if kwargs.get("ckpt_path") == "last":
             kwargs["ckpt_path"] = last_checkpoint(self.trainer, subcommand)
             if kwargs["ckpt_path"] is not None:
-                check_model_class(read_checkpoint(kwargs["ckpt_path"]), kwargs["ckpt_path"], type(self.model),
-                                  "this run's model")  # fmt: skip
+                check_model_class(
+                    read_checkpoint(kwargs["ckpt_path"]), kwargs["ckpt_path"], type(self.model), "this run's model"
+                )
         return kwargs
 
 
@@ -359,8 +362,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{PROG}: error: stopped by SIGTERM; {saved}; resume with --ckpt_path last", file=sys.stderr)
             raise SystemExit(128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
-            print(f"{PROG}: error: interrupted (Ctrl-C); finished work is kept: rerun the same command to go on",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{PROG}: error: interrupted (Ctrl-C); finished work is kept: rerun the same command to go on",
+                file=sys.stderr,
+            )
             raise SystemExit(128 + signal.SIGINT) from None
         except Exception as err:
             shown = None if os.environ.get(DEBUG_ENV, "0") not in ("", "0") else user_error(err)

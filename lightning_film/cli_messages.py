@@ -79,8 +79,14 @@ def subcommand_description(subcommand: str) -> str:
 
 
 #: jsonargparse report lines that say nothing about the mistake (the Union it tried, its types)
-_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
-          "Expected a <class 'NoneType'>", "Expected a dot import path string")  # fmt: skip
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "Expected a <class 'NoneType'>",
+    "Expected a dot import path string",
+)
 
 
 #: the top-level keys of a LightningCLI config

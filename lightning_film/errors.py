@@ -19,6 +19,12 @@ def check_int(name: str, value: object, minimum: int, maximum: int | None = None
     return int(value)
 
 
+def check_ints(who: str, **values: tuple[object, int]) -> None:
+    """:func:`check_int` of each ``name=(value, minimum)``, messages prefixed ``who: ``."""
+    for name, (value, minimum) in values.items():
+        check_int(name, value, minimum, who=who)
+
+
 class UsageError(Exception):
     """A mistake in how a command was called, or a step of it that failed for a reason the
     message states in full; the CLI prints it as one line and exits with status 2."""

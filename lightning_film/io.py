@@ -146,8 +146,11 @@ def yaml_problem(text: str) -> str | None:
     stack = [root] if root is not None else []
     while stack:  # post-order, iterative: the depth of a hostile file must not matter
         node = stack[-1]
-        children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else (
-            node.value if isinstance(node, yaml.SequenceNode) else [])  # fmt: skip
+        children = (
+            [v for pair in node.value for v in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (node.value if isinstance(node, yaml.SequenceNode) else [])
+        )
         pending = [c for c in children if id(c) not in sizes]
         if pending:
             if len(stack) > 10_000:
@@ -163,7 +166,9 @@ def yaml_problem(text: str) -> str | None:
             for key, _ in node.value:
                 if isinstance(key, yaml.ScalarNode):
                     if key.value in seen:
-                        return (f"key {key.value!r} is given twice (lines {seen[key.value]} and "
-                                f"{key.start_mark.line + 1}); YAML would keep only the last")  # fmt: skip
+                        return (
+                            f"key {key.value!r} is given twice (lines {seen[key.value]} and "
+                            f"{key.start_mark.line + 1}); YAML would keep only the last"
+                        )
                     seen[key.value] = key.start_mark.line + 1
     return None

@@ -23,7 +23,13 @@ import lightning_film
 from lightning_film.io import write_atomic  # noqa: F401  (re-exported for the benchmarks)
 
 __all__ = [
-    "cpu_model", "interleaved", "machine_info", "load_average", "paired_ratios", "repeat_times", "spread",
+    "cpu_model",
+    "interleaved",
+    "machine_info",
+    "load_average",
+    "paired_ratios",
+    "repeat_times",
+    "spread",
     "write_atomic",
 ]
 
@@ -111,7 +117,7 @@ def interleaved(
     gc.disable()
     try:
         for r in range(repeats):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             times: dict[str, list[float]] = {name: [] for name in names}
             for _ in range(steps_per_repeat):
                 for name in order:

@@ -20,9 +20,12 @@ LIBRARY_NOTICES: list[tuple[str, type[Warning], str]] = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
     # "logger=True will use CSVLogger unless tensorboard is found": tensorboard is in our default
     # install and the README says where logs go, so this only repeats what the user already chose
-    (r"Starting from v1\.9\.0, `tensorboardX` has been removed", UserWarning,
-     r"lightning\.pytorch\.trainer\.connectors\.logger_connector"),
-]  # fmt: skip
+    (
+        r"Starting from v1\.9\.0, `tensorboardX` has been removed",
+        UserWarning,
+        r"lightning\.pytorch\.trainer\.connectors\.logger_connector",
+    ),
+]
 
 #: the start of Lightning's advertisement for its cloud logger, printed as an info line on every
 #: Trainer built without one (Lightning 2.6 has no setting for it)

@@ -102,13 +102,9 @@ class Registry:
 
         return decorator
 
-    def add(
-        self, name: str, factory: Callable[..., Any], *, override: bool = False, doc: str | None = None
-    ) -> None:
+    def add(self, name: str, factory: Callable[..., Any], *, override: bool = False, doc: str | None = None) -> None:
         if not isinstance(name, str) or not name or any(c in name for c in ":. "):
-            raise RegistryError(
-                f"invalid {self.kind} name {name!r}: use a non-empty string without ':', '.' or spaces"
-            )
+            raise RegistryError(f"invalid {self.kind} name {name!r}: use a non-empty string without ':', '.' or spaces")
         if not callable(factory):
             raise RegistryError(f"{self.kind} {name!r} must be a class or callable, got {factory!r}")
         taken = self._entries.get(name)
@@ -233,9 +229,7 @@ def _check_options(factory: Callable[..., Any], args: tuple, options: dict[str, 
     params = signature.parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    accepted = [
-        n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"
-    ]
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         optional = [n for n in accepted if params[n].default is not inspect.Parameter.empty]
@@ -269,9 +263,7 @@ def build_normalizer(spec: Spec | Callable[..., nn.Module], dim: int, **kwargs: 
     return NORMALIZERS.build(spec, dim, **kwargs)
 
 
-def build_conditioner(
-    spec: Spec | Callable[..., nn.Module], dim: int, cond_dim: int, **kwargs: Any
-) -> nn.Module:
+def build_conditioner(spec: Spec | Callable[..., nn.Module], dim: int, cond_dim: int, **kwargs: Any) -> nn.Module:
     """Build a conditioner for features of width ``dim`` and conditioning of width ``cond_dim``."""
     return CONDITIONERS.build(spec, dim, cond_dim, **kwargs)
 

@@ -33,7 +33,9 @@ def tiny_cli_args(tmp_path: Path) -> list[str]:
         "trainer.enable_progress_bar": "false",
         "trainer.enable_model_summary": "false",
         # the tests read metrics.csv; with TensorBoard installed Lightning's default logger is TensorBoard's
-        "trainer.logger": json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}),
+        "trainer.logger": json.dumps(
+            {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}
+        ),
         "model.dim": 16,
         "model.num_heads": 2,
         "data.seq_len": 16,

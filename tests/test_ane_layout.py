@@ -39,8 +39,16 @@ TOL = 1e-5
 SENSITIVE = 1e-2
 SEQ = 16
 BYTE = {"dim": 32, "depth": 2, "num_heads": 2, "seq_len": SEQ, "nibble_dim": 8, "acc_dim": 4}
-WORLD = {"frame_size": 8, "context_frames": 1, "num_actions": 3, "patch_size": 2, "dim": 32, "depth": 2,
-         "num_heads": 2, "kid_feature": "tiny"}  # fmt: skip
+WORLD = {
+    "frame_size": 8,
+    "context_frames": 1,
+    "num_actions": 3,
+    "patch_size": 2,
+    "dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "kid_feature": "tiny",
+}
 
 
 def perturbed(model: nn.Module) -> nn.Module:
@@ -63,8 +71,13 @@ def world_model(**kwargs) -> WorldModel:
     return perturbed(WorldModel(**{**WORLD, **kwargs}))
 
 
-def max_diff(model: nn.Module, min_eps: float | None = None, batch_size: int = 2, seq_len: int | None = None,
-             reference: nn.Module | None = None) -> float:  # fmt: skip
+def max_diff(
+    model: nn.Module,
+    min_eps: float | None = None,
+    batch_size: int = 2,
+    seq_len: int | None = None,
+    reference: nn.Module | None = None,
+) -> float:
     """max |copy - original| / max(1, max |original|) of the inference step on example inputs (``reference``: the
     original to compare to)."""
     step = inference_step(reference or model, batch_size, seq_len)
@@ -129,10 +142,13 @@ def test_byte_lm_variants_equal_their_ane_layout(options: dict) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"combine": "concat", "conditioner": "film_exp"}, {"objective": "flow", "conditioner": "adaln_zero"},
-     {"conditioner": {"name": "cross_attention", "num_heads": 4}, "normalizer": "layernorm"}],
+    [
+        {"combine": "concat", "conditioner": "film_exp"},
+        {"objective": "flow", "conditioner": "adaln_zero"},
+        {"conditioner": {"name": "cross_attention", "num_heads": 4}, "normalizer": "layernorm"},
+    ],
     ids=["concat_signals", "flow", "cross_attention_4_heads"],
-)  # fmt: skip
+)
 def test_world_model_variants_equal_their_ane_layout(options: dict) -> None:
     assert max_diff(world_model(**options)) < TOL
 
@@ -156,8 +172,10 @@ def test_eps_below_fp16_normal_is_raised_and_is_the_only_change(normalizer: str)
     model = byte_lm(normalizer=normalizer)  # eps 1e-6: subnormal in fp16
     step = to_ane_layout(model)
     assert FP16_SAFE_EPS == 2.0**-14
-    assert step.notes == [f"5 normalizer eps 1e-06 raised to {FP16_SAFE_EPS:g} (fp16's smallest normal; subnormals "
-                          f"may be flushed to zero on the Neural Engine)"]  # fmt: skip
+    assert step.notes == [
+        f"5 normalizer eps 1e-06 raised to {FP16_SAFE_EPS:g} (fp16's smallest normal; subnormals "
+        f"may be flushed to zero on the Neural Engine)"
+    ]
     assert {float(m.eps) for m in step.modules() if isinstance(m, ChannelRMSNorm)} == {  # layernorm: centred
         FP16_SAFE_EPS
     }
@@ -228,8 +246,9 @@ def test_unsupported_parts_are_refused_by_name() -> None:
     assert max_diff(model) < TOL  # a subclass changing only gamma exports (it used to be refused)
     model.net.transformer.blocks[1].cond2 = _Squared(32, model.net.embed.cond_dim, site="mlp")
     with pytest.raises(
-        ExportError, match=r"_Squared \(at transformer\.blocks\.1\.cond2\) overrides modulate but inherits "
-        r"channels_first from FiLM, .*define _Squared\.channels_first\(self, cf\) -> nn\.Module.*layout 'default'"
+        ExportError,
+        match=r"_Squared \(at transformer\.blocks\.1\.cond2\) overrides modulate but inherits "
+        r"channels_first from FiLM, .*define _Squared\.channels_first\(self, cf\) -> nn\.Module.*layout 'default'",
     ):
         to_ane_layout(model)
     model = byte_lm()
@@ -265,9 +284,12 @@ def test_a_custom_conditioner_from_the_readme_exports_with_the_hook_and_is_refus
     model = world_model(conditioner={"name": "examples.custom_conditioner:LowRankFiLM", "rank": 2})
     assert max_diff(model) < TOL
     model.net.transformer.blocks[0].cond1 = NoHook(32, model.net.transformer.cond_dim)
-    with pytest.raises(ExportError, match=r"^layout 'ane': NoHook \(at transformer\.blocks\.0\.cond1\) has no "
-                       r"channels-first form: define NoHook\.channels_first\(self, cf\) -> nn\.Module .*or export "
-                       r"with layout 'default'$"):  # fmt: skip
+    with pytest.raises(
+        ExportError,
+        match=r"^layout 'ane': NoHook \(at transformer\.blocks\.0\.cond1\) has no "
+        r"channels-first form: define NoHook\.channels_first\(self, cf\) -> nn\.Module .*or export "
+        r"with layout 'default'$",
+    ):
         to_ane_layout(model)
 
 
@@ -289,9 +311,16 @@ def test_export_command_converts_the_ane_layout_to_convolutions(tmp_path: Path, 
 
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωποι\n" * 40)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     model = ByteLM(**{**BYTE, "depth": 1, "embed_conditioner": {"name": "film", "zero_init": False}})
     trainer.fit(model, ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -299,8 +328,23 @@ def test_export_command_converts_the_ane_layout_to_convolutions(tmp_path: Path, 
     trainer.save_checkpoint(ckpt)
     monkeypatch.setitem(cli.EXTRA_COMMANDS, "export", ("Export.", "lightning_film.export.cli:export_command"))
 
-    cli.main(["export", "--ckpt", str(ckpt), "--to", "coreml", "--layout", "ane", "--weights", "int4_film",
-              "--group-size", "4", "--model", "lightning_film.models.ByteLM"])  # fmt: skip
+    cli.main(
+        [
+            "export",
+            "--ckpt",
+            str(ckpt),
+            "--to",
+            "coreml",
+            "--layout",
+            "ane",
+            "--weights",
+            "int4_film",
+            "--group-size",
+            "4",
+            "--model",
+            "lightning_film.models.ByteLM",
+        ]
+    )
     package = tmp_path / "run" / "export" / "last-int4_film-ane.mlpackage"
     assert f"wrote {package}" in capsys.readouterr().out
     report = __import__("json").loads(package.with_suffix(".json").read_text())
@@ -319,7 +363,10 @@ def test_export_command_converts_the_ane_layout_to_convolutions(tmp_path: Path, 
     storage = {w["param"]: (w["role"], w["storage"]) for w in report["weights"] if "param" in w}
     assert storage["net.embed.conditioner.form.projections.0.0.weight"] == ("conditioner", "int4")
     assert storage["net.transformer.blocks.0.attn.q.weight"] == ("backbone", "int8")  # q keeps its own constant
-    assert storage["net.head.form.weight"] == ("head", "int8") and storage["net.embed.byte.weight"] == ("embedding", "int8")
+    assert storage["net.head.form.weight"] == ("head", "int8") and storage["net.embed.byte.weight"] == (
+        "embedding",
+        "int8",
+    )
     assert len(storage) == linears + 2 + 3  # every conv and embedding compressed
 
 
@@ -337,14 +384,22 @@ def test_layout_option_of_the_command_and_the_callback(monkeypatch, capsys) -> N
     with pytest.raises(ValueError, match="layout 'ane' rebuilds the float model's linears"):
         ANEExportCallback(layout="ane", from_quantization="int8")
     seen = {}
-    monkeypatch.setattr(coreml_module, "export_coreml", lambda model, path, **kw: seen.update(kw) or
-                        {"size_bytes": {"total": 1}, "op_count": 1, "weight_storage": {}, "warnings": []})  # fmt: skip
+    monkeypatch.setattr(
+        coreml_module,
+        "export_coreml",
+        lambda model, path, **kw: (
+            seen.update(kw) or {"size_bytes": {"total": 1}, "op_count": 1, "weight_storage": {}, "warnings": []}
+        ),
+    )
     ANEExportCallback(layout="ane").export(byte_lm(), "m.mlpackage")
     assert seen["layout"] == "ane"
 
 
-@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML models run only on macOS: on Linux the ANE-layout "
-                    "package is converted and read back, and its equivalence is proven in PyTorch")  # fmt: skip
+@pytest.mark.skipif(
+    sys.platform != "darwin",
+    reason="Core ML models run only on macOS: on Linux the ANE-layout "
+    "package is converted and read back, and its equivalence is proven in PyTorch",
+)
 def test_core_ml_numerics_of_the_ane_layout_match_pytorch(tmp_path: Path) -> None:
     ct = pytest.importorskip("coremltools")
     model = byte_lm(block_conditioner="film_tanh")

@@ -47,8 +47,13 @@ def _digest(path: Path) -> str:
 def _kill_halfway(mode: str, target: Path) -> Path:
     """Run the writer to its SIGKILL; return the temporary path it was writing to."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run([sys.executable, str(WRITER), mode, str(target), str(SIZE)], capture_output=True,
-                          text=True, timeout=120, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(WRITER), mode, str(target), str(SIZE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     return Path(proc.stdout.strip())
 
@@ -58,8 +63,9 @@ def _assert_named_as_io_names_temporaries(leftover: Path, target: Path) -> None:
     assert leftover.name.startswith(f".{target.name}.") and leftover.name.endswith(".tmp"), leftover.name
 
 
-@pytest.mark.parametrize(("mode", "written"), [("atomic_path", 1 << 20), ("write_atomic", 1 << 20),
-                                               ("before_rename", SIZE)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mode", "written"), [("atomic_path", 1 << 20), ("write_atomic", 1 << 20), ("before_rename", SIZE)]
+)
 def test_a_file_write_killed_halfway_leaves_the_old_file(tmp_path: Path, mode: str, written: int) -> None:
     target = tmp_path / "results.bin"
     old = _old_bytes()
@@ -118,7 +124,7 @@ ALLOWED = {
     "purpose: a killed run keeps the lines that say how far it got",
     ("lightning_film/data/shards.py", "savez_compressed"): "_save_npz writes into the file object shards.atomic_write "
     "opened inside atomic_path",
-}  # fmt: skip
+}
 
 
 def _name(call: ast.Call) -> str:

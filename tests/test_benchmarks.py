@@ -14,8 +14,26 @@ import lightning_film
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import overhead  # noqa: E402
 
-TINY = ["--dim", "16", "--depth", "1", "--heads", "2", "--seq", "8", "--batch", "2", "--cond-dim", "16",
-        "--repeats", "2", "--steps-per-repeat", "1", "--warmup", "0"]
+TINY = [
+    "--dim",
+    "16",
+    "--depth",
+    "1",
+    "--heads",
+    "2",
+    "--seq",
+    "8",
+    "--batch",
+    "2",
+    "--cond-dim",
+    "16",
+    "--repeats",
+    "2",
+    "--steps-per-repeat",
+    "1",
+    "--warmup",
+    "0",
+]
 
 
 def _has(module: str) -> bool:

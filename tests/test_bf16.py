@@ -29,9 +29,24 @@ from lightning_film.nn.norms import DyT, LayerNorm, RMSNorm
 
 BF16 = torch.bfloat16
 FRAME, K, A = 16, 2, 5
-WORLD = {"frame_size": FRAME, "context_frames": K, "num_actions": A, "patch_size": 4, "dim": 32, "depth": 1,
-         "num_heads": 2, "sample_steps": 2, "kid_feature": "tiny", "warmup_steps": 1, "kid_subset_size": 4,
-         "kid_subsets": 3, "max_eval_samples": 8, "rollout_steps": 2, "rollout_windows": 2, "grid_windows": 2}  # fmt: skip
+WORLD = {
+    "frame_size": FRAME,
+    "context_frames": K,
+    "num_actions": A,
+    "patch_size": 4,
+    "dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "sample_steps": 2,
+    "kid_feature": "tiny",
+    "warmup_steps": 1,
+    "kid_subset_size": 4,
+    "kid_subsets": 3,
+    "max_eval_samples": 8,
+    "rollout_steps": 2,
+    "rollout_windows": 2,
+    "grid_windows": 2,
+}
 BYTE = {"dim": 16, "depth": 1, "num_heads": 2, "seq_len": 16, "nibble_dim": 8, "acc_dim": 4, "warmup_steps": 1}
 
 
@@ -264,12 +279,26 @@ def test_cuda_models_take_cpu_and_cuda_generators() -> None:  # pragma: no cover
 
 # -- through Lightning's precision plugin ---------------------------------------------------------------
 def bf16_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    kwargs = {"max_steps": 2, "val_check_interval": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
-              "limit_val_batches": 1, "limit_test_batches": 1, "gradient_clip_val": 1.0, **kwargs}  # fmt: skip
+    kwargs = {
+        "max_steps": 2,
+        "val_check_interval": 2,
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 1,
+        "limit_test_batches": 1,
+        "gradient_clip_val": 1.0,
+        **kwargs,
+    }
     return L.Trainer(
-        accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, **kwargs,
-    )  # fmt: skip
+        accelerator="cpu",
+        precision="bf16-mixed",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 class GradNorm(L.Callback):
@@ -326,8 +355,9 @@ def test_world_model_fits_and_tests_in_bf16_mixed(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
     L.seed_everything(0, verbose=False)
     m = WorldModel(**WORLD)
-    dm = WorldDataModule(episodes=10, episode_length=8, frame_size=FRAME, context_frames=K, val_episodes=2,
-                         test_episodes=2, batch_size=4)  # fmt: skip
+    dm = WorldDataModule(
+        episodes=10, episode_length=8, frame_size=FRAME, context_frames=K, val_episodes=2, test_episodes=2, batch_size=4
+    )
     dtypes = autocast_seen(m)
     kid_inner: list[torch.dtype] = []
     trainer = bf16_trainer(tmp_path)

@@ -136,7 +136,9 @@ def test_use_rare_table_recomputes_acc_and_checks_the_shape(text_file):
     everything = torch.ones(16, 16, dtype=torch.bool)  # every pair rare: acc counts every pair
     dm.use_rare_table(everything)
     src = dm.sources[0]
-    expected = accumulate(torch.from_numpy(src.nibbles), everything, doc_start=torch.from_numpy(src.doc_start(0, len(src.data))))
+    expected = accumulate(
+        torch.from_numpy(src.nibbles), everything, doc_start=torch.from_numpy(src.doc_start(0, len(src.data)))
+    )
     assert torch.equal(dm.rare_table, everything)
     assert np.array_equal(src.acc, expected.numpy())
     with pytest.raises(ValueError, match=r"16 x 16 entries, got shape \(4, 4\)"):
@@ -246,7 +248,9 @@ def test_missing_corpus_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "gflanguages", None)
     corpora._udhr.cache_clear()
     try:
-        with pytest.raises(ImportError, match=r"'udhr' reads the package 'gflanguages'.*pip install 'lightning_film\[data\]'"):
+        with pytest.raises(
+            ImportError, match=r"'udhr' reads the package 'gflanguages'.*pip install 'lightning_film\[data\]'"
+        ):
             load_corpus("udhr")
     finally:
         corpora._udhr.cache_clear()

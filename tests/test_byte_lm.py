@@ -41,9 +41,14 @@ def datamodule(sources: list[str], **kwargs) -> ByteDataModule:
 def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
     kwargs = {"max_steps": 2, "val_check_interval": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0, **kwargs}
     return L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=tmp_path, **kwargs,
-    )  # fmt: skip
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 def fit(tmp_path: Path, sources: list[str], **model_kwargs) -> tuple[ByteLM, ByteDataModule, L.Trainer]:
@@ -98,12 +103,20 @@ def test_block_conditioning_reads_the_same_signal(tmp_path: Path, sources: list[
 
 def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[str], capsys) -> None:
     overrides = {
-        "trainer.default_root_dir": tmp_path, "trainer.max_steps": 2, "trainer.val_check_interval": 2,
-        "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
-        "model.dim": 16, "model.depth": 1, "data.seq_len": SEQ, "data.batch_size": 4,
-        "data.split_blocks": 10, "data.val_fraction": 0.1, "data.test_fraction": 0.1,
+        "trainer.default_root_dir": tmp_path,
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false",
+        "model.dim": 16,
+        "model.depth": 1,
+        "data.seq_len": SEQ,
+        "data.batch_size": 4,
+        "data.split_blocks": 10,
+        "data.val_fraction": 0.1,
+        "data.test_fraction": 0.1,
         "data.sources": "[" + ", ".join(sources) + "]",
-    }  # fmt: skip
+    }
     args = [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
     main(["fit", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), *args])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -117,8 +130,22 @@ def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[s
     assert "data.prompts" in capsys.readouterr().err
     # predict prints a continuation of each prompt; \xNN escapes give bytes that are not UTF-8
     invalid = "\\\\xff\\\\xfeTo be"  # backslashes doubled for the JSON list
-    main(["predict", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), *args, "--ckpt_path", "last",
-          "--model.max_new_bytes", "7", "--model.top_k", "3", "--data.prompts", f'["ROMEO:", "{invalid}"]'])  # fmt: skip
+    main(
+        [
+            "predict",
+            "--config",
+            str(REPO / "configs/byte/nibble_acc.yaml"),
+            *args,
+            "--ckpt_path",
+            "last",
+            "--model.max_new_bytes",
+            "7",
+            "--model.top_k",
+            "3",
+            "--data.prompts",
+            f'["ROMEO:", "{invalid}"]',
+        ]
+    )
     out = capsys.readouterr().out
     assert "--- sample 1: 6 prompt bytes + 7 sampled ---\nROMEO:" in out
     assert "--- sample 2: 7 prompt bytes + 7 sampled ---\n\\xff\\xfeTo be" in out

@@ -56,7 +56,6 @@ def test_list_prints_every_registered_name_with_its_doc(capsys: pytest.CaptureFi
     assert set(list_normalizers() + list_conditioners()) <= {line.split()[0] for line in lines if line}
 
 
-
 def test_list_shows_a_registry_declared_outside_the_package(capsys: pytest.CaptureFixture[str]) -> None:
     from lightning_film.registry import Registry
 
@@ -69,6 +68,7 @@ def test_list_shows_a_registry_declared_outside_the_package(capsys: pytest.Captu
 
     gc.collect()
     assert "gadgets" not in {r.plural for r in registries()}  # gone with its last reference
+
 
 def test_list_one_kind_and_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
     main(["list", "normalizers"])
@@ -164,8 +164,15 @@ def test_console_script_from_repo_root_is_clean(tmp_path: Path) -> None:
     script = shutil.which("lightning-film")
     cmd = [script] if script else [sys.executable, "-m", "lightning_film.cli"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LIGHTNING_FILM_DEBUG")}
-    args = ["fit", "--config", "configs/example.yaml", "--model.conditioner", "flim",
-            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    args = [
+        "fit",
+        "--config",
+        "configs/example.yaml",
+        "--model.conditioner",
+        "flim",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -191,9 +198,7 @@ class UserFiLM(FiLM):
 '''
 
 
-def test_user_module_in_working_dir(
-    tiny_cli_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_user_module_in_working_dir(tiny_cli_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"user_mod_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(USER_MODULE)
     monkeypatch.chdir(tmp_path)
@@ -248,8 +253,15 @@ def test_custom_conditioner_example_runs() -> None:
 
 def test_our_callbacks_by_short_name_from_the_command_line(tiny_cli_args: list[str], tmp_path: Path) -> None:
     """Configs name our callbacks by class name; diagnostics log per-layer gamma to the CSV logger."""
-    main(["fit", *tiny_cli_args,
-          "--trainer.callbacks+=ConditioningDiagnostics", "--trainer.callbacks.every_n_steps=1",
-          "--trainer.callbacks+=ConditioningAblation", "--trainer.callbacks.stages=[test]"])  # fmt: skip
+    main(
+        [
+            "fit",
+            *tiny_cli_args,
+            "--trainer.callbacks+=ConditioningDiagnostics",
+            "--trainer.callbacks.every_n_steps=1",
+            "--trainer.callbacks+=ConditioningAblation",
+            "--trainer.callbacks.stages=[test]",
+        ]
+    )
     metrics = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()[0]
     assert "cond/transformer.blocks.0.cond1/gamma_mean" in metrics

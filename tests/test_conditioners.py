@@ -31,8 +31,12 @@ def test_film_formula_and_separate_projections():
 
 @pytest.mark.parametrize(
     ("name", "raw", "gamma"),
-    [("film", 0.7, 1.7), ("film_exp", 0.7, math.exp(0.7)), ("film_tanh", 3.0, 1 + 0.5 * math.tanh(3.0)),
-     ("gate", 0.7, 2 / (1 + math.exp(-0.7)))],
+    [
+        ("film", 0.7, 1.7),
+        ("film_exp", 0.7, math.exp(0.7)),
+        ("film_tanh", 3.0, 1 + 0.5 * math.tanh(3.0)),
+        ("gate", 0.7, 2 / (1 + math.exp(-0.7))),
+    ],
 )
 def test_film_variants_gamma(name, raw, gamma):
     cond = build_conditioner(name, D, DC)
@@ -58,7 +62,6 @@ def test_adaln_chunks_one_projection_and_adaln_zero_gates_at_zero():
     y = torch.randn(B, N, D)
     assert torch.equal(zero.gate(y, Conditioning(vector=torch.randn(B, DC))), torch.zeros_like(y))
     assert build_conditioner("adaln_zero", D, DC, site="final").gate_proj is None
-
 
 
 def _adaln_single_stack(depth: int = 3) -> Transformer:
@@ -161,7 +164,9 @@ def test_cross_attention_mask_and_one_branch_per_block():
     mask = torch.tensor([[True, False, False], [True, True, False]])
     changed = tokens.clone()
     changed[~mask] = -50.0
-    torch.testing.assert_close(model(x, Conditioning(tokens=tokens, mask=mask)), model(x, Conditioning(tokens=changed, mask=mask)))
+    torch.testing.assert_close(
+        model(x, Conditioning(tokens=tokens, mask=mask)), model(x, Conditioning(tokens=changed, mask=mask))
+    )
 
 
 def test_combine_signals_sum_and_concat():
@@ -209,15 +214,27 @@ def test_tokens_missing_for_token_conditioners(name):
         (lambda: build_conditioner("film", D, DC, site="middle"), "site must be one of"),
         (lambda: build_conditioner("film", D, DC, hidden_dim=0), "hidden_dim must be a positive int or None, got 0"),
         (lambda: build_conditioner("film_tanh", D, DC, bound=0), "bound must be > 0, got 0"),
-        (lambda: build_conditioner("cross_attention", D, DC, num_heads=3), "num_heads must be a positive divisor of dim=8"),
+        (
+            lambda: build_conditioner("cross_attention", D, DC, num_heads=3),
+            "num_heads must be a positive divisor of dim=8",
+        ),
         (lambda: build_normalizer("dyt", D, alpha_init=-1), "alpha_init must be > 0"),
         (lambda: build_normalizer("rmsnorm", 0), "dim must be a positive int, got 0"),
         (lambda: Transformer(D, 0, 2, DC), "depth must be a positive int, got 0"),
         (lambda: Transformer(D, 1, 3, DC), "num_heads must be a positive divisor of dim=8, got 3"),
-        (lambda: Conditioning(vector=torch.randn(B, N, DC)), r"Conditioning.vector must be a rank-2 tensor, got \(2, 4, 6\)"),
-        (lambda: Conditioning(tokens=torch.randn(B, 2, DC), mask=torch.ones(B, 3, dtype=torch.bool)), "mask must be bool of shape"),
+        (
+            lambda: Conditioning(vector=torch.randn(B, N, DC)),
+            r"Conditioning.vector must be a rank-2 tensor, got \(2, 4, 6\)",
+        ),
+        (
+            lambda: Conditioning(tokens=torch.randn(B, 2, DC), mask=torch.ones(B, 3, dtype=torch.bool)),
+            "mask must be bool of shape",
+        ),
         (lambda: combine_signals([torch.randn(B, 3), torch.randn(B, 4)], "sum"), r"equal width, got widths \[3, 4\]"),
-        (lambda: combine_signals([torch.randn(B, 3)], "mean"), "unknown combine mode 'mean'; accepted: 'sum', 'concat'"),
+        (
+            lambda: combine_signals([torch.randn(B, 3)], "mean"),
+            "unknown combine mode 'mean'; accepted: 'sum', 'concat'",
+        ),
     ],
 )
 def test_bad_arguments_raise_named_errors(call, pattern):

@@ -13,12 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_film import list_conditioners
 from lightning_film.callbacks import ConditioningAblation, ConditioningDiagnostics
 from lightning_film.nn import Conditioning, Transformer
-from lightning_film.nn.diagnostics import (
-    ablate_conditioning,
-    named_conditioners,
-    observe_conditioning,
-    set_ablation,
-)
+from lightning_film.nn.diagnostics import ablate_conditioning, named_conditioners, observe_conditioning, set_ablation
 
 B, N, D, DC = 2, 3, 8, 4
 

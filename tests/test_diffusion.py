@@ -166,8 +166,11 @@ def test_clip_bounds_the_sample() -> None:
 def test_sampler_objective_pairs_are_checked() -> None:
     assert check_sampler("diffusion", None) == "ddim" and check_sampler("flow", None) == "euler"
     assert check_sampler("flow", "heun") == "heun"
-    with pytest.raises(ValueError, match="sampler 'euler' does not fit objective 'diffusion'; accepted pairs are "
-                       "diffusion: ddim; flow: euler, heun"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match="sampler 'euler' does not fit objective 'diffusion'; accepted pairs are "
+        "diffusion: ddim; flow: euler, heun",
+    ):
         check_sampler("diffusion", "euler")
     with pytest.raises(ValueError, match="unknown objective 'score'; accepted: diffusion, flow"):
         check_sampler("score", None)

@@ -39,9 +39,14 @@ def fit(ema: EMA, steps: int = 5) -> tuple[Linear, list[torch.Tensor]]:
     data = TensorDataset(torch.randn(40, 3), torch.randn(40, 1))
     model, record = Linear(), Record()
     trainer = Trainer(
-        max_steps=steps, callbacks=[record, ema], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-    )  # fmt: skip
+        max_steps=steps,
+        callbacks=[record, ema],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(model, DataLoader(data, batch_size=4))
     return model, record.weights
 

@@ -91,8 +91,20 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (package / "pyproject.toml").write_text(PYPROJECT)
     (package / "myplug_pkg.py").write_text(PLUGIN)
     site = root / "site"
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-           "--disable-pip-version-check", "--quiet", "--target", str(site), str(package)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--target",
+        str(site),
+        str(package),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (site / "myplug_pkg.py").is_file()

@@ -40,11 +40,19 @@ NOISE = ("litlogger", "tensorboardX", "LeafSpec", "might lose precision", "Warni
 
 def _tiny(root: Path) -> list[str]:
     overrides = {
-        "trainer.default_root_dir": root, "trainer.max_steps": 2, "trainer.val_check_interval": 2,
-        "trainer.limit_val_batches": 1, "trainer.limit_test_batches": 1, "trainer.limit_predict_batches": 1,
-        "trainer.enable_model_summary": "false", "model.dim": 16, "model.num_heads": 2,
-        "data.seq_len": 16, "data.batch_size": 4, "data.val_windows": 8,
-    }  # fmt: skip
+        "trainer.default_root_dir": root,
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "trainer.limit_val_batches": 1,
+        "trainer.limit_test_batches": 1,
+        "trainer.limit_predict_batches": 1,
+        "trainer.enable_model_summary": "false",
+        "model.dim": 16,
+        "model.num_heads": 2,
+        "data.seq_len": 16,
+        "data.batch_size": 4,
+        "data.val_windows": 8,
+    }
     return ["--config", str(REPO / "configs" / "example.yaml")] + [
         a for k, v in overrides.items() for a in (f"--{k}", str(v))
     ]

@@ -51,9 +51,16 @@ def checkpoint(tmp_path: Path) -> Path:
     """A real Lightning checkpoint of a tiny ByteLM (one training step on a tiny file)."""
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωποι 人人生而自由\n" * 60)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     model = ByteLM(**{**TINY, "embed_conditioner": {"name": "film", "zero_init": False}})
     trainer.fit(model, ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -85,8 +92,10 @@ def test_int4_film_export_compresses_every_role_including_small_film_projections
     )
     assert report["export_check_max_abs_diff"] < 1e-4
     by_param = {w["param"]: w for w in report["weights"] if "param" in w}
-    expected_roles = {n + ".weight": r for n, r in
-                      __import__("lightning_film.quantization", fromlist=["x"]).assign_roles(model.net).items()}  # fmt: skip
+    expected_roles = {
+        n + ".weight": r
+        for n, r in __import__("lightning_film.quantization", fromlist=["x"]).assign_roles(model.net).items()
+    }
     assert set(by_param) == {"net." + k for k in expected_roles}  # every Linear / Embedding weight compressed
     for param, w in by_param.items():
         assert w["storage"] == ("int4" if w["role"] == "conditioner" else "int8"), param
@@ -141,16 +150,19 @@ def test_world_model_exports_one_denoiser_call(tmp_path: Path) -> None:
     from lightning_film.models import WorldModel
 
     torch.manual_seed(0)
-    world = WorldModel(frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2,
-                       kid_feature="tiny").eval()  # fmt: skip
+    world = WorldModel(
+        frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2, kid_feature="tiny"
+    ).eval()
     with torch.no_grad():
         for p in world.parameters():
             p.normal_(0, 0.1)
     report = export_coreml(world, tmp_path / "world.mlpackage", weights="int4_film", group_size=16)
     assert [(i["name"], i["shape"], i["dtype"]) for i in report["inputs"]] == [
-        ("x_t", [1, 3, 16, 16], "FLOAT32"), ("t", [1], "FLOAT32"), ("context", [1, 2, 3, 16, 16], "FLOAT32"),
+        ("x_t", [1, 3, 16, 16], "FLOAT32"),
+        ("t", [1], "FLOAT32"),
+        ("context", [1, 2, 3, 16, 16], "FLOAT32"),
         ("action", [1], "INT32"),
-    ]  # fmt: skip
+    ]
     assert report["outputs"] == [{"name": "prediction", "shape": [1, 3, 16, 16], "dtype": "FLOAT16"}]
     assert {"pixel_unshuffle", "pixel_shuffle", "scaled_dot_product_attention"} <= set(report["op_histogram"])
     storage = {w["param"]: w["storage"] for w in report["weights"] if "param" in w}
@@ -175,8 +187,22 @@ def export_cli(monkeypatch):
 
 def test_cli_exports_a_checkpoint_without_touching_it(checkpoint: Path, export_cli, capsys) -> None:
     before = digest(checkpoint)
-    export_cli("--ckpt", str(checkpoint), "--to", "coreml", "--weights", "int8", "--roles", "conditioner=int4",
-               "--group-size", "8", "--seq-len", "8", "--model", "lightning_film.models.ByteLM")  # fmt: skip
+    export_cli(
+        "--ckpt",
+        str(checkpoint),
+        "--to",
+        "coreml",
+        "--weights",
+        "int8",
+        "--roles",
+        "conditioner=int4",
+        "--group-size",
+        "8",
+        "--seq-len",
+        "8",
+        "--model",
+        "lightning_film.models.ByteLM",
+    )
     package = checkpoint.parent.parent / "export" / "last-int4_film.mlpackage"
     report = json.loads(report_path(package).read_text())
     assert report["inputs"][0]["shape"] == [1, 8] and report["source"] == str(checkpoint)
@@ -333,9 +359,17 @@ def test_callback_exports_at_fit_end_float_and_torchao_quantized(tmp_path: Path)
         ANEExportCallback(from_quantization="int8", filename="tao"),  # before its QuantizationCallback: still works
         QuantizationCallback("ptq", "int8", evaluate=False),
     ]
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, limit_val_batches=0,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=callbacks)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
     model = ByteLM(**TINY)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer.fit(model, ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
@@ -350,5 +384,9 @@ def test_callback_exports_at_fit_end_float_and_torchao_quantized(tmp_path: Path)
         ValueError,
         match="from_quantization='int4' names no QuantizationCallback of this trainer; their labels: \\['int8'\\]",
     ):
-        L.Trainer(callbacks=[ANEExportCallback(from_quantization="int4"), QuantizationCallback()], logger=False,
-                  max_steps=1, enable_progress_bar=False).fit(ByteLM(**TINY), ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))  # fmt: skip
+        L.Trainer(
+            callbacks=[ANEExportCallback(from_quantization="int4"), QuantizationCallback()],
+            logger=False,
+            max_steps=1,
+            enable_progress_bar=False,
+        ).fit(ByteLM(**TINY), ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))

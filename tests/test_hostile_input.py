@@ -83,98 +83,267 @@ _LAUGHS = (
 
 HOSTILE: list[Case] = [
     # 1: checkpoints by URL
-    Case("c1-ckpt-url", lambda e: e.byte("test", "byte.yaml", "--ckpt_path", "http://127.0.0.1:9/x.ckpt"),
-         ("'http://127.0.0.1:9/x.ckpt' is remote", "local")),
-    Case("c1-ckpt-url-not-ckpt-suffix", lambda e: e.byte("fit", "byte.yaml", "--ckpt_path", "https://h/model"),
-         ("is remote",)),
-    Case("c1-init-from-url", lambda e: e.world("fit", "filmcond_pre.yaml", "--model.init_from", "s3://b/last.ckpt"),
-         ("init_from checkpoint 's3://b/last.ckpt' is remote",)),
-    Case("c1-export-url", lambda e: ["export", "--ckpt", "http://127.0.0.1:9/x.ckpt", "--to", "coreml",
-         "--out", "ship/m.mlpackage"], ("is remote",), absent=("ship",)),
+    Case(
+        "c1-ckpt-url",
+        lambda e: e.byte("test", "byte.yaml", "--ckpt_path", "http://127.0.0.1:9/x.ckpt"),
+        ("'http://127.0.0.1:9/x.ckpt' is remote", "local"),
+    ),
+    Case(
+        "c1-ckpt-url-not-ckpt-suffix",
+        lambda e: e.byte("fit", "byte.yaml", "--ckpt_path", "https://h/model"),
+        ("is remote",),
+    ),
+    Case(
+        "c1-init-from-url",
+        lambda e: e.world("fit", "filmcond_pre.yaml", "--model.init_from", "s3://b/last.ckpt"),
+        ("init_from checkpoint 's3://b/last.ckpt' is remote",),
+    ),
+    Case(
+        "c1-export-url",
+        lambda e: ["export", "--ckpt", "http://127.0.0.1:9/x.ckpt", "--to", "coreml", "--out", "ship/m.mlpackage"],
+        ("is remote",),
+        absent=("ship",),
+    ),
     # 2: code named by a checkpoint's hyper-parameters
-    Case("c2-hparam-import-path", lambda e: e.byte("test", "nibble_acc.yaml", "--ckpt_path",
-         _hparams(e, "h.ckpt", nibble_scheme="sys:exit")), ("names code to import", "nibble_scheme='sys:exit'")),
-    Case("c2-hparam-import-path-abort", lambda e: e.byte("test", "nibble_acc.yaml", "--ckpt_path",
-         _hparams(e, "h.ckpt", embed_conditioner="os:abort")), ("embed_conditioner='os:abort'",)),
-    Case("c2-hparam-mapping-spec", lambda e: e.byte("fit", "nibble_acc.yaml", "--ckpt_path",
-         _hparams(e, "h.ckpt", embed_conditioner={"name": "os:abort"})), ("embed_conditioner.name='os:abort'",)),
-    Case("c2-hparam-class-path", lambda e: e.byte("test", "byte.yaml", "--ckpt_path",
-         _hparams(e, "h.ckpt", normalizer={"class_path": "antigravity.X"})), ("normalizer.class_path",)),
-    Case("c2-export-hparam-import-path", lambda e: ["export", "--ckpt", _hparams(e, "h.ckpt", nibble_scheme="os:abort"),
-         "--to", "coreml", "--out", "ship/m.mlpackage"], ("nibble_scheme='os:abort'",), absent=("ship",)),
-    Case("c2-export-unloaded-class", lambda e: ["export", "--ckpt", _hparams(e, "h.ckpt", _class_path="antigravity.Fly"),
-         "--to", "coreml", "--out", "ship/m.mlpackage"], ("never chooses which code to import",), absent=("ship",)),
+    Case(
+        "c2-hparam-import-path",
+        lambda e: e.byte("test", "nibble_acc.yaml", "--ckpt_path", _hparams(e, "h.ckpt", nibble_scheme="sys:exit")),
+        ("names code to import", "nibble_scheme='sys:exit'"),
+    ),
+    Case(
+        "c2-hparam-import-path-abort",
+        lambda e: e.byte("test", "nibble_acc.yaml", "--ckpt_path", _hparams(e, "h.ckpt", embed_conditioner="os:abort")),
+        ("embed_conditioner='os:abort'",),
+    ),
+    Case(
+        "c2-hparam-mapping-spec",
+        lambda e: e.byte(
+            "fit", "nibble_acc.yaml", "--ckpt_path", _hparams(e, "h.ckpt", embed_conditioner={"name": "os:abort"})
+        ),
+        ("embed_conditioner.name='os:abort'",),
+    ),
+    Case(
+        "c2-hparam-class-path",
+        lambda e: e.byte(
+            "test", "byte.yaml", "--ckpt_path", _hparams(e, "h.ckpt", normalizer={"class_path": "antigravity.X"})
+        ),
+        ("normalizer.class_path",),
+    ),
+    Case(
+        "c2-export-hparam-import-path",
+        lambda e: [
+            "export",
+            "--ckpt",
+            _hparams(e, "h.ckpt", nibble_scheme="os:abort"),
+            "--to",
+            "coreml",
+            "--out",
+            "ship/m.mlpackage",
+        ],
+        ("nibble_scheme='os:abort'",),
+        absent=("ship",),
+    ),
+    Case(
+        "c2-export-unloaded-class",
+        lambda e: [
+            "export",
+            "--ckpt",
+            _hparams(e, "h.ckpt", _class_path="antigravity.Fly"),
+            "--to",
+            "coreml",
+            "--out",
+            "ship/m.mlpackage",
+        ],
+        ("never chooses which code to import",),
+        absent=("ship",),
+    ),
     # 3: --ckpt_path last
-    Case("c3-last-without-a-run", lambda e: e.byte("test", "byte.yaml", "--ckpt_path", "last"),
-         ("--ckpt_path last: no last checkpoint", "untrained model")),
-    Case("c3-last-damaged", lambda e: (e.random_bytes("run/checkpoints/last.ckpt"), e.byte(
-         "test", "byte.yaml", "--ckpt_path", "last"))[1], ("last.ckpt' is not a PyTorch checkpoint",)),
-    Case("c3-last-of-the-other-model", lambda e: (e.file("run/checkpoints/last.ckpt", e.trained.world_ckpt.read_bytes()),
-         e.byte("validate", "byte.yaml", "--ckpt_path", "last"))[1], ("holds a WorldModel", "ByteLM")),
-    Case("c3-last-other-settings", lambda e: (e.file("run/checkpoints/last.ckpt", e.trained.byte_ckpt.read_bytes()),
-         e.byte("validate", "nibble_acc.yaml", "--ckpt_path", "last", "--model.dim", "24"))[1],
-         ("weights do not fit this ByteLM", "dim=16 there, 24 here")),
-    Case("c3-last-other-settings-world", lambda e: (e.file("run/checkpoints/last.ckpt", e.trained.world_ckpt.read_bytes()),
-         e.world("test", "filmcond.yaml", "--ckpt_path", "last", "--model.depth", "2"))[1],
-         ("weights do not fit this WorldModel", "is missing from the checkpoint", "depth=1 there, 2 here")),
-    Case("c3-last-pickled-object", lambda e: (os.makedirs(e.tmp / "run/checkpoints"), e.pickled_object(
-         "run/checkpoints/last.ckpt"), e.byte("fit", "byte.yaml", "--ckpt_path", "last"))[2], ("it pickles",)),
+    Case(
+        "c3-last-without-a-run",
+        lambda e: e.byte("test", "byte.yaml", "--ckpt_path", "last"),
+        ("--ckpt_path last: no last checkpoint", "untrained model"),
+    ),
+    Case(
+        "c3-last-damaged",
+        lambda e: (e.random_bytes("run/checkpoints/last.ckpt"), e.byte("test", "byte.yaml", "--ckpt_path", "last"))[1],
+        ("last.ckpt' is not a PyTorch checkpoint",),
+    ),
+    Case(
+        "c3-last-of-the-other-model",
+        lambda e: (
+            e.file("run/checkpoints/last.ckpt", e.trained.world_ckpt.read_bytes()),
+            e.byte("validate", "byte.yaml", "--ckpt_path", "last"),
+        )[1],
+        ("holds a WorldModel", "ByteLM"),
+    ),
+    Case(
+        "c3-last-other-settings",
+        lambda e: (
+            e.file("run/checkpoints/last.ckpt", e.trained.byte_ckpt.read_bytes()),
+            e.byte("validate", "nibble_acc.yaml", "--ckpt_path", "last", "--model.dim", "24"),
+        )[1],
+        ("weights do not fit this ByteLM", "dim=16 there, 24 here"),
+    ),
+    Case(
+        "c3-last-other-settings-world",
+        lambda e: (
+            e.file("run/checkpoints/last.ckpt", e.trained.world_ckpt.read_bytes()),
+            e.world("test", "filmcond.yaml", "--ckpt_path", "last", "--model.depth", "2"),
+        )[1],
+        ("weights do not fit this WorldModel", "is missing from the checkpoint", "depth=1 there, 2 here"),
+    ),
+    Case(
+        "c3-last-pickled-object",
+        lambda e: (
+            os.makedirs(e.tmp / "run/checkpoints"),
+            e.pickled_object("run/checkpoints/last.ckpt"),
+            e.byte("fit", "byte.yaml", "--ckpt_path", "last"),
+        )[2],
+        ("it pickles",),
+    ),
     # 4: small files, huge demands
     Case("c4-npy-header-1tib", lambda e: e.data_dir(_huge_npy_header), ("'frames' is uint8 (1099511627776,)",)),
-    Case("c4-billion-laughs-config", lambda e: e.byte("fit", "byte.yaml", "--config", e.config("l.yaml", _LAUGHS)),
-         ("l.yaml' is refused", "more than 100000 values")),
-    Case("c4-deep-yaml", lambda e: e.byte("fit", "byte.yaml", "--config", e.config(
-         "d.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n")), ("d.yaml' is refused", "nested deeper")),
-    Case("c4-deep-manifest", lambda e: e.data_dir(lambda d: (d / "manifest.json").write_text("[" * 100000)),
-         ("manifest.json is not readable JSON",)),
-    Case("c4-zip-bomb-checkpoint", lambda e: e.byte("test", "byte.yaml", "--ckpt_path", _zip_bomb(e)),
-         ("bomb.ckpt' holds compressed entries", "refused before anything is inflated")),
-    Case("c4-record-frame-size", lambda e: ["record", "--frame-size", "100000", "--out", "out"],
-         ("frame_size must be an integer >= 16 and <= 1024", "100000"), absent=("out",)),
-    Case("c4-record-episode-memory", lambda e: ["record", "--frame-size", "1024", "--episode-length", "1000",
-         "--out", "out"], ("GiB in memory", "lower episode_length or frame_size"), absent=("out",)),
-    Case("c4-record-option-laughs", lambda e: ["record", "--option", "k=" + "[" * 3000, "--out", "out"],
-         ("--option k",), absent=("out",)),
+    Case(
+        "c4-billion-laughs-config",
+        lambda e: e.byte("fit", "byte.yaml", "--config", e.config("l.yaml", _LAUGHS)),
+        ("l.yaml' is refused", "more than 100000 values"),
+    ),
+    Case(
+        "c4-deep-yaml",
+        lambda e: e.byte("fit", "byte.yaml", "--config", e.config("d.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n")),
+        ("d.yaml' is refused", "nested deeper"),
+    ),
+    Case(
+        "c4-deep-manifest",
+        lambda e: e.data_dir(lambda d: (d / "manifest.json").write_text("[" * 100000)),
+        ("manifest.json is not readable JSON",),
+    ),
+    Case(
+        "c4-zip-bomb-checkpoint",
+        lambda e: e.byte("test", "byte.yaml", "--ckpt_path", _zip_bomb(e)),
+        ("bomb.ckpt' holds compressed entries", "refused before anything is inflated"),
+    ),
+    Case(
+        "c4-record-frame-size",
+        lambda e: ["record", "--frame-size", "100000", "--out", "out"],
+        ("frame_size must be an integer >= 16 and <= 1024", "100000"),
+        absent=("out",),
+    ),
+    Case(
+        "c4-record-episode-memory",
+        lambda e: ["record", "--frame-size", "1024", "--episode-length", "1000", "--out", "out"],
+        ("GiB in memory", "lower episode_length or frame_size"),
+        absent=("out",),
+    ),
+    Case(
+        "c4-record-option-laughs",
+        lambda e: ["record", "--option", "k=" + "[" * 3000, "--out", "out"],
+        ("--option k",),
+        absent=("out",),
+    ),
     # 6: clobbering and leakage
-    Case("c6-same-file-twice", lambda e: e.byte("fit", "byte.yaml", "--data.sources",
-         f"[{e.file('text.txt', 'x' * 2000)}, ./text.txt]"), ("both read", "list each file once")),
-    Case("c6-file-and-its-folder", lambda e: e.byte("fit", "byte.yaml", "--data.sources",
-         f"[{e.file('docs/a.txt', 'x' * 2000)}, {e.tmp / 'docs'}]"), ("both read",)),
-    Case("c6-export-over-a-foreign-json", lambda e: (e.file("ship/m.json", '{"mine": 1}'), ["export", "--ckpt",
-         str(e.trained.byte_ckpt), "--to", "coreml", "--out", "ship/m.mlpackage"])[1],
-         ("which is not an export report", "ship/m.json"), untouched=("ship/m.json",), absent=("ship/m.mlpackage",)),
-    Case("c6-duplicate-shard-entries", lambda e: e.data_dir(lambda d: _manifest(d, _duplicate_shard)),
-         ("listed twice",)),
-    Case("c7-root-dir-on-sysfs", lambda e: e.byte("fit", "byte.yaml", "--trainer.default_root_dir", "/sys/kernel/lf-run"),
-         ("trainer.default_root_dir '/sys/kernel/lf-run' cannot be written",)),
-    Case("c4-billion-laughs-inline", lambda e: e.byte("fit", "byte.yaml", "--config", _LAUGHS),
-         ("the value of --config is refused", "more than 100000 values")),
-    Case("c4-billion-laughs-option", lambda e: e.byte("fit", "byte.yaml", "--trainer.callbacks", _LAUGHS),
-         ("the value of --trainer.callbacks is refused",)),
-    Case("c6-yaml-key-twice-inline", lambda e: e.byte("fit", "byte.yaml", "--trainer",
-         "{max_steps: 1, max_steps: 2}"), ("the value of --trainer is refused", "key 'max_steps' is given twice")),
-    Case("c6-yaml-key-twice", lambda e: e.byte("fit", "byte.yaml", "--config", e.config(
-         "t.yaml", "trainer:\n  max_steps: 1\ntrainer:\n  max_epochs: 1\n")), ("key 'trainer' is given twice",)),
-    Case("c6-lr-inf", lambda e: e.byte("fit", "byte.yaml", "--config", e.config(
-         "lr.yaml", "model:\n  init_args:\n    lr: .inf\n")), ("need finite lr > 0", "lr=inf")),
-    Case("c6-world-lr-nan", lambda e: e.world("fit", "base.yaml", "--config", e.config(
-         "lr.yaml", "model:\n  init_args:\n    weight_decay: .nan\n")), ("finite weight_decay >= 0", "nan")),
+    Case(
+        "c6-same-file-twice",
+        lambda e: e.byte("fit", "byte.yaml", "--data.sources", f"[{e.file('text.txt', 'x' * 2000)}, ./text.txt]"),
+        ("both read", "list each file once"),
+    ),
+    Case(
+        "c6-file-and-its-folder",
+        lambda e: e.byte(
+            "fit", "byte.yaml", "--data.sources", f"[{e.file('docs/a.txt', 'x' * 2000)}, {e.tmp / 'docs'}]"
+        ),
+        ("both read",),
+    ),
+    Case(
+        "c6-export-over-a-foreign-json",
+        lambda e: (
+            e.file("ship/m.json", '{"mine": 1}'),
+            ["export", "--ckpt", str(e.trained.byte_ckpt), "--to", "coreml", "--out", "ship/m.mlpackage"],
+        )[1],
+        ("which is not an export report", "ship/m.json"),
+        untouched=("ship/m.json",),
+        absent=("ship/m.mlpackage",),
+    ),
+    Case(
+        "c6-duplicate-shard-entries", lambda e: e.data_dir(lambda d: _manifest(d, _duplicate_shard)), ("listed twice",)
+    ),
+    Case(
+        "c7-root-dir-on-sysfs",
+        lambda e: e.byte("fit", "byte.yaml", "--trainer.default_root_dir", "/sys/kernel/lf-run"),
+        ("trainer.default_root_dir '/sys/kernel/lf-run' cannot be written",),
+    ),
+    Case(
+        "c4-billion-laughs-inline",
+        lambda e: e.byte("fit", "byte.yaml", "--config", _LAUGHS),
+        ("the value of --config is refused", "more than 100000 values"),
+    ),
+    Case(
+        "c4-billion-laughs-option",
+        lambda e: e.byte("fit", "byte.yaml", "--trainer.callbacks", _LAUGHS),
+        ("the value of --trainer.callbacks is refused",),
+    ),
+    Case(
+        "c6-yaml-key-twice-inline",
+        lambda e: e.byte("fit", "byte.yaml", "--trainer", "{max_steps: 1, max_steps: 2}"),
+        ("the value of --trainer is refused", "key 'max_steps' is given twice"),
+    ),
+    Case(
+        "c6-yaml-key-twice",
+        lambda e: e.byte(
+            "fit", "byte.yaml", "--config", e.config("t.yaml", "trainer:\n  max_steps: 1\ntrainer:\n  max_epochs: 1\n")
+        ),
+        ("key 'trainer' is given twice",),
+    ),
+    Case(
+        "c6-lr-inf",
+        lambda e: e.byte("fit", "byte.yaml", "--config", e.config("lr.yaml", "model:\n  init_args:\n    lr: .inf\n")),
+        ("need finite lr > 0", "lr=inf"),
+    ),
+    Case(
+        "c6-world-lr-nan",
+        lambda e: e.world(
+            "fit", "base.yaml", "--config", e.config("lr.yaml", "model:\n  init_args:\n    weight_decay: .nan\n")
+        ),
+        ("finite weight_decay >= 0", "nan"),
+    ),
     # 7: one line, not a traceback
-    Case("c7-checkpoint-folder", lambda e: e.byte("test", "byte.yaml", "--ckpt_path", e.folder("dir.ckpt")),
-         ("dir.ckpt' is a folder",)),
-    Case("c7-checkpoint-fifo", lambda e: (os.mkfifo(e.tmp / "p.ckpt"), e.byte("test", "byte.yaml", "--ckpt_path",
-         str(e.tmp / "p.ckpt")))[1], ("p.ckpt' is not a regular file",)),
-    Case("c7-config-fifo", lambda e: (os.mkfifo(e.tmp / "p.yaml"), e.byte("fit", "byte.yaml", "--config",
-         str(e.tmp / "p.yaml")))[1], ("p.yaml' is not a regular file",)),
-    Case("c7-unknown-hparams", lambda e: e.byte("test", "byte.yaml", "--ckpt_path", _hparams(e, "h.ckpt", bogus=1)),
-         ("does not take (bogus)", "Accepted: dim")),
-    Case("c7-list-hparams", lambda e: e.byte("test", "byte.yaml", "--ckpt_path", _hparams(e, "h.ckpt", whole=[1, 2])),
-         ("hyper_parameters are list",)),
-    Case("c7-record-option-bad-yaml", lambda e: ["record", "--option", "k=[1", "--out", "out"],
-         ("--option k: '[1' is not a YAML value",), absent=("out",)),
-    Case("c6-api-dm-same-file", _api(lambda e: _byte_dm(e, sources=[e.file("t.txt", "x" * 999), f"{e.tmp}/./t.txt"])),
-         ("both read",)),
-]  # fmt: skip
+    Case(
+        "c7-checkpoint-folder",
+        lambda e: e.byte("test", "byte.yaml", "--ckpt_path", e.folder("dir.ckpt")),
+        ("dir.ckpt' is a folder",),
+    ),
+    Case(
+        "c7-checkpoint-fifo",
+        lambda e: (os.mkfifo(e.tmp / "p.ckpt"), e.byte("test", "byte.yaml", "--ckpt_path", str(e.tmp / "p.ckpt")))[1],
+        ("p.ckpt' is not a regular file",),
+    ),
+    Case(
+        "c7-config-fifo",
+        lambda e: (os.mkfifo(e.tmp / "p.yaml"), e.byte("fit", "byte.yaml", "--config", str(e.tmp / "p.yaml")))[1],
+        ("p.yaml' is not a regular file",),
+    ),
+    Case(
+        "c7-unknown-hparams",
+        lambda e: e.byte("test", "byte.yaml", "--ckpt_path", _hparams(e, "h.ckpt", bogus=1)),
+        ("does not take (bogus)", "Accepted: dim"),
+    ),
+    Case(
+        "c7-list-hparams",
+        lambda e: e.byte("test", "byte.yaml", "--ckpt_path", _hparams(e, "h.ckpt", whole=[1, 2])),
+        ("hyper_parameters are list",),
+    ),
+    Case(
+        "c7-record-option-bad-yaml",
+        lambda e: ["record", "--option", "k=[1", "--out", "out"],
+        ("--option k: '[1' is not a YAML value",),
+        absent=("out",),
+    ),
+    Case(
+        "c6-api-dm-same-file",
+        _api(lambda e: _byte_dm(e, sources=[e.file("t.txt", "x" * 999), f"{e.tmp}/./t.txt"])),
+        ("both read",),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in HOSTILE])

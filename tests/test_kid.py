@@ -149,9 +149,15 @@ def test_old_half_pixel_resize_fails_the_fid_helper_tolerance(inception_vs_fid_h
 
 @pytest.mark.parametrize(
     "shape, dtype",
-    [((2, 3, 1, 16), torch.uint8), ((2, 3, 16, 0), torch.uint8), ((2, 1, 16, 16), torch.uint8),
-     ((2, 16, 16, 3), torch.uint8), ((3, 16, 16), torch.uint8), ((2, 3, 16, 16), torch.int64)],
-)  # fmt: skip
+    [
+        ((2, 3, 1, 16), torch.uint8),
+        ((2, 3, 16, 0), torch.uint8),
+        ((2, 1, 16, 16), torch.uint8),
+        ((2, 16, 16, 3), torch.uint8),
+        ((3, 16, 16), torch.uint8),
+        ((2, 3, 16, 16), torch.int64),
+    ],
+)
 def test_bad_frames_raise_one_clear_error(shape: tuple[int, ...], dtype: torch.dtype, tmp_path: Path) -> None:
     imgs = torch.zeros(shape, dtype=dtype)
     accepted = r"expects images \(N, 3, H, W\) with H, W >= 2, uint8 or float pixel values in \[0, 255\]"

@@ -9,11 +9,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lightning_film.data.nibbles import (
-    Utf8Code,
-    build_nibble_scheme,
-    list_nibble_schemes,
-)
+from lightning_film.data.nibbles import Utf8Code, build_nibble_scheme, list_nibble_schemes
 from lightning_film.registry import RegistryError
 
 C = Utf8Code
@@ -160,12 +156,31 @@ def test_bad_input_is_named():
 def test_utf8_examples():
     scheme = build_nibble_scheme("utf8")
     assert codes_of(scheme, "a1 ,\x01é€😀".encode()) == [
-        C.LETTER, C.DIGIT, C.SPACE, C.PUNCT, C.CONTROL,
-        C.LEAD2, C.CONT1, C.LEAD3, C.CONT1, C.CONT2, C.LEAD4, C.CONT1, C.CONT2, C.CONT3,
-    ]  # fmt: skip
+        C.LETTER,
+        C.DIGIT,
+        C.SPACE,
+        C.PUNCT,
+        C.CONTROL,
+        C.LEAD2,
+        C.CONT1,
+        C.LEAD3,
+        C.CONT1,
+        C.CONT2,
+        C.LEAD4,
+        C.CONT1,
+        C.CONT2,
+        C.CONT3,
+    ]
     # a truncated sequence shows at the byte that breaks it; bad leads and strays are invalid
-    assert codes_of(scheme, b"\xe2\x82A\xc0\x80\xed\xa0") == [C.LEAD3, C.CONT1, C.LETTER, C.INVALID, C.INVALID,
-                                                            C.LEAD3, C.INVALID]  # fmt: skip
+    assert codes_of(scheme, b"\xe2\x82A\xc0\x80\xed\xa0") == [
+        C.LEAD3,
+        C.CONT1,
+        C.LETTER,
+        C.INVALID,
+        C.INVALID,
+        C.LEAD3,
+        C.INVALID,
+    ]
 
 
 @pytest.mark.parametrize("text", MULTILINGUAL)

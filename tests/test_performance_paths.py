@@ -329,8 +329,9 @@ print("compiled ok")
 def test_compiled_equals_eager(tmp_path: Path):
     # a fresh interpreter, as a training run compiles: inductor imports setuptools, which a long
     # test session's earlier imports can leave unable to load
-    proc = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILE_CHECK], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and "compiled ok" in proc.stdout, proc.stderr[-3000:]
 
 

@@ -58,12 +58,25 @@ def datamodule(sources: list[str]) -> ByteDataModule:
 
 
 def trainer(root: Path, callbacks: list | None = None, **kwargs) -> L.Trainer:
-    kwargs = {"max_steps": 4, "val_check_interval": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
-              "limit_val_batches": 2, "limit_test_batches": 2, "enable_checkpointing": False, **kwargs}  # fmt: skip
+    kwargs = {
+        "max_steps": 4,
+        "val_check_interval": 2,
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 2,
+        "limit_test_batches": 2,
+        "enable_checkpointing": False,
+        **kwargs,
+    }
     return L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=root, callbacks=callbacks or [], **kwargs,
-    )  # fmt: skip
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=callbacks or [],
+        **kwargs,
+    )
 
 
 def model(**kwargs) -> ByteLM:
@@ -98,8 +111,13 @@ class _Tiny(nn.Module):
 def test_every_linear_inside_a_conditioner_has_the_conditioner_role(name: str) -> None:
     net = _Tiny(name)
     roles = assign_roles(net)
-    inside = {f"{c}.{n}".strip(".") for c, m in net.named_modules() if isinstance(m, Conditioner)
-              for n, sub in m.named_modules() if isinstance(sub, nn.Linear)}  # fmt: skip
+    inside = {
+        f"{c}.{n}".strip(".")
+        for c, m in net.named_modules()
+        if isinstance(m, Conditioner)
+        for n, sub in m.named_modules()
+        if isinstance(sub, nn.Linear)
+    }
     for fqn, role in roles.items():
         expected = "conditioner" if fqn in inside else {"embed": "embedding", "head": "head"}.get(fqn, "backbone")
         assert role == expected, fqn
@@ -260,8 +278,11 @@ def test_a_failing_quantization_leaves_model_and_checkpoint_intact(tmp_path: Pat
     probe = _Probe(ckpt_dir / "last.ckpt")
     save = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=2)
     m = model()
-    t = trainer(tmp_path, [QuantizationCallback("ptq", "int4", save_path=str(tmp_path / "q.pt")), probe, save],
-                enable_checkpointing=True)  # fmt: skip
+    t = trainer(
+        tmp_path,
+        [QuantizationCallback("ptq", "int4", save_path=str(tmp_path / "q.pt")), probe, save],
+        enable_checkpointing=True,
+    )
     with pytest.raises(
         RuntimeError, match="with int4 failed .*simulated failure.*float model and its checkpoints are untouched"
     ):
@@ -373,8 +394,9 @@ def test_world_model_roles_and_a_quantized_copy() -> None:
     from lightning_film.models import WorldModel
 
     torch.manual_seed(0)
-    world = WorldModel(frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2,
-                       kid_feature="tiny")  # fmt: skip
+    world = WorldModel(
+        frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2, kid_feature="tiny"
+    )
     with torch.no_grad():
         for p in world.parameters():
             p.add_(0.1 * torch.randn_like(p))

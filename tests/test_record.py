@@ -9,9 +9,9 @@ import pytest
 
 from lightning_film.cli import main
 from lightning_film.data import record as record_module
+from lightning_film.data.environments import BounceRoom
 from lightning_film.data.record import CACHE_ENV, episode_seeds, record
 from lightning_film.data.shards import MANIFEST, load_episodes, read_manifest
-from lightning_film.data.worlds import BounceRoom
 
 TINY = ["--episodes", "3", "--episode-length", "6", "--frame-size", "16"]
 
@@ -68,8 +68,12 @@ def test_frames_follow_the_recorded_actions(tmp_path):
 def test_world_options_and_the_gym_flag_are_parsed(tmp_path, capsys):
     main(["record", *TINY, "--option", "spawn_prob=0", "--option", "num_balls=1", "--out", str(tmp_path / "r")])
     assert read_manifest(tmp_path / "r").world_settings == {
-        "frame_size": 16, "num_balls": 1, "spawn_prob": 0, "item_lifetime": 24, "max_items": 4,
-    }  # fmt: skip
+        "frame_size": 16,
+        "num_balls": 1,
+        "spawn_prob": 0,
+        "item_lifetime": 24,
+        "max_items": 4,
+    }
     assert "--option expects KEY=VALUE" in fail(["record", *TINY, "--option", "spawn_prob"], capsys)
     assert "got unknown option(s) ['speed']" in fail(["record", *TINY, "--option", "speed=2"], capsys)
 
@@ -132,7 +136,10 @@ def test_refuses_folders_that_are_not_recordings_and_unwritable_places(tmp_path,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--world", "bounce_rom"], r"unknown world 'bounce_rom'; did you mean 'bounce_room'\? Registered worlds: bounce_room, gym"),
+        (
+            ["--world", "bounce_rom"],
+            r"unknown world 'bounce_rom'; did you mean 'bounce_room'\? Registered worlds: bounce_room, gym",
+        ),
         (["--frame-size", "8"], r"frame_size must be an integer >= 16 .*got 8"),
         (["--episodes", "0"], r"episodes must be an integer >= 1, got 0"),
         (["--episode-length", "1"], r"episode_length must be an integer >= 2, got 1"),
@@ -140,7 +147,7 @@ def test_refuses_folders_that_are_not_recordings_and_unwritable_places(tmp_path,
         (["--stickiness", "1"], r"stickiness must be in \[0, 1\)"),
         (["--episodes-per-shard", "0"], r"episodes_per_shard must be an integer >= 1, got 0"),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
     import re
 
@@ -160,15 +167,35 @@ def test_gym_cartpole_records_headless(tmp_path, capsys):
     pytest.importorskip("gymnasium")
     pytest.importorskip("pygame")
     out = tmp_path / "cart"
-    main(["record", "--gym", "CartPole-v1", "--episodes", "2", "--episode-length", "40", "--frame-size", "16",
-          "--out", str(out)])  # fmt: skip
+    main(
+        [
+            "record",
+            "--gym",
+            "CartPole-v1",
+            "--episodes",
+            "2",
+            "--episode-length",
+            "40",
+            "--frame-size",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
     assert "of gym in" in capsys.readouterr().out
     manifest, frames, actions = load_episodes(out)
     assert manifest.world == "gym" and manifest.world_settings["env_id"] == "CartPole-v1"
     assert manifest.num_actions == 2 and frames.shape == (2, 40, 16, 16, 3)
     assert frames.std() > 0 and not np.array_equal(frames[0, 0], frames[0, -1])  # the pole moves
-    again = load_episodes(record({"name": "gym", "env_id": "CartPole-v1"}, out=tmp_path / "again", frame_size=16,
-                                 episodes=2, episode_length=40).folder)  # fmt: skip
+    again = load_episodes(
+        record(
+            {"name": "gym", "env_id": "CartPole-v1"},
+            out=tmp_path / "again",
+            frame_size=16,
+            episodes=2,
+            episode_length=40,
+        ).folder
+    )
     assert np.array_equal(again[1], frames)  # seeded, resets in place included (random CartPole falls in ~20 steps)
 
 

@@ -25,8 +25,17 @@ from lightning_film.registry import (
 
 BUILT_IN_NORMALIZERS = {"layernorm", "rmsnorm", "dyt", "identity"}
 BUILT_IN_CONDITIONERS = {
-    "none", "additive", "concat", "cross_attention", "adaln", "adaln_zero", "adaln_single", "film", "film_exp",
-    "film_tanh", "gate",
+    "none",
+    "additive",
+    "concat",
+    "cross_attention",
+    "adaln",
+    "adaln_zero",
+    "adaln_single",
+    "film",
+    "film_exp",
+    "film_tanh",
+    "gate",
 }
 
 

@@ -15,18 +15,38 @@ from lightning_film.reproduce.runner import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.dim=16", "model.depth=1", "model.num_heads=2", "data.seq_len=16",
-    "data.batch_size=4", "data.split_blocks=10", "trainer.val_check_interval=2",
-]  # fmt: skip
+    "model.dim=16",
+    "model.depth=1",
+    "model.num_heads=2",
+    "data.seq_len=16",
+    "data.batch_size=4",
+    "data.split_blocks=10",
+    "trainer.val_check_interval=2",
+]
 
 
 def table(tmp_path: Path, source: Path) -> list[str]:
     sets = [a for s in [*TINY, f"data.sources=[{source}]"] for a in ("--set", s)]
     return [
-        "reproduce", "byte", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), "--seeds", "0",
-        "--max-steps", "4", "--repeats", "2", "--variants", "byte", "nibble_acc", *sets,
-        "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-    ]  # fmt: skip
+        "reproduce",
+        "byte",
+        "--config",
+        str(REPO / "configs/byte/nibble_acc.yaml"),
+        "--seeds",
+        "0",
+        "--max-steps",
+        "4",
+        "--repeats",
+        "2",
+        "--variants",
+        "byte",
+        "nibble_acc",
+        *sets,
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
 
 
 def test_byte_table_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
@@ -137,8 +157,9 @@ def test_copy_baseline_scores_the_last_context_frame_on_the_test_windows(tmp_pat
     config = world_config(tmp_path, 2, 2)
     preset = Preset(**{**PRESETS["world-kid"]["quick"].__dict__, "eval_samples": 10, "kid_subset_size": 4})
     got = copy_baseline(config, [], preset)
-    dm = WorldDataModule(episodes=12, episode_length=8, frame_size=16, val_episodes=2, test_episodes=2,
-                         batch_size=4, max_eval_windows=16)  # fmt: skip
+    dm = WorldDataModule(
+        episodes=12, episode_length=8, frame_size=16, val_episodes=2, test_episodes=2, batch_size=4, max_eval_windows=16
+    )
     dm.setup("test")
     batches = list(dm.test_dataloader())
     last = torch.cat([b["context"][:, -1] for b in batches])[:10].float()
@@ -146,8 +167,19 @@ def test_copy_baseline_scores_the_last_context_frame_on_the_test_windows(tmp_pat
     assert got["windows"] == 10
     assert got["psnr"] == pytest.approx(float(peak_signal_noise_ratio(last, truth, data_range=255.0)), rel=1e-5)
     assert abs(got["kid_mean"]) < 0.5 and got["kid_std"] >= 0
-    report = {"preset_name": "quick", "preset": preset.__dict__, "seeds": [0], "overrides": [], "runs": {},
-              "baseline": got, "command": "c", "date": "d", "commit": "x", "machine": machine_info(), "wall_s": 1.0}  # fmt: skip
+    report = {
+        "preset_name": "quick",
+        "preset": preset.__dict__,
+        "seeds": [0],
+        "overrides": [],
+        "runs": {},
+        "baseline": got,
+        "command": "c",
+        "date": "d",
+        "commit": "x",
+        "machine": machine_info(),
+        "wall_s": 1.0,
+    }
     assert "copy the last context frame" in render_kid(analyse_kid(report))
 
 

@@ -25,10 +25,27 @@ WORLD_EVAL = ["model.max_eval_samples=8", "model.kid_subset_size=4", "model.samp
 def table(tmp_path: Path, byte: Path, world: Path) -> list[str]:
     sets = [a for s in WORLD_EVAL for a in ("--world-set", s)]
     return [
-        "reproduce", "quant", "--byte-config", str(byte), "--world-config", str(world), "--max-steps", "4",
-        "--qat-steps", "2", "--repeats", "2", "--coreml", "fp16", "int4", *sets,
-        "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-    ]  # fmt: skip
+        "reproduce",
+        "quant",
+        "--byte-config",
+        str(byte),
+        "--world-config",
+        str(world),
+        "--max-steps",
+        "4",
+        "--qat-steps",
+        "2",
+        "--repeats",
+        "2",
+        "--coreml",
+        "fp16",
+        "int4",
+        *sets,
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
 
 
 def test_quant_table_runs_scores_and_does_not_redo_work(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -84,8 +101,10 @@ def _summary(film: list[float], tanh: list[float]) -> dict:
     def cells(changes: list[float]) -> dict:
         floats = [2.0] * len(changes)
         quantized = [2.0 * (1 + c / 100) for c in changes]
-        return {"float": {"test/bpb": {"values": floats, "changes": [0.0] * len(changes)}},
-                **{s: {"test/bpb": {"values": quantized, "changes": changes}} for s in ("int4_film", "int4")}}  # fmt: skip
+        return {
+            "float": {"test/bpb": {"values": floats, "changes": [0.0] * len(changes)}},
+            **{s: {"test/bpb": {"values": quantized, "changes": changes}} for s in ("int4_film", "int4")},
+        }
 
     return {"table": {"byte": {"film": cells(film), "film_tanh": cells(tanh)}}, "qat": {"byte": {}}}
 
@@ -132,8 +151,24 @@ def test_a_film_run_without_the_qat_start_checkpoint_is_refused_before_training(
     film.mkdir(parents=True)
     (film / "result.json").write_text("{}")  # finished earlier, with another --qat-steps
     with pytest.raises(SystemExit):
-        main(["reproduce", "quant", "--models", "byte", "--byte-config", str(REPO / SPECS["byte"].config),
-              "--max-steps", "4", "--qat-steps", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])  # fmt: skip
+        main(
+            [
+                "reproduce",
+                "quant",
+                "--models",
+                "byte",
+                "--byte-config",
+                str(REPO / SPECS["byte"].config),
+                "--max-steps",
+                "4",
+                "--qat-steps",
+                "1",
+                "--runs",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     err = capsys.readouterr().err
     assert "finished without qat_start_3.ckpt, where the QAT arm starts" in err and "Traceback" not in err
     assert not (tmp_path / "runs/quick/byte/film_tanh").exists()

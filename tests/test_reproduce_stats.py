@@ -77,12 +77,27 @@ def test_holm_matches_the_step_down_rule_and_sets_the_verdict() -> None:
 
 
 # -- the renderers, on fake results ---------------------------------------------------------------------
-BASICS = {"command": "lightning-film reproduce x", "date": "d", "commit": "abc1234", "wall_s": 60.0,
-          "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "2", "torch_threads": 2}, "preset_name": "quick",
-          "overrides": []}  # fmt: skip
-NEW = {"test/agent_acc": 0.8, "test/agent_acc_wrong": 0.3, "test/agent_acc_copy": 0.4, "test/psnr_copy": 15.0,
-       "test/rollout_agent_acc": 0.6, "test/ssim": 0.5, "test/ssim_copy": 0.6, "test/x0_psnr": 20.0,
-       "test/rollout_psnr": 13.0, "test/rollout_psnr_copy": 12.0}  # fmt: skip
+BASICS = {
+    "command": "lightning-film reproduce x",
+    "date": "d",
+    "commit": "abc1234",
+    "wall_s": 60.0,
+    "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "2", "torch_threads": 2},
+    "preset_name": "quick",
+    "overrides": [],
+}
+NEW = {
+    "test/agent_acc": 0.8,
+    "test/agent_acc_wrong": 0.3,
+    "test/agent_acc_copy": 0.4,
+    "test/psnr_copy": 15.0,
+    "test/rollout_agent_acc": 0.6,
+    "test/ssim": 0.5,
+    "test/ssim_copy": 0.6,
+    "test/x0_psnr": 20.0,
+    "test/rollout_psnr": 13.0,
+    "test/rollout_psnr_copy": 12.0,
+}
 
 
 def _run(row: str, seed: int, kid: float, psnr: float, new: bool, acc: float = 0.8) -> dict:
@@ -94,12 +109,25 @@ def _conditioning_report(none_acc: list[float], new: bool = True) -> dict:
     from lightning_film.reproduce.world import PRESETS, analyse_conditioning
 
     rows = {"rmsnorm + none": none_acc, "rmsnorm + film": [0.80, 0.82, 0.79], "rmsnorm + adaln": [0.70, 0.73, 0.71]}
-    runs = {f"{r}/seed{s}": _run(r, s, 0.2 + 0.01 * s, 15.0 + 0.1 * s, new, acc) for r, accs in rows.items()
-            for s, acc in enumerate(accs)}  # fmt: skip
-    cost = {"params": 1000, "forward_gflops": 0.1, "step_ms": 80.0,
-            "step_ratio_vs_none": {"median": 1.0, "q1": 1.0, "q3": 1.0}}  # fmt: skip
-    report = {**BASICS, "preset": PRESETS["world-conditioning"]["quick"].__dict__, "seeds": [0, 1, 2], "runs": runs,
-              "costs": dict.fromkeys(rows, cost), "baseline": {"kid_mean": 0.0, "kid_std": 0.001, "psnr": 15.4}}  # fmt: skip
+    runs = {
+        f"{r}/seed{s}": _run(r, s, 0.2 + 0.01 * s, 15.0 + 0.1 * s, new, acc)
+        for r, accs in rows.items()
+        for s, acc in enumerate(accs)
+    }
+    cost = {
+        "params": 1000,
+        "forward_gflops": 0.1,
+        "step_ms": 80.0,
+        "step_ratio_vs_none": {"median": 1.0, "q1": 1.0, "q3": 1.0},
+    }
+    report = {
+        **BASICS,
+        "preset": PRESETS["world-conditioning"]["quick"].__dict__,
+        "seeds": [0, 1, 2],
+        "runs": runs,
+        "costs": dict.fromkeys(rows, cost),
+        "baseline": {"kid_mean": 0.0, "kid_std": 0.001, "psnr": 15.4},
+    }
     return analyse_conditioning(report)
 
 
@@ -127,10 +155,14 @@ def test_world_tables_render_runs_with_and_without_the_new_metrics() -> None:
     md = render_conditioning(old)
     assert old["stats"]["none_worst"]["metric"] == "test/kid_mean"  # no agent accuracy logged: KID decides
     assert "| rmsnorm + film | 3 | 0.2100 ± " in md and "| – | – | – | – |" in md
-    runs = {f"{r}/seed{s}": _run(r, s, 0.2 + 0.01 * s + 0.01 * i, 15.0, new=i % 2 == 0)
-            for i, r in enumerate(["world_base", "world_filmcond", "world_filmcond_pre_half"]) for s in range(2)}  # fmt: skip
-    report = analyse_kid({**BASICS, "preset": PRESETS["world-kid"]["quick"].__dict__, "seeds": [0, 1], "runs": runs,
-                          "baseline": None})  # fmt: skip
+    runs = {
+        f"{r}/seed{s}": _run(r, s, 0.2 + 0.01 * s + 0.01 * i, 15.0, new=i % 2 == 0)
+        for i, r in enumerate(["world_base", "world_filmcond", "world_filmcond_pre_half"])
+        for s in range(2)
+    }
+    report = analyse_kid(
+        {**BASICS, "preset": PRESETS["world-kid"]["quick"].__dict__, "seeds": [0, 1], "runs": runs, "baseline": None}
+    )
     md = render_kid(report)
     assert "| world_filmcond_pre_half | RMSNorm |" in md and "## Paired comparisons" in md
     assert "world_base − world_filmcond" in md and "PSNR − copy (dB)" in md
@@ -177,8 +209,16 @@ def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped
         assert run.args[len(run.args) - 4 - len(row.args) : len(run.args) - 4] == list(row.args)
     rows = {"shipped": [0.95, 0.97, 0.96], "noise_shift 1": [0.60, 0.62, 0.58]}
     fake = {f"{r}/seed{s}": _run(r, s, 0.02, 19.0, True, acc) for r, accs in rows.items() for s, acc in enumerate(accs)}
-    report = analyse_recipe({**BASICS, "preset": preset.__dict__, "seeds": [0, 1, 2], "runs": fake, "baseline": None,
-                             "rows": [{"name": r, "change": "c"} for r in rows]})  # fmt: skip
+    report = analyse_recipe(
+        {
+            **BASICS,
+            "preset": preset.__dict__,
+            "seeds": [0, 1, 2],
+            "runs": fake,
+            "baseline": None,
+            "rows": [{"name": r, "change": "c"} for r in rows],
+        }
+    )
     md = render_recipe(report)
     assert "- Runs: " not in md  # the header says where the runs were made only when told
     assert "- Runs: on a lent GPU" in render_recipe({**report, "runs_note": "on a lent GPU"})
@@ -203,7 +243,9 @@ def test_rows_picks_rows_and_brings_their_pretraining_along(tmp_path: Path) -> N
 
     runs = kid_runs(PRESETS["world-kid"]["quick"], REPO / "configs/world", (0,), [])
     assert {r.key for r in _select(runs, ["world_filmcond_pre_half"], False, tmp_path)} == {
-        "pretrain_half/seed0", "world_filmcond_pre_half/seed0"}  # fmt: skip
+        "pretrain_half/seed0",
+        "world_filmcond_pre_half/seed0",
+    }
     with pytest.raises(ValueError, match=r"--rows: unknown row\(s\) \['nope'\]; this table's rows: pretrain"):
         _select(runs, ["nope"], False, tmp_path)
 
@@ -212,8 +254,12 @@ def test_an_ordering_beside_a_reference_says_which_neighbouring_gaps_the_seeds_e
     from lightning_film.reproduce.world_report import NANOWM, _orderings
 
     # film beats adaln by 2 dB on every seed; adaln, additive and cross_attention differ by seed noise
-    psnr = {"film": [22.0, 22.1, 21.9], "adaln": [20.0, 20.1, 19.9], "additive": [19.95, 20.2, 19.8],
-            "cross_attention": [19.8, 19.9, 19.95]}  # fmt: skip
+    psnr = {
+        "film": [22.0, 22.1, 21.9],
+        "adaln": [20.0, 20.1, 19.9],
+        "additive": [19.95, 20.2, 19.8],
+        "cross_attention": [19.8, 19.9, 19.95],
+    }
     values = {"test/psnr": {f"rmsnorm + {c}": dict(enumerate(v)) for c, v in psnr.items()}}
     (line,) = _orderings(values, "test/psnr", {c: v[0] for c, v in NANOWM.items()}, "NanoWM", "our PSNR", True)
     assert "our PSNR orders the same 4: film, adaln, additive, cross_attention" in line

@@ -44,8 +44,17 @@ def test_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (4, T, S, S, 3), dtype=np.uint8)
     actions = rng.integers(0, 5, (4, T)).astype(np.int64)
-    manifest = Manifest("bounce_room", {"frame_size": S}, {"name": "sticky_random", "stickiness": 0.8}, 0, 4, T, S, 5,
-                        ["noop", "up", "down", "left", "right"])  # fmt: skip
+    manifest = Manifest(
+        "bounce_room",
+        {"frame_size": S},
+        {"name": "sticky_random", "stickiness": 0.8},
+        0,
+        4,
+        T,
+        S,
+        5,
+        ["noop", "up", "down", "left", "right"],
+    )
     for i, (a, b) in enumerate([(0, 3), (3, 4)]):
         name = shards.shard_name(i)
         manifest.shards.append(ShardInfo(name, b - a, write_shard(tmp_path / name, frames[a:b], actions[a:b])))
@@ -58,9 +67,11 @@ def test_round_trip(tmp_path):
 
 
 def test_key_is_a_function_of_the_settings_only():
-    make = lambda **kw: Manifest(**{"world": "w", "world_settings": {}, "policy": {}, "seed": 0, "episodes": 1,  # noqa: E731
-                                    "episode_length": 2, "frame_size": 16, "num_actions": 1, "action_names": ["a"],
-                                    **kw})  # fmt: skip
+    def make(**kw):
+        settings = {"world": "w", "world_settings": {}, "policy": {}, "seed": 0, "episodes": 1}
+        settings |= {"episode_length": 2, "frame_size": 16, "num_actions": 1, "action_names": ["a"]}
+        return Manifest(**(settings | kw))
+
     assert make().key == make(shards=[ShardInfo("x.npz", 1, 10)]).key
     assert make().key != make(seed=1).key and make().key.startswith("w-")
 
@@ -100,16 +111,22 @@ GOOD_ACTIONS = np.zeros((2, T), np.int64)
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"frames": GOOD_FRAMES.astype(np.float32), "actions": GOOD_ACTIONS}, r"'frames' is float32 \(2, 6, 16, 16, 3\)"),
+        (
+            {"frames": GOOD_FRAMES.astype(np.float32), "actions": GOOD_ACTIONS},
+            r"'frames' is float32 \(2, 6, 16, 16, 3\)",
+        ),
         ({"frames": GOOD_FRAMES[:, :5], "actions": GOOD_ACTIONS}, r"'frames' is uint8 \(2, 5, 16, 16, 3\)"),
         ({"frames": GOOD_FRAMES, "actions": GOOD_ACTIONS.astype(np.int32)}, r"'actions' is int32 \(2, 6\)"),
         ({"frames": GOOD_FRAMES, "actions": GOOD_ACTIONS[:1]}, r"'actions' is int64 \(1, 6\)"),
         ({"frames": GOOD_FRAMES}, r"has arrays \['frames'\], lacking 'frames' or 'actions'"),
-        ({"frames": GOOD_FRAMES, "actions": GOOD_ACTIONS + 7}, r"action 7 \(episode 0 of the shard, step 0\) is outside "
-                                                               r"the action space \[0, 5\) of world 'bounce_room'"),
+        (
+            {"frames": GOOD_FRAMES, "actions": GOOD_ACTIONS + 7},
+            r"action 7 \(episode 0 of the shard, step 0\) is outside "
+            r"the action space \[0, 5\) of world 'bounce_room'",
+        ),
         ({"frames": GOOD_FRAMES, "actions": np.array([[{}] * T] * 2, dtype=object)}, r"is not a readable \.npz"),
     ],
-)  # fmt: skip
+)
 def test_bad_shard_contents_name_the_file_and_what_was_expected(tmp_path, arrays, message):
     folder = tiny_recording(tmp_path / "rec")
     path = rewrite_shard(folder, 0, **arrays)
@@ -123,8 +140,11 @@ def test_missing_truncated_and_corrupt_shards(tmp_path):
     path = folder / "episodes-00001.npz"
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ValueError, match=rf"shard {path}: has {len(good) // 2} bytes but the manifest says {len(good)} "
-                                         r"\(truncated or replaced\); expected 'frames' uint8 \(1, 6, 16, 16, 3\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"shard {path}: has {len(good) // 2} bytes but the manifest says {len(good)} "
+        r"\(truncated or replaced\); expected 'frames' uint8 \(1, 6, 16, 16, 3\)",
+    ):
         load_episodes(folder)
     corrupt = bytearray(good)
     corrupt[len(good) // 2 : len(good) // 2 + 64] = bytes(64)  # same size, damaged compressed data

@@ -19,10 +19,18 @@ from tests.test_world_model import world_data
 
 def _fit_and_test(tmp_path: Path, model: L.LightningModule, dm: L.LightningDataModule) -> list[dict[str, str]]:
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=WINDOW + 2, log_every_n_steps=1, limit_val_batches=1, limit_test_batches=1,
-        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        logger=CSVLogger(tmp_path / "logs", name="", version=""), default_root_dir=tmp_path,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_steps=WINDOW + 2,
+        log_every_n_steps=1,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=CSVLogger(tmp_path / "logs", name="", version=""),
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     assert sum(isinstance(c, TrainThroughput) for c in trainer.callbacks) == 1
     tested = trainer.test(model, dm, verbose=False)[0]

@@ -18,8 +18,15 @@ from lightning_film.data.world import EpisodeWindows, train_keys
 from lightning_film.registry import RegistryError
 
 E, T, S, K = 6, 12, 16, 3
-SMALL = {"episodes": E, "episode_length": T, "frame_size": S, "context_frames": K, "val_episodes": 1,
-         "test_episodes": 1, "batch_size": 4}  # fmt: skip
+SMALL = {
+    "episodes": E,
+    "episode_length": T,
+    "frame_size": S,
+    "context_frames": K,
+    "val_episodes": 1,
+    "test_episodes": 1,
+    "batch_size": 4,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -91,8 +98,10 @@ def test_split_by_episode(folder):
     for split in ("val", "test"):
         seen = {int(e) for b in getattr(dm, f"{split}_dataloader")() for e in b["episode"]}
         assert seen == set(splits[split].tolist())
-    assert all(np.array_equal(make(folder, val_episodes=2, test_episodes=1, seed=9).split_episodes[s], splits[s])
-               for s in splits)  # the training seed does not move the split  # fmt: skip
+    assert all(
+        np.array_equal(make(folder, val_episodes=2, test_episodes=1, seed=9).split_episodes[s], splits[s])
+        for s in splits
+    )  # the training seed does not move the split
     others = [make(folder, val_episodes=2, test_episodes=1, split_seed=s).split_episodes["val"] for s in range(1, 6)]
     assert any(not np.array_equal(o, splits["val"]) for o in others)
 
@@ -157,8 +166,12 @@ def test_ddp_ranks_read_distinct_windows_and_follow_the_epoch(folder):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    seed=st.integers(0, 2**31 - 1), epoch=st.integers(0, 5), length=st.integers(1, 40), total=st.integers(1, 30),
-    context=st.integers(1, 4), extra=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+    epoch=st.integers(0, 5),
+    length=st.integers(1, 40),
+    total=st.integers(1, 30),
+    context=st.integers(1, 4),
+    extra=st.integers(1, 5),
 )
 def test_train_keys_and_window_indexing(seed, epoch, length, total, context, extra):
     index = np.arange(length)
@@ -243,15 +256,18 @@ def test_broken_shards_surface_at_setup(folder, tmp_path):
         ({"frame_size": 8}, ValueError, r"frame_size must be an integer >= 16 .*got 8"),
         ({"context_frames": 0}, ValueError, r"context_frames must be an integer >= 1, got 0"),
         ({"context_frames": 12}, ValueError, r"context_frames must be < episode_length=12 .*got 12"),
-        ({"val_episodes": 3, "test_episodes": 3}, ValueError,
-         r"episodes=6 leave no training episode after val_episodes=3 and test_episodes=3"),
+        (
+            {"val_episodes": 3, "test_episodes": 3},
+            ValueError,
+            r"episodes=6 leave no training episode after val_episodes=3 and test_episodes=3",
+        ),
         ({"episodes": 0}, ValueError, r"episodes must be an integer >= 1, got 0"),
         ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
         ({"train_windows_per_epoch": 0}, ValueError, r"train_windows_per_epoch must be an integer >= 1, got 0"),
         ({"max_eval_windows": -1}, ValueError, r"max_eval_windows must be an integer >= 1, got -1"),
         ({"world": "bounce"}, RegistryError, r"unknown world 'bounce'.*Registered worlds: bounce_room, gym"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gives_a_clear_message(kwargs, error, message):
     with pytest.raises(error, match=message):
         WorldDataModule(**{**SMALL, **kwargs})
@@ -269,8 +285,20 @@ def test_lightning_cli_reads_the_signature(folder):
     parser = ArgumentParser()
     parser.add_class_arguments(WorldDataModule, "data")
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
-    cfg = parser.parse_args(["--data.world", '{"name": "bounce_room", "spawn_prob": 0.5}', "--data.frame_size", "16",
-                             "--data.val_episodes", "1", "--data.test_episodes", "1", "--data.episodes", "6"])  # fmt: skip
+    cfg = parser.parse_args(
+        [
+            "--data.world",
+            '{"name": "bounce_room", "spawn_prob": 0.5}',
+            "--data.frame_size",
+            "16",
+            "--data.val_episodes",
+            "1",
+            "--data.test_episodes",
+            "1",
+            "--data.episodes",
+            "6",
+        ]
+    )
     dm = instantiate(cfg)["data"]
     assert dm.frame_size == 16 and dm.manifest.world_settings["spawn_prob"] == 0.5
     cfg = parser.parse_args(["--data.data_dir", str(folder), "--data.val_episodes", "1", "--data.test_episodes", "1"])

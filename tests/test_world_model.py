@@ -23,9 +23,23 @@ from lightning_film.models.world_model import sincos_2d, to_uint8, to_unit
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME, K, A = 16, 2, 5
-TINY = {"frame_size": FRAME, "context_frames": K, "num_actions": A, "patch_size": 4, "dim": 32, "depth": 1,
-        "num_heads": 2, "sample_steps": 2, "kid_feature": "tiny", "warmup_steps": 1, "kid_subset_size": 4,
-        "kid_subsets": 3, "max_eval_samples": 8, "rollout_steps": 3, "grid_windows": 2}  # fmt: skip
+TINY = {
+    "frame_size": FRAME,
+    "context_frames": K,
+    "num_actions": A,
+    "patch_size": 4,
+    "dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "sample_steps": 2,
+    "kid_feature": "tiny",
+    "warmup_steps": 1,
+    "kid_subset_size": 4,
+    "kid_subsets": 3,
+    "max_eval_samples": 8,
+    "rollout_steps": 3,
+    "grid_windows": 2,
+}
 PAIRS = [(n, c) for n in list_normalizers() for c in list_conditioners()]
 
 
@@ -107,8 +121,9 @@ def test_sincos_positions_and_pixel_scaling() -> None:
 
 
 # -- objectives and guidance ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs", [{"objective": "diffusion", "prediction": "eps"}, {"objective": "diffusion"},
-                                    {"objective": "flow"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs", [{"objective": "diffusion", "prediction": "eps"}, {"objective": "diffusion"}, {"objective": "flow"}]
+)
 def test_objectives_overfit_a_batch(kwargs: dict) -> None:
     m = model(**kwargs)
     batch = make_batch(4)
@@ -172,12 +187,22 @@ def test_sampling_is_seeded_and_rollout_feeds_back() -> None:
 
 # -- pretrain -> finetune ----------------------------------------------------------------------------
 def quick_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    kwargs = {"max_steps": 2, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 1,
-              "logger": False, **kwargs}  # fmt: skip
+    kwargs = {
+        "max_steps": 2,
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 1,
+        "logger": False,
+        **kwargs,
+    }
     return L.Trainer(
-        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=tmp_path, **kwargs,
-    )  # fmt: skip
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 def pretrained(tmp_path: Path, **kwargs) -> tuple[WorldModel, Path]:
@@ -211,8 +236,11 @@ def test_init_from_starts_where_the_pretrained_model_was(tmp_path: Path, pre_con
 
 def test_init_from_names_every_mismatched_tensor(tmp_path: Path) -> None:
     _, path = pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"tensor\(s\) differ in shape.*patch_embed.weight: checkpoint \(32, 144\) "
-                       r"vs model \(48, 144\).*head.weight: checkpoint \(48, 32\) vs model \(48, 48\)") as err:  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"tensor\(s\) differ in shape.*patch_embed.weight: checkpoint \(32, 144\) "
+        r"vs model \(48, 144\).*head.weight: checkpoint \(48, 32\) vs model \(48, 48\)",
+    ) as err:
         model(dim=48, cond_dim=32).initialize_from(path)
     assert "time_embed" not in str(err.value)  # cond_dim kept: those tensors fit
     with pytest.raises(UsageError, match="does not exist"):
@@ -269,11 +297,17 @@ def test_bad_batches_are_named() -> None:
     m = model()
     batch = make_batch()
     batch["action"] = torch.tensor([0, 5, -1, 2])
-    with pytest.raises(ValueError, match=r"action\(s\) \[-1, 5\] out of range; this model has num_actions=5 "
-                       r"\(valid 0..4\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"action\(s\) \[-1, 5\] out of range; this model has num_actions=5 "
+        r"\(valid 0..4\)",
+    ):
         m.loss(batch)
-    with pytest.raises(ValueError, match=r"expects context \(B, 2, 3, 16, 16\) and target \(B, 3, 16, 16\); "
-                       r"got \(4, 2, 3, 32, 32\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"expects context \(B, 2, 3, 16, 16\) and target \(B, 3, 16, 16\); "
+        r"got \(4, 2, 3, 32, 32\)",
+    ):
         m.loss(make_batch(frame=32))
     batch = make_batch()
     batch["target"] = batch["target"].float()
@@ -287,8 +321,16 @@ def test_bad_batches_are_named() -> None:
 def world_data(**kwargs):
     from lightning_film.data.world import WorldDataModule
 
-    kwargs = {"episodes": 10, "episode_length": 8, "frame_size": FRAME, "context_frames": K, "val_episodes": 2,
-              "test_episodes": 2, "batch_size": 4, **kwargs}  # fmt: skip
+    kwargs = {
+        "episodes": 10,
+        "episode_length": 8,
+        "frame_size": FRAME,
+        "context_frames": K,
+        "val_episodes": 2,
+        "test_episodes": 2,
+        "batch_size": 4,
+        **kwargs,
+    }
     return WorldDataModule(**kwargs)
 
 
@@ -300,8 +342,9 @@ def test_data_settings_must_match_the_model(tmp_path: Path, monkeypatch: pytest.
         quick_trainer(tmp_path).fit(model(), world_data(context_frames=3))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"objective": "flow", "sampler": "heun", "cond_dropout": 0.2,
-                                          "guidance_scale": 2.0}])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"objective": "flow", "sampler": "heun", "cond_dropout": 0.2, "guidance_scale": 2.0}]
+)
 def test_fit_and_test_log_metrics_write_sheets_and_cache_real_features(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kwargs: dict
 ) -> None:
@@ -342,7 +385,9 @@ def test_fit_and_test_log_metrics_write_sheets_and_cache_real_features(
     assert second == pytest.approx(first)  # seeded: the same noise, the same KID subsets
 
 
-def test_test_says_what_it_does_and_its_sheets_reach_tensorboard_as_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_test_says_what_it_does_and_its_sheets_reach_tensorboard_as_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("tensorboard")
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -369,13 +414,22 @@ def test_test_says_what_it_does_and_its_sheets_reach_tensorboard_as_images(tmp_p
 
 
 CONTROL_KEYS = (
-    "test/agent_acc", "test/agent_acc_wrong", "test/agent_acc_copy", "test/psnr_copy", "test/ssim", "test/ssim_copy",
-    "test/x0_psnr", "test/x0_psnr_wrong", "test/rollout_agent_acc", "test/rollout_psnr", "test/rollout_psnr_copy",
-)  # fmt: skip
+    "test/agent_acc",
+    "test/agent_acc_wrong",
+    "test/agent_acc_copy",
+    "test/psnr_copy",
+    "test/ssim",
+    "test/ssim_copy",
+    "test/x0_psnr",
+    "test/x0_psnr_wrong",
+    "test/rollout_agent_acc",
+    "test/rollout_psnr",
+    "test/rollout_psnr_copy",
+)
 
 
 def test_a_world_without_a_locator_skips_the_agent_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightning_film.data.worlds import World
+    from lightning_film.data.environments import World
     from lightning_film.models import world_eval
 
     said: list[str] = []  # Lightning's logger may not propagate to caplog after other tests' trainers
@@ -505,21 +559,46 @@ def test_cli_chains_pretraining_and_finetuning(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
     shrink = {
-        "trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1,
-        "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
-        "model.dim": 32, "model.depth": 1, "model.num_heads": 2, "model.sample_steps": 2, "model.kid_feature": "tiny",
-        "model.max_eval_samples": 8, "model.kid_subset_size": 4, "model.rollout_steps": 2, "data.episodes": 10,
-        "data.episode_length": 8, "data.frame_size": FRAME, "data.val_episodes": 2, "data.test_episodes": 2,
-        "data.batch_size": 4, "data.max_eval_windows": 8,
-    }  # fmt: skip
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "trainer.limit_val_batches": 1,
+        "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false",
+        "model.dim": 32,
+        "model.depth": 1,
+        "model.num_heads": 2,
+        "model.sample_steps": 2,
+        "model.kid_feature": "tiny",
+        "model.max_eval_samples": 8,
+        "model.kid_subset_size": 4,
+        "model.rollout_steps": 2,
+        "data.episodes": 10,
+        "data.episode_length": 8,
+        "data.frame_size": FRAME,
+        "data.val_episodes": 2,
+        "data.test_episodes": 2,
+        "data.batch_size": 4,
+        "data.max_eval_windows": 8,
+    }
     args = [a for k, v in shrink.items() for a in (f"--{k}", str(v))]
 
     def run(command: str, name: str, *extra: str) -> Path:
         root = tmp_path / name
         config = str(REPO / f"configs/world/{name}.yaml")
         csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}}
-        main([command, "--config", config, "--trainer.default_root_dir", str(root), "--trainer.logger", json.dumps(csv),
-              *args, *extra])  # fmt: skip
+        main(
+            [
+                command,
+                "--config",
+                config,
+                "--trainer.default_root_dir",
+                str(root),
+                "--trainer.logger",
+                json.dumps(csv),
+                *args,
+                *extra,
+            ]
+        )
         return root
 
     last = run("fit", "pretrain") / "checkpoints" / "last.ckpt"
@@ -552,16 +631,32 @@ def test_command_line_model_settings_win_over_the_checkpoint(tmp_path: Path, mon
     from lightning_film.cli import _cli_model_keys, main
 
     assert _cli_model_keys(["--model.sample_steps", "3", "--model.init_args.seed=1", "--model.help", "--data.x"]) == {
-        "sample_steps", "seed"}  # fmt: skip
+        "sample_steps",
+        "seed",
+    }
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
     shrink = {
-        "trainer.max_steps": 2, "trainer.limit_val_batches": 0, "trainer.enable_progress_bar": "false",
-        "trainer.enable_model_summary": "false", "model.dim": 32, "model.depth": 1,
-        "model.num_heads": 2, "model.sample_steps": 2, "model.kid_feature": "tiny", "model.max_eval_samples": 4,
-        "model.kid_subset_size": 2, "model.rollout_steps": 1, "model.rollout_windows": 2, "data.episodes": 10,
-        "data.episode_length": 8, "data.frame_size": FRAME, "data.val_episodes": 2, "data.test_episodes": 2,
-        "data.batch_size": 4, "data.max_eval_windows": 4,
-    }  # fmt: skip
+        "trainer.max_steps": 2,
+        "trainer.limit_val_batches": 0,
+        "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false",
+        "model.dim": 32,
+        "model.depth": 1,
+        "model.num_heads": 2,
+        "model.sample_steps": 2,
+        "model.kid_feature": "tiny",
+        "model.max_eval_samples": 4,
+        "model.kid_subset_size": 2,
+        "model.rollout_steps": 1,
+        "model.rollout_windows": 2,
+        "data.episodes": 10,
+        "data.episode_length": 8,
+        "data.frame_size": FRAME,
+        "data.val_episodes": 2,
+        "data.test_episodes": 2,
+        "data.batch_size": 4,
+        "data.max_eval_windows": 4,
+    }
     args = [a for k, v in shrink.items() for a in (f"--{k}", str(v))]
     config, root = str(REPO / "configs/world/filmcond.yaml"), tmp_path / "run"
     csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": "log"}}

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lightning_film.data.worlds import (
+from lightning_film.data.environments import (
     AGENT_COLOUR,
     WORLDS,
     BounceRoom,
@@ -232,7 +232,7 @@ def test_bounce_room_locates_its_agent_to_well_under_a_pixel(frame_size):
 
 
 def test_agent_matches_truth_and_not_a_shifted_agent():
-    from lightning_film.data.worlds import agent_matches
+    from lightning_film.data.environments import agent_matches
 
     world = BounceRoom(32, num_balls=3, spawn_prob=0.3)
     frames = rollout(world, 3, [UP, LEFT, DOWN, RIGHT, UP, RIGHT])

@@ -122,8 +122,16 @@ def parse_args(argv: list[str]) -> tuple[Settings, Path, int]:
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}; accepted: {', '.join(Settings.sections)}")
     s = Settings.quick_run(sections) if a.quick else Settings(sections=sections)
-    overrides = {k: v for k, v in (("repeats", a.repeats), ("steps_per_repeat", a.steps_per_repeat),
-                                   ("warmup", a.warmup), ("kid_frames", a.kid_frames)) if v is not None}  # fmt: skip
+    overrides = {
+        k: v
+        for k, v in (
+            ("repeats", a.repeats),
+            ("steps_per_repeat", a.steps_per_repeat),
+            ("warmup", a.warmup),
+            ("kid_frames", a.kid_frames),
+        )
+        if v is not None
+    }
     for k, v in overrides.items():
         if v < (0 if k == "warmup" else 1):
             p.error(f"--{k.replace('_', '-')} must be >= {0 if k == 'warmup' else 1}, got {v}")

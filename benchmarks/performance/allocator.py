@@ -52,8 +52,17 @@ def allocator_section(s: Settings) -> dict[str, Any]:
     runs: dict[str, list[dict]] = {"default": [], "reuse": []}
     for i in range(pairs):
         for mode in ("default", "reuse") if i % 2 == 0 else ("reuse", "default"):
-            cmd = [sys.executable, "-m", "benchmarks.performance", CHILD_FLAG, mode, "--child-steps", str(steps),
-                   "--threads", str(torch.get_num_threads())] + (["--quick"] if s.quick else [])  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.performance",
+                CHILD_FLAG,
+                mode,
+                "--child-steps",
+                str(steps),
+                "--threads",
+                str(torch.get_num_threads()),
+            ] + (["--quick"] if s.quick else [])
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     ratios = [
@@ -62,7 +71,9 @@ def allocator_section(s: Settings) -> dict[str, Any]:
     log("allocator: done")
     return {
         "step_ms": {m: 1e3 * statistics.median([statistics.median(r["step_s"]) for r in rs]) for m, rs in runs.items()},
-        "minor_faults_per_step": {m: statistics.median([r["minor_faults_per_step"] for r in rs]) for m, rs in runs.items()},
+        "minor_faults_per_step": {
+            m: statistics.median([r["minor_faults_per_step"] for r in rs]) for m, rs in runs.items()
+        },
         "default_over_reuse": ratios,
         "runs": runs,
     }

@@ -43,10 +43,20 @@ class Settings:
     @classmethod
     def quick_run(cls, sections: tuple[str, ...] | None = None) -> Settings:
         return cls(
-            quick=True, repeats=2, steps_per_repeat=1, warmup=1, compile=False, kid_frames=64, kid_feature="tiny",
-            seq_lens=(16, 32, 64), widths=(32, 64, 128), sample_bytes=24, world_batch=8, world_steps=(2, 4),
+            quick=True,
+            repeats=2,
+            steps_per_repeat=1,
+            warmup=1,
+            compile=False,
+            kid_frames=64,
+            kid_feature="tiny",
+            seq_lens=(16, 32, 64),
+            widths=(32, 64, 128),
+            sample_bytes=24,
+            world_batch=8,
+            world_steps=(2, 4),
             sections=sections or cls.sections,
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,16 @@ def byte_shape() -> Shape:
     m, d = _init_args(BYTE_CONFIG, "model"), _init_args(BYTE_CONFIG, "data")
     cond = int(m.get("nibble_dim", 32)) + int(m.get("acc_dim", 16))  # nibble ++ acc (combine: concat)
     return Shape(
-        "byte", int(d.get("batch_size", 32)), int(d.get("seq_len", 128)), int(m.get("dim", 128)),
-        int(m.get("depth", 4)), int(m.get("num_heads", 4)), cond, True, m,
-    )  # fmt: skip
+        "byte",
+        int(d.get("batch_size", 32)),
+        int(d.get("seq_len", 128)),
+        int(m.get("dim", 128)),
+        int(m.get("depth", 4)),
+        int(m.get("num_heads", 4)),
+        cond,
+        True,
+        m,
+    )
 
 
 def world_shape() -> Shape:
@@ -98,9 +115,16 @@ def world_shape() -> Shape:
     grid = int(m.get("frame_size", 32)) // int(m.get("patch_size", 4))
     dim = int(m.get("dim", 128))
     return Shape(
-        "world", int(d.get("batch_size", 32)), grid * grid, dim, int(m.get("depth", 4)), int(m.get("num_heads", 4)),
-        int(m.get("cond_dim") or dim), False, m,
-    )  # fmt: skip
+        "world",
+        int(d.get("batch_size", 32)),
+        grid * grid,
+        dim,
+        int(m.get("depth", 4)),
+        int(m.get("num_heads", 4)),
+        int(m.get("cond_dim") or dim),
+        False,
+        m,
+    )
 
 
 def log(message: str) -> None:
@@ -135,8 +159,25 @@ def op_category(op: str) -> str:
         return "attention"
     if op.endswith("_") and op not in ("copy_", "fill_", "zero_"):
         return "in-place elementwise (mostly the optimizer)"
-    if op in ("view", "t", "transpose", "expand", "as_strided", "slice", "split", "unsqueeze", "detach", "_unsafe_view",
-              "reshape", "permute", "select", "alias", "split_with_sizes", "squeeze", "_local_scalar_dense"):  # fmt: skip
+    if op in (
+        "view",
+        "t",
+        "transpose",
+        "expand",
+        "as_strided",
+        "slice",
+        "split",
+        "unsqueeze",
+        "detach",
+        "_unsafe_view",
+        "reshape",
+        "permute",
+        "select",
+        "alias",
+        "split_with_sizes",
+        "squeeze",
+        "_local_scalar_dense",
+    ):
         return "views and scalars"
     return "other elementwise, reductions, copies"
 

@@ -49,7 +49,9 @@ def byte_sampling_section(s: Settings, shape: Shape) -> dict[str, Any]:
         "beyond context, cache": functools.partial(sample, beyond, True),
         "beyond context, no cache": functools.partial(sample, beyond, False),
     }
-    raw = time_interleaved(fns, Settings(**{**vars(s), "steps_per_repeat": 1, "warmup": 1, "repeats": max(2, s.repeats // 2)}))
+    raw = time_interleaved(
+        fns, Settings(**{**vars(s), "steps_per_repeat": 1, "warmup": 1, "repeats": max(2, s.repeats // 2)})
+    )
     stats = summary(raw, "cache")
     rows = []
     for name, st in stats.items():
@@ -57,16 +59,33 @@ def byte_sampling_section(s: Settings, shape: Shape) -> dict[str, Any]:
         rows.append({"case": name, "new_bytes": n, "s": st["s"], "bytes_per_s": n / st["s"]})
     speedup = summary({k: raw[k] for k in ("cache", "no cache")}, "cache")["no cache"]["ratio"]
     log("byte sampling: done")
-    return {"rows": rows, "cache_speedup": speedup, "greedy_identical": same, "prompt": PROMPT.decode(),
-            "seq_len": shape.seq}  # fmt: skip
+    return {
+        "rows": rows,
+        "cache_speedup": speedup,
+        "greedy_identical": same,
+        "prompt": PROMPT.decode(),
+        "seq_len": shape.seq,
+    }
 
 
 # -- world model ------------------------------------------------------------------------------------
 def _world_model(shape: Shape, objective: str, sampler: str, guidance: float = 1.0):
     from lightning_film.models import WorldModel
 
-    keep = ("frame_size", "channels", "context_frames", "num_actions", "patch_size", "dim", "depth", "num_heads",
-            "mlp_ratio", "normalizer", "conditioner", "combine")  # fmt: skip
+    keep = (
+        "frame_size",
+        "channels",
+        "context_frames",
+        "num_actions",
+        "patch_size",
+        "dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "normalizer",
+        "conditioner",
+        "combine",
+    )
     args = {k: v for k, v in shape.extra.items() if k in keep}
     if objective == "flow":
         args["prediction"] = None
@@ -76,7 +95,7 @@ def _world_model(shape: Shape, objective: str, sampler: str, guidance: float = 1
 
 def _contexts(model, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Context windows (n, K, C, H, W) uint8 from bounce_room episodes, and actions (n,)."""
-    from lightning_film.data.worlds import build_world
+    from lightning_film.data.environments import build_world
 
     hp = model.hparams
     world = build_world("bounce_room", hp.frame_size)
@@ -106,13 +125,24 @@ def world_sampling_section(s: Settings, shape: Shape) -> dict[str, Any]:
             model.sample_next(ctx, act, steps=steps, generator=torch.Generator().manual_seed(0))
 
         fns[name] = run
-    raw = time_interleaved(fns, Settings(**{**vars(s), "steps_per_repeat": 1, "warmup": 1, "repeats": max(2, s.repeats // 2)}))
+    raw = time_interleaved(
+        fns, Settings(**{**vars(s), "steps_per_repeat": 1, "warmup": 1, "repeats": max(2, s.repeats // 2)})
+    )
     rows = []
     for name, (_, steps, sampler, guidance) in cases.items():
         t = statistics.median(repeat_times(raw[name]))
         evals = steps * (2 if sampler == "heun" else 1)
-        rows.append({"case": name, "sampler": sampler, "steps": steps, "guidance": guidance, "s": t,
-                     "frames_per_s": s.world_batch / t, "denoiser_calls": evals})  # fmt: skip
+        rows.append(
+            {
+                "case": name,
+                "sampler": sampler,
+                "steps": steps,
+                "guidance": guidance,
+                "s": t,
+                "frames_per_s": s.world_batch / t,
+                "denoiser_calls": evals,
+            }
+        )
     log("world sampling: done")
     return {"rows": rows, "batch": s.world_batch}
 
@@ -152,8 +182,9 @@ def kid_section(s: Settings, shape: Shape) -> dict[str, Any]:
     log(f"KID: real features of {n} frames ready in {real_s:.0f} s")
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    fake = torch.cat([model.sample_next(c, a, steps=steps, generator=g) for c, a in
-                      zip(ctx.split(100), act.split(100))])  # fmt: skip
+    fake = torch.cat(
+        [model.sample_next(c, a, steps=steps, generator=g) for c, a in zip(ctx.split(100), act.split(100))]
+    )
     sampled = time.perf_counter()
     metric = kid_metric(extractor, subsets=50, subset_size=min(100, n))
     metric.update(fake, real=False)
@@ -163,8 +194,15 @@ def kid_section(s: Settings, shape: Shape) -> dict[str, Any]:
     done = time.perf_counter()
     log(f"KID of {n} frames: {done - start:.0f} s")
     return {
-        "frames": n, "feature": s.kid_feature, "sampler": model.sampler, "steps": steps,
-        "sample_s": sampled - start, "features_s": embedded - sampled, "kid_s": done - embedded,
-        "total_s": done - start, "features_per_s": n / (embedded - sampled), "real_features_s": real_s,
+        "frames": n,
+        "feature": s.kid_feature,
+        "sampler": model.sampler,
+        "steps": steps,
+        "sample_s": sampled - start,
+        "features_s": embedded - sampled,
+        "kid_s": done - embedded,
+        "total_s": done - start,
+        "features_per_s": n / (embedded - sampled),
+        "real_features_s": real_s,
         "kid": float(kid_mean),
-    }  # fmt: skip
+    }

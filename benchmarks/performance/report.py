@@ -43,7 +43,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         "ratio is taken per repeat against the baseline of the same repeat; the median over repeats is reported with "
         "its IQR and min–max. A training step is forward, loss, backward and an AdamW step (torch's default "
         "single-tensor AdamW unless said otherwise). The C allocator is glibc's default (see the allocator section).",
-        "- Op profiles (\"where the time goes\") are thread CPU time per aten op under one thread "
+        '- Op profiles ("where the time goes") are thread CPU time per aten op under one thread '
         "(`time.thread_time` in a `TorchDispatchMode`): they do not count time spent waiting for a core.",
     ]
     lines += _targets(res)
@@ -67,11 +67,13 @@ def _targets(res: dict[str, Any]) -> list[str]:
             if r["normalizer"] == "rmsnorm":
                 worst[tuple(r["shape"])] = r["ratio"]["median"]
         at_models = [v for k, v in worst.items() if list(k) in TARGET_NORM_SHAPES]
-        rows.append((
-            "rmsnorm forward+backward no slower than layernorm (byte and world shapes)",
-            ", ".join(f"{tuple(k)}: {v:.3f}x" for k, v in worst.items()),
-            _verdict(bool(at_models) and max(at_models) <= 1.0),
-        ))
+        rows.append(
+            (
+                "rmsnorm forward+backward no slower than layernorm (byte and world shapes)",
+                ", ".join(f"{tuple(k)}: {v:.3f}x" for k, v in worst.items()),
+                _verdict(bool(at_models) and max(at_models) <= 1.0),
+            )
+        )
     conds = res.get("conditioners")
     if conds:
         for shape, sec in conds.items():
@@ -79,14 +81,17 @@ def _targets(res: dict[str, Any]) -> list[str]:
             fused = {k: v["ratio"]["median"] for k, v in sec["fused_adamw"].items() if k != "none"}
             # the verdict reads the fused AdamW step: the optimizer both models train with
             vals = [fused[k] for k in ("film", "adaln", "adaln_zero") if k in fused]
-            rows.append((
-                f"film, adaln, adaln_zero <= 1.03x `none` (vector, {shape} shape)",
-                "with fused AdamW (the models' optimizer): " + ", ".join(f"{k} {v:.3f}" for k, v in fused.items())
-                + "; with single-tensor AdamW: "
-                + ", ".join(f"{k} {got[k]:.3f}" for k in ("film", "adaln", "adaln_zero") if k in got),
-                _verdict(bool(vals) and max(vals) <= 1.03)
-                + ("" if max(vals, default=0) <= 1.03 else f" (worst by {100 * (max(vals) - 1.03):.1f} points)"),
-            ))
+            rows.append(
+                (
+                    f"film, adaln, adaln_zero <= 1.03x `none` (vector, {shape} shape)",
+                    "with fused AdamW (the models' optimizer): "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in fused.items())
+                    + "; with single-tensor AdamW: "
+                    + ", ".join(f"{k} {got[k]:.3f}" for k in ("film", "adaln", "adaln_zero") if k in got),
+                    _verdict(bool(vals) and max(vals) <= 1.03)
+                    + ("" if max(vals, default=0) <= 1.03 else f" (worst by {100 * (max(vals) - 1.03):.1f} points)"),
+                )
+            )
     step = res.get("step")
     if step:
         for shape, sec in step.items():
@@ -96,38 +101,55 @@ def _targets(res: dict[str, Any]) -> list[str]:
             verdict = _verdict(default >= 1.05)
             if default < 1.05 and exact and min(exact) >= 1.05:
                 verdict += "; met with the same (exact) GELU as theirs"
-            rows.append((
-                f"ours >= 1.05x x-transformers tokens/s ({shape} shape)",
-                "; ".join(f"{k}: {v['median']:.3f}x" for k, v in vs.items() if "over eager" not in k),
-                verdict,
-            ))
+            rows.append(
+                (
+                    f"ours >= 1.05x x-transformers tokens/s ({shape} shape)",
+                    "; ".join(f"{k}: {v['median']:.3f}x" for k, v in vs.items() if "over eager" not in k),
+                    verdict,
+                )
+            )
             best = max((r for r in sec["rows"] if r["model"].startswith("ours")), key=lambda r: r["utilisation"])
-            rows.append((
-                f">= 80% of the fp32 matmul peak ({shape} shape; peak {sec['peak']['flops_per_s'] / 1e9:.0f} GFLOP/s)",
-                f"{100 * best['utilisation']:.0f}% ({best['model']})",
-                _verdict(best["utilisation"] >= 0.8),
-            ))
+            rows.append(
+                (
+                    f">= 80% of the fp32 matmul peak ({shape} shape; peak {sec['peak']['flops_per_s'] / 1e9:.0f} GFLOP/s)",
+                    f"{100 * best['utilisation']:.0f}% ({best['model']})",
+                    _verdict(best["utilisation"] >= 0.8),
+                )
+            )
     scaling = res.get("scaling")
     if scaling:
         reached = [r for r in scaling["width"]["rows"] if r["utilisation"] >= 0.8]
-        rows.append((
-            "... the width at which the byte model's step reaches 80%",
-            f"D = {reached[0]['dim']}" if reached else
-            f"not within D <= {scaling['width']['rows'][-1]['dim']} (best "
-            f"{100 * max(r['utilisation'] for r in scaling['width']['rows']):.0f}%)",
-            "",
-        ))
+        rows.append(
+            (
+                "... the width at which the byte model's step reaches 80%",
+                f"D = {reached[0]['dim']}"
+                if reached
+                else f"not within D <= {scaling['width']['rows'][-1]['dim']} (best "
+                f"{100 * max(r['utilisation'] for r in scaling['width']['rows']):.0f}%)",
+                "",
+            )
+        )
     inf = res.get("inference")
     if inf:
         b = inf["byte_sampling"]
-        rows.append(("byte sampling with the KV cache vs without", f"{b['cache_speedup']['median']:.2f}x faster; "
-                     f"greedy bytes identical: {b['greedy_identical']}", _verdict(b["greedy_identical"])))  # fmt: skip
+        rows.append(
+            (
+                "byte sampling with the KV cache vs without",
+                f"{b['cache_speedup']['median']:.2f}x faster; greedy bytes identical: {b['greedy_identical']}",
+                _verdict(b["greedy_identical"]),
+            )
+        )
         kid = inf.get("kid")
         if kid and "skipped" not in kid:
-            rows.append((f"KID of {kid['frames']} generated frames <= 120 s (cached real features)",
-                         f"{kid['total_s']:.0f} s ({kid['feature']} features)",
-                         _verdict(kid["total_s"] <= 120) if kid["frames"] >= 1000 and kid["feature"] == "inception"
-                         else "not measured at 1,000 Inception frames"))  # fmt: skip
+            rows.append(
+                (
+                    f"KID of {kid['frames']} generated frames <= 120 s (cached real features)",
+                    f"{kid['total_s']:.0f} s ({kid['feature']} features)",
+                    _verdict(kid["total_s"] <= 120)
+                    if kid["frames"] >= 1000 and kid["feature"] == "inception"
+                    else "not measured at 1,000 Inception frames",
+                )
+            )
     out = ["", "## Targets", "", "| target | measured (median ratios) | |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return out
@@ -141,7 +163,7 @@ def _norms(sec: dict[str, Any] | None) -> list[str]:
         "",
         "## 1. Normalizers: forward + backward vs layernorm",
         "",
-        "`rmsnorm` (the registered default, `implementation=\"auto\"`): on the CPU in eager mode a hand-derived "
+        '`rmsnorm` (the registered default, `implementation="auto"`): on the CPU in eager mode a hand-derived '
         "backward on LayerNorm's fused kernel (mean 0, RMSNorm's rstd, plus one matrix-vector product for the "
         "term of LayerNorm's mean subtraction); `rmsnorm (reference)`: the definition op by op (autograd's "
         "backward); `F.rms_norm`: torch's op, whose CPU backward is a chain of elementwise ops.",
@@ -159,7 +181,9 @@ def _profile_table(profiles: dict[str, dict[str, Any]]) -> list[str]:
     cats = list(dict.fromkeys(c for p in profiles.values() for c in p["categories_s"]))
     out = ["| op category | " + " | ".join(f"{n} (ms)" for n in names) + " |", "|---|" + "---:|" * len(names)]
     for c in cats:
-        out.append(f"| {c} | " + " | ".join(f"{1e3 * profiles[n]['categories_s'].get(c, 0.0):.2f}" for n in names) + " |")
+        out.append(
+            f"| {c} | " + " | ".join(f"{1e3 * profiles[n]['categories_s'].get(c, 0.0):.2f}" for n in names) + " |"
+        )
     out.append("| **total** | " + " | ".join(f"**{1e3 * profiles[n]['total_s']:.2f}**" for n in names) + " |")
     out.append("| aten ops per step | " + " | ".join(f"{profiles[n]['ops_per_step']:.0f}" for n in names) + " |")
     return out
@@ -188,9 +212,14 @@ def _conditioners(sec: dict[str, Any] | None) -> list[str]:
                 f"| `{r['conditioner']}` | {r['conditioning']} | {r['params']:,} | {r['params_added']:,} | "
                 f"{r['forward_flops'] / 1e9:.3f} | {r['flops_per_token'] / 1e6:.2f} M | {r['ms']:.1f} | {_r(r['ratio'])} |"
             )
-        out += ["", "With torch's fused AdamW (`AdamW(fused=True)`: one kernel for all tensors, so the conditioners' "
-                "extra parameter tensors cost less per step):", "", "| conditioner | step (ms) | step ratio | IQR | min–max |",
-                "|---|---:|---:|---:|---:|"]  # fmt: skip
+        out += [
+            "",
+            "With torch's fused AdamW (`AdamW(fused=True)`: one kernel for all tensors, so the conditioners' "
+            "extra parameter tensors cost less per step):",
+            "",
+            "| conditioner | step (ms) | step ratio | IQR | min–max |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for k, v in s["fused_adamw"].items():
             out.append(f"| `{k}` | {v['ms']:.1f} | {_r(v['ratio'])} |")
         out += ["", "Where the time goes, `none` vs `film` (thread CPU ms per step, one thread):", ""]
@@ -214,8 +243,8 @@ def _step(sec: dict[str, Any] | None) -> list[str]:
             + ", ".join(f"{n}²: {v / 1e9:.1f}" for n, v in peak["by_size"].items())
             + "). x-transformers: `Decoder(dim, depth, heads, attn_dim_head=dim // heads, ff_mult=4, attn_flash=True)`"
             " (+ `use_rmsnorm=True`); ours has biases on q/k/v and the attention output, theirs not. Their MLP's "
-            "GELU is the exact (erf) one; ours defaults to DiT's tanh approximation (`activation=\"gelu_tanh\"`), "
-            "the `(exact GELU)` rows use `activation=\"gelu\"`, the same function as theirs.",
+            'GELU is the exact (erf) one; ours defaults to DiT\'s tanh approximation (`activation="gelu_tanh"`), '
+            'the `(exact GELU)` rows use `activation="gelu"`, the same function as theirs.',
             "",
             "| model | params | step (ms) | tokens/s | GFLOP/step | GFLOP/s | of matmul peak |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -225,13 +254,20 @@ def _step(sec: dict[str, Any] | None) -> list[str]:
                 f"| {r['model']} | {r['params']:,} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['flops'] / 1e9:.2f} | "
                 f"{r['flops'] / r['ms'] * 1e3 / 1e9:.1f} | {100 * r['utilisation']:.0f}% |"
             )
-        out += ["", "| tokens/s ratio (per repeat, > 1: ours faster) | median | IQR | min–max |", "|---|---:|---:|---:|"]
+        out += [
+            "",
+            "| tokens/s ratio (per repeat, > 1: ours faster) | median | IQR | min–max |",
+            "|---|---:|---:|---:|",
+        ]
         for k, v in s["ours_over_x_transformers"].items():
             label = k if "over eager" in k else f"ours / x-transformers, {k}"
             out.append(f"| {label} | {_r(v)} |")
         if s.get("compile_s") is not None:
-            out += ["", f"`torch.compile` (inductor, default mode) of our transformer took **{s['compile_s']:.0f} s** "
-                    "(first step, forward and backward)."]  # fmt: skip
+            out += [
+                "",
+                f"`torch.compile` (inductor, default mode) of our transformer took **{s['compile_s']:.0f} s** "
+                "(first step, forward and backward).",
+            ]
         if s.get("compile_error"):
             out += ["", f"`torch.compile` failed here, so its row is missing: `{s['compile_error']}`"]
         out += ["", "Where the time goes, ours vs x-transformers, rmsnorm (thread CPU ms per step, one thread):", ""]
@@ -257,14 +293,22 @@ def _inference(sec: dict[str, Any] | None) -> list[str]:
     ]
     out += [f"| {r['case']} | {r['new_bytes']} | {r['s']:.3f} | {r['bytes_per_s']:,.1f} |" for r in b["rows"]]
     c = b["cache_speedup"]
-    out += ["", f"Cache speedup within the context: **{c['median']:.2f}x** (IQR {c['q1']:.2f}–{c['q3']:.2f}, min–max "
-            f"{c['min']:.2f}–{c['max']:.2f}); greedy bytes with and without the cache identical: "
-            f"**{b['greedy_identical']}**."]  # fmt: skip
+    out += [
+        "",
+        f"Cache speedup within the context: **{c['median']:.2f}x** (IQR {c['q1']:.2f}–{c['q3']:.2f}, min–max "
+        f"{c['min']:.2f}–{c['max']:.2f}); greedy bytes with and without the cache identical: "
+        f"**{b['greedy_identical']}**.",
+    ]
     w = sec.get("world_sampling")
     if w:
-        out += ["", f"### World model: `sample_next` frames/s (batch {w['batch']}, untrained weights, config "
-                "`configs/world/base.yaml` sizes)", "", "| sampler / steps | denoiser calls | s per batch | frames/s |",
-                "|---|---:|---:|---:|"]  # fmt: skip
+        out += [
+            "",
+            f"### World model: `sample_next` frames/s (batch {w['batch']}, untrained weights, config "
+            "`configs/world/base.yaml` sizes)",
+            "",
+            "| sampler / steps | denoiser calls | s per batch | frames/s |",
+            "|---|---:|---:|---:|",
+        ]
         out += [f"| {r['case']} | {r['denoiser_calls']} | {r['s']:.3f} | {r['frames_per_s']:,.1f} |" for r in w["rows"]]
     k = sec.get("kid")
     if k and "skipped" in k:
@@ -277,7 +321,11 @@ def _inference(sec: dict[str, Any] | None) -> list[str]:
             f"Sampling {k['sample_s']:.1f} s + features {k['features_s']:.1f} s ({k['features_per_s']:.1f} frames/s) + "
             f"cached real features and KID {k['kid_s']:.1f} s = **{k['total_s']:.1f} s** (not timed: making the real "
             f"features ready beforehand, {k['real_features_s']:.1f} s: "
-            + ("read from the cache of an earlier run)." if k["real_features_s"] < 2 else "computed and cached in this run)."),
+            + (
+                "read from the cache of an earlier run)."
+                if k["real_features_s"] < 2
+                else "computed and cached in this run)."
+            ),
         ]
     return out
 
@@ -292,17 +340,26 @@ def _slopes(rows: list[dict[str, Any]], key: str) -> list[float | None]:
 def _scaling(sec: dict[str, Any] | None) -> list[str]:
     if not sec:
         return []
-    out = ["", "## 5. Scaling of the byte model's step (B fixed)", "",
-           "Local slope = d log(step time) / d log(N or D) between neighbouring points. Expected: vs N, 1 while the "
-           "per-token matmuls dominate, rising towards 2 as attention (N² per sequence) takes over; vs D, towards 2 "
-           "(matmuls, D²) from 1 at small D (per-token elementwise work and attention, N² D).", ""]  # fmt: skip
+    out = [
+        "",
+        "## 5. Scaling of the byte model's step (B fixed)",
+        "",
+        "Local slope = d log(step time) / d log(N or D) between neighbouring points. Expected: vs N, 1 while the "
+        "per-token matmuls dominate, rising towards 2 as attention (N² per sequence) takes over; vs D, towards 2 "
+        "(matmuls, D²) from 1 at small D (per-token elementwise work and attention, N² D).",
+        "",
+    ]
     for sweep, key in (("seq", "seq"), ("width", "dim")):
         rows = sec[sweep]["rows"]
-        out += [f"| {'N' if key == 'seq' else 'D'} | step (ms) | tokens/s | GFLOP/step | of matmul peak | local slope |",
-                "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        out += [
+            f"| {'N' if key == 'seq' else 'D'} | step (ms) | tokens/s | GFLOP/step | of matmul peak | local slope |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for r, sl in zip(rows, _slopes(rows, key)):
-            out.append(f"| {r[key]} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['flops'] / 1e9:.2f} | "
-                       f"{100 * r['utilisation']:.0f}% | {'' if sl is None else f'{sl:.2f}'} |")  # fmt: skip
+            out.append(
+                f"| {r[key]} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['flops'] / 1e9:.2f} | "
+                f"{100 * r['utilisation']:.0f}% | {'' if sl is None else f'{sl:.2f}'} |"
+            )
         out.append("")
     return out
 
@@ -331,16 +388,20 @@ def _precision(sec: dict[str, Any] | None) -> list[str]:
     if not sec:
         return []
     n, g = sec["matmul_size"], sec["matmul_gflops"]
-    rows = [f"| matmul {n}^3 | {1000 * sec['matmul']['matmul fp32']['s']:.2f} | {1000 * sec['matmul']['matmul bf16']['s']:.2f} "
-            f"| {_r(sec['matmul']['matmul bf16']['ratio'])} | {1 / sec['matmul']['matmul bf16']['ratio']['median']:.2f}x |"]
+    rows = [
+        f"| matmul {n}^3 | {1000 * sec['matmul']['matmul fp32']['s']:.2f} | {1000 * sec['matmul']['matmul bf16']['s']:.2f} "
+        f"| {_r(sec['matmul']['matmul bf16']['ratio'])} | {1 / sec['matmul']['matmul bf16']['ratio']['median']:.2f}x |"
+    ]
     for name, st in sec["models"].items():
-        rows.append(f"| {name} model training step | {1000 * st['fp32']['s']:.1f} | {1000 * st['bf16']['s']:.1f} | "
-                    f"{_r(st['bf16']['ratio'])} | {1 / st['bf16']['ratio']['median']:.2f}x |")
+        rows.append(
+            f"| {name} model training step | {1000 * st['fp32']['s']:.1f} | {1000 * st['bf16']['s']:.1f} | "
+            f"{_r(st['bf16']['ratio'])} | {1 / st['bf16']['ratio']['median']:.2f}x |"
+        )
     return [
         "",
         "## 7. bf16 mixed precision",
         "",
-        "What `--trainer.precision bf16-mixed` runs: `torch.autocast(\"cpu\", torch.bfloat16)` around the step, "
+        'What `--trainer.precision bf16-mixed` runs: `torch.autocast("cpu", torch.bfloat16)` around the step, '
         "weights and optimizer state in fp32, normalizer statistics, losses and the diffusion arithmetic in fp32 "
         "(`tests/test_bf16.py`). Each model's step (forward, loss, backward, fused AdamW) at its config's shape, "
         "fp32 and bf16 on identical copies, interleaved. Speed only: quality at equal steps is not measured here.",
@@ -373,14 +434,21 @@ def render_pngs(res: dict[str, Any]) -> dict[str, bytes]:
         pngs["performance.png"] = _png(fig, plt)
     if res.get("scaling"):
         fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-        for ax, (sweep, key, label) in zip(axes, (("seq", "seq", "N (tokens per sequence)"), ("width", "dim", "D (width)"))):
+        for ax, (sweep, key, label) in zip(
+            axes, (("seq", "seq", "N (tokens per sequence)"), ("width", "dim", "D (width)"))
+        ):
             rows = res["scaling"][sweep]["rows"]
             xs, ys = [r[key] for r in rows], [r["ms"] for r in rows]
             ax.loglog(xs, ys, "o-", label="measured step time", color="tab:blue")
             for slope, style in ((1, ":"), (2, "--")):
                 anchor = 0 if slope == 1 else len(xs) - 1
-                ax.loglog(xs, [ys[anchor] * (x / xs[anchor]) ** slope for x in xs], style, color="grey",
-                          label=f"slope {slope} ({'linear' if slope == 1 else 'quadratic'})")  # fmt: skip
+                ax.loglog(
+                    xs,
+                    [ys[anchor] * (x / xs[anchor]) ** slope for x in xs],
+                    style,
+                    color="grey",
+                    label=f"slope {slope} ({'linear' if slope == 1 else 'quadratic'})",
+                )
             ax.set_xticks(xs, [str(x) for x in xs])
             ax.minorticks_off()
             ax.set_xlabel(label)

@@ -17,15 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.performance.common import (
-    Settings,
-    Shape,
-    count_params,
-    log,
-    op_profile,
-    summary,
-    time_interleaved,
-)
+from benchmarks.performance.common import Settings, Shape, count_params, log, op_profile, summary, time_interleaved
 from lightning_film import Conditioner, Conditioning, Transformer, build_normalizer, list_conditioners, list_normalizers
 from lightning_film.measure import repeat_times
 
@@ -44,8 +36,11 @@ def matmul_fns(sizes: tuple[int, ...] = MM_SIZES) -> dict[str, Callable[[], obje
 
 
 def matmul_peak(raw: dict[str, list[list[float]]]) -> dict[str, Any]:
-    rates = {int(k.split("/")[1]): 2 * int(k.split("/")[1]) ** 3 / statistics.median(repeat_times(v))
-             for k, v in raw.items() if k.startswith("mm/")}  # fmt: skip
+    rates = {
+        int(k.split("/")[1]): 2 * int(k.split("/")[1]) ** 3 / statistics.median(repeat_times(v))
+        for k, v in raw.items()
+        if k.startswith("mm/")
+    }
     return {"flops_per_s": max(rates.values()), "by_size": rates}
 
 
@@ -92,9 +87,15 @@ def build_transformer(
 ) -> Transformer:
     torch.manual_seed(0)
     return Transformer(
-        shape.dim, shape.depth, shape.heads, shape.cond_dim, normalizer=normalizer, conditioner=conditioner,
-        causal=shape.causal, activation=activation,
-    )  # fmt: skip
+        shape.dim,
+        shape.depth,
+        shape.heads,
+        shape.cond_dim,
+        normalizer=normalizer,
+        conditioner=conditioner,
+        causal=shape.causal,
+        activation=activation,
+    )
 
 
 def _inputs(shape: Shape) -> tuple[torch.Tensor, torch.Tensor, Conditioning, Conditioning]:
@@ -145,19 +146,29 @@ def conditioners_section(s: Settings, shapes: list[Shape]) -> dict[str, Any]:
                 m = model if case == name else build_transformer(shape, name)
                 call = functools.partial(m, x, cond)
                 fns[case] = train_step_fn(m, call, target)
-                info[case] = {"conditioner": name, "conditioning": kind, "params": count_params(m),
-                              "forward_flops": forward_flops(m, call)}  # fmt: skip
+                info[case] = {
+                    "conditioner": name,
+                    "conditioning": kind,
+                    "params": count_params(m),
+                    "forward_flops": forward_flops(m, call),
+                }
         # 17 models per shape: two steps per repeat keep the section near a minute per shape
         raw = time_interleaved(fns, Settings(**{**vars(s), "steps_per_repeat": min(2, s.steps_per_repeat)}))
         rows = []
         base = info["none"]
         for case, stats in summary(raw, "none").items():
             i = info[case]
-            rows.append({
-                "id": case, **i, "params_added": i["params"] - base["params"],
-                "forward_flops_added": i["forward_flops"] - base["forward_flops"],
-                "flops_per_token": i["forward_flops"] / shape.tokens, "ms": 1e3 * stats["s"], "ratio": stats["ratio"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "id": case,
+                    **i,
+                    "params_added": i["params"] - base["params"],
+                    "forward_flops_added": i["forward_flops"] - base["forward_flops"],
+                    "flops_per_token": i["forward_flops"] / shape.tokens,
+                    "ms": 1e3 * stats["s"],
+                    "ratio": stats["ratio"],
+                }
+            )
         log(f"conditioners at the {shape.name} shape: done")
         fused = _fused_optimizer_ratios(s, shape, x, target, signals)
         profile = _profile_pair(s, shape, x, target, signals)
@@ -197,9 +208,14 @@ def _x_transformers_decoder(shape: Shape, norm: str) -> nn.Module:
     torch.manual_seed(0)
     options = {"use_rmsnorm": True} if norm == "rmsnorm" else {}
     return Decoder(
-        dim=shape.dim, depth=shape.depth, heads=shape.heads, attn_dim_head=shape.dim // shape.heads, ff_mult=4,
-        attn_flash=True, **options,
-    )  # fmt: skip
+        dim=shape.dim,
+        depth=shape.depth,
+        heads=shape.heads,
+        attn_dim_head=shape.dim // shape.heads,
+        ff_mult=4,
+        attn_flash=True,
+        **options,
+    )
 
 
 def step_section(s: Settings, shapes: list[Shape]) -> dict[str, Any]:
@@ -208,8 +224,9 @@ def step_section(s: Settings, shapes: list[Shape]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for shape in shapes:
         g = torch.Generator().manual_seed(2)
-        x, target = torch.randn(shape.batch, shape.seq, shape.dim, generator=g), torch.randn(
-            shape.batch, shape.seq, shape.dim, generator=g
+        x, target = (
+            torch.randn(shape.batch, shape.seq, shape.dim, generator=g),
+            torch.randn(shape.batch, shape.seq, shape.dim, generator=g),
         )
         cases: dict[str, tuple[nn.Module, Callable[[], torch.Tensor]]] = {}
         for norm in ("layernorm", "rmsnorm"):
@@ -250,10 +267,16 @@ def step_section(s: Settings, shapes: list[Shape]) -> dict[str, Any]:
         rows = []
         for name in cases:
             t = stats[name]["s"]
-            rows.append({
-                "model": name, "params": count_params(cases[name][0]), "ms": 1e3 * t, "tokens_per_s": shape.tokens / t,
-                "flops": flops[name], "utilisation": flops[name] / t / peak["flops_per_s"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": name,
+                    "params": count_params(cases[name][0]),
+                    "ms": 1e3 * t,
+                    "tokens_per_s": shape.tokens / t,
+                    "flops": flops[name],
+                    "utilisation": flops[name] / t / peak["flops_per_s"],
+                }
+            )
         vs = {}
         for norm in ("layernorm", "rmsnorm"):
             for ours_case in [c for c in (f"ours/{norm}", f"ours/{norm} (exact GELU)") if c in raw]:
@@ -273,8 +296,15 @@ def step_section(s: Settings, shapes: list[Shape]) -> dict[str, Any]:
         for name in ("ours/rmsnorm", "x_transformers/rmsnorm"):
             m, call = cases[name]
             profiles[name] = op_profile(train_step_fn(m, call, target), 1 if s.quick else 2)
-        out[shape.name] = {"shape": vars(shape), "rows": rows, "ours_over_x_transformers": vs, "peak": peak,
-                           "compile_s": compile_s, "compile_error": compile_error, "profile": profiles}  # fmt: skip
+        out[shape.name] = {
+            "shape": vars(shape),
+            "rows": rows,
+            "ours_over_x_transformers": vs,
+            "peak": peak,
+            "compile_s": compile_s,
+            "compile_error": compile_error,
+            "profile": profiles,
+        }
         log(f"whole step at the {shape.name} shape: done")
     return out
 
@@ -340,14 +370,23 @@ def scaling_section(s: Settings, shape: Shape) -> dict[str, Any]:
             flops[key] = _byte_flops(model, batch)
         fns.update(matmul_fns((256, 512) if s.quick else MM_SIZES))
         # one step per repeat: the widest model takes seconds per step
-        raw = time_interleaved(fns, Settings(**{**vars(s), "repeats": max(2, s.repeats // 2), "steps_per_repeat": 1,
-                                               "warmup": 1}))  # fmt: skip
+        raw = time_interleaved(
+            fns, Settings(**{**vars(s), "repeats": max(2, s.repeats // 2), "steps_per_repeat": 1, "warmup": 1})
+        )
         peak = matmul_peak(raw)
         rows = []
         for (dim, seq), key in zip(points, [k for k in fns if k.startswith(sweep)]):
             t = statistics.median(repeat_times(raw[key]))
-            rows.append({"dim": dim, "seq": seq, "ms": 1e3 * t, "tokens_per_s": shape.batch * seq / t,
-                         "flops": flops[key], "utilisation": flops[key] / t / peak["flops_per_s"]})  # fmt: skip
+            rows.append(
+                {
+                    "dim": dim,
+                    "seq": seq,
+                    "ms": 1e3 * t,
+                    "tokens_per_s": shape.batch * seq / t,
+                    "flops": flops[key],
+                    "utilisation": flops[key] / t / peak["flops_per_s"],
+                }
+            )
         out[sweep] = {"rows": rows, "peak": peak}
         log(f"scaling vs {sweep}: done")
     return out

@@ -11,8 +11,8 @@ from lightning_film.callbacks.conditioning_ablation import ConditioningAblation
 from lightning_film.callbacks.conditioning_diagnostics import ConditioningDiagnostics
 from lightning_film.callbacks.cpu_memory import ReuseFreedMemory
 from lightning_film.callbacks.ema import EMA
-from lightning_film.callbacks.print_samples import PrintSamples
 from lightning_film.callbacks.quantization import QuantizationCallback
+from lightning_film.models.print_samples import PrintSamples
 
 __all__ = [
     "ANEExportCallback",

@@ -63,7 +63,9 @@ class ANEExportCallback(Callback):
         from lightning_film.export.coreml import compression_scheme
 
         if not isinstance(filename, str) or not filename or "/" in filename or filename.endswith(".mlpackage"):
-            raise ValueError(f"ANEExportCallback: filename must be a plain name without '/' or .mlpackage, got {filename!r}")
+            raise ValueError(
+                f"ANEExportCallback: filename must be a plain name without '/' or .mlpackage, got {filename!r}"
+            )
         try:
             self.scheme = compression_scheme(weights, roles, group_size)
         except ValueError as err:
@@ -138,10 +140,17 @@ class ANEExportCallback(Callback):
         from lightning_film.export.coreml import export_coreml, report_path
 
         self.report = export_coreml(
-            model, path, weights=self.weights, roles=self.roles, group_size=self.group_size,
-            deployment_target=self.deployment_target, batch_size=self.batch_size, seq_len=self.seq_len,
-            source=f"{type(model).__name__} at fit end", layout=self.layout,
-        )  # fmt: skip
+            model,
+            path,
+            weights=self.weights,
+            roles=self.roles,
+            group_size=self.group_size,
+            deployment_target=self.deployment_target,
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            source=f"{type(model).__name__} at fit end",
+            layout=self.layout,
+        )
         size = self.report["size_bytes"]["total"]
         rank_zero_info(
             f"ANEExportCallback: wrote {path} ({size / 1e6:.2f} MB, layout {self.layout}, "

@@ -112,7 +112,9 @@ class QuantizationCallback(Callback):
             if value is not None:
                 check_int(name, value, minimum, who="QuantizationCallback")
         if mode == "ptq" and (start_step != 0 or start_epoch is not None):
-            raise ValueError("QuantizationCallback: start_step / start_epoch choose when QAT starts; use them with mode='qat'")
+            raise ValueError(
+                "QuantizationCallback: start_step / start_epoch choose when QAT starts; use them with mode='qat'"
+            )
         if not isinstance(evaluate, bool):
             raise ValueError(f"QuantizationCallback: evaluate must be a bool, got {evaluate!r}")
         self.start_step, self.start_epoch = start_step, start_epoch
@@ -165,7 +167,9 @@ class QuantizationCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._maybe_prepare(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._maybe_prepare(trainer, pl_module)
 
     def _due(self, trainer: pl.Trainer) -> bool:
@@ -277,9 +281,11 @@ class QuantizationCallback(Callback):
         if self.mode != "qat":
             return {}  # PTQ keeps nothing: a checkpoint is the same with or without this callback
         return {
-            "mode": self.mode, "scheme": self.scheme.as_dict(),
-            "prepared": self._prepared, "prepared_at_step": self._prepared_at,
-        }  # fmt: skip
+            "mode": self.mode,
+            "scheme": self.scheme.as_dict(),
+            "prepared": self._prepared,
+            "prepared_at_step": self._prepared_at,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -336,11 +342,16 @@ def _evaluate(trainer: pl.Trainer, model: pl.LightningModule, stage: str, label:
     try:
         with _quiet_lightning():
             inner = pl.Trainer(
-                accelerator="cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto", devices=1,
-                logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                limit_val_batches=trainer.limit_val_batches, limit_test_batches=trainer.limit_test_batches,
+                accelerator="cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=trainer.limit_val_batches,
+                limit_test_batches=trainer.limit_test_batches,
                 default_root_dir=Path(trainer.log_dir or trainer.default_root_dir) / "quantized" / label,
-            )  # fmt: skip
+            )
             run = inner.validate if stage == "validate" else inner.test
             if dm is not None:
                 results = run(model, datamodule=dm, verbose=False)

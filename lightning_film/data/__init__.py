@@ -8,14 +8,17 @@ and world registries without importing Lightning; ``ByteDataModule`` and ``World
 
 from typing import Any
 
-from lightning_film.data.accumulator import (
-    StreamingAccumulator,
-    accumulate,
-    pair_counts,
-    rare_events,
-    rare_table,
-)
+from lightning_film.data.accumulator import StreamingAccumulator, accumulate, pair_counts, rare_events, rare_table
 from lightning_film.data.corpora import CORPORA, list_corpora, load_corpus, register_corpus
+from lightning_film.data.environments import (
+    WORLDS,
+    BounceRoom,
+    StickyRandomPolicy,
+    World,
+    build_world,
+    list_worlds,
+    register_world,
+)
 from lightning_film.data.gym_adapter import GymWorld  # registers the "gym" world (Gymnasium is imported on use)
 from lightning_film.data.nibbles import (
     NIBBLE_SCHEMES,
@@ -26,15 +29,6 @@ from lightning_film.data.nibbles import (
     register_nibble_scheme,
 )
 from lightning_film.data.shards import Manifest, load_episodes, read_manifest
-from lightning_film.data.worlds import (
-    WORLDS,
-    BounceRoom,
-    StickyRandomPolicy,
-    World,
-    build_world,
-    list_worlds,
-    register_world,
-)
 
 __all__ = [
     "CORPORA",

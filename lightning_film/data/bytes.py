@@ -148,8 +148,10 @@ def _read_file(path: Path, spec: str) -> np.ndarray:
     with open(path, "rb") as f:
         data = np.frombuffer(f.read(size + 1), dtype=np.uint8)
     if len(data) != size:
-        raise ValueError(f"source {spec!r}: file {str(path)!r} changed while being read ({len(data)} bytes, "
-                         f"{size} a moment before); read it when nothing is writing it")  # fmt: skip
+        raise ValueError(
+            f"source {spec!r}: file {str(path)!r} changed while being read ({len(data)} bytes, "
+            f"{size} a moment before); read it when nothing is writing it"
+        )
     return data
 
 
@@ -411,9 +413,14 @@ class ByteDataModule(ResumableTrainData, LightningDataModule):
         sources = [read_source(spec) for spec in self.source_names]
         for src in sources:
             src.segments = split_segments(
-                len(src.data), seq_len=self.seq_len, split_blocks=hp.split_blocks, val_fraction=hp.val_fraction,
-                test_fraction=hp.test_fraction, seed=hp.split_seed, name=src.name,
-            )  # fmt: skip
+                len(src.data),
+                seq_len=self.seq_len,
+                split_blocks=hp.split_blocks,
+                val_fraction=hp.val_fraction,
+                test_fraction=hp.test_fraction,
+                seed=hp.split_seed,
+                name=src.name,
+            )
             src.nibbles = compute_nibbles(src, self.scheme)
         counts = sum(training_pair_counts(src, self.scheme.context_bytes) for src in sources)
         self.sources = sources
@@ -464,7 +471,7 @@ class ByteDataModule(ResumableTrainData, LightningDataModule):
         """The prompts as raw bytes, one per batch: ``[b"..."]``."""
         if self._prompts is None:
             raise ValueError("predict needs prompts to continue: set data.prompts, e.g. --data.prompts '[\"ROMEO:\"]'")
-        return DataLoader(self._prompts, batch_size=1, shuffle=False, collate_fn=_as_list)
+        return DataLoader(self._prompts, batch_size=1, shuffle=False, collate_fn=list)
 
     def _held_out(self, split: str) -> _HeldOutWindows:
         self._need_setup()
@@ -489,9 +496,3 @@ def prompt_bytes(prompt: str) -> bytes:
     if not data:
         raise ValueError(f"prompt {prompt!r} is empty after escapes; give at least one byte")
     return data
-
-
-def _as_list(items: list[bytes]) -> list[bytes]:
-    return list(items)
-
-

@@ -94,9 +94,17 @@ def _shakespeare() -> tuple[bytes, ...]:
 
 #: the sample_text fields that are text (not glyph showcases or notes), longest excerpts first
 UDHR_FIELDS = (
-    "specimen_16", "specimen_21", "specimen_32", "specimen_36", "specimen_48",
-    "tester", "styles", "poster_lg", "poster_md", "poster_sm",
-)  # fmt: skip
+    "specimen_16",
+    "specimen_21",
+    "specimen_32",
+    "specimen_36",
+    "specimen_48",
+    "tester",
+    "styles",
+    "poster_lg",
+    "poster_md",
+    "poster_sm",
+)
 
 
 def dedup_lines(texts: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_film.data.worlds import World, register_world
+from lightning_film.data.environments import World, register_world
 
 __all__ = ["GYM_EXTRA_HINT", "GymWorld", "MissingExtra", "import_gymnasium", "resize_frame"]
 

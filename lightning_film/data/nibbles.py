@@ -171,12 +171,16 @@ def _utf8_tables() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     for b in range(128):
         ch = bytes([b])
         role[b] = (
-            Utf8Code.SPACE if ch.isspace()
-            else Utf8Code.LETTER if ch.isalpha()
-            else Utf8Code.DIGIT if ch.isdigit()
-            else Utf8Code.PUNCT if 0x21 <= b <= 0x7E
+            Utf8Code.SPACE
+            if ch.isspace()
+            else Utf8Code.LETTER
+            if ch.isalpha()
+            else Utf8Code.DIGIT
+            if ch.isdigit()
+            else Utf8Code.PUNCT
+            if 0x21 <= b <= 0x7E
             else Utf8Code.CONTROL
-        )  # fmt: skip
+        )
     length = torch.zeros(256, dtype=torch.uint8)
     length[0xC2:0xE0], length[0xE0:0xF0], length[0xF0:0xF5] = 2, 3, 4
     role[0xC2:0xE0], role[0xE0:0xF0], role[0xF0:0xF5] = Utf8Code.LEAD2, Utf8Code.LEAD3, Utf8Code.LEAD4

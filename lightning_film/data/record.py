@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_film.data.environments import StickyRandomPolicy, World, build_world, list_worlds
 from lightning_film.data.shards import (
     MANIFEST,
     Manifest,
@@ -40,7 +41,6 @@ from lightning_film.data.shards import (
     write_manifest,
     write_shard,
 )
-from lightning_film.data.worlds import StickyRandomPolicy, World, build_world, list_worlds
 from lightning_film.errors import CommandParser, check_int
 from lightning_film.io import yaml_problem
 
@@ -85,11 +85,15 @@ def default_folder(manifest: Manifest) -> Path:
     return cache_root() / "worlds" / re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.key)
 
 
-
 def plan_recording(
-    world: Any = DEFAULT_WORLD, *, frame_size: int = 32, episodes: int = 256, episode_length: int = 64,
-    seed: int = 0, stickiness: float = 0.8,
-) -> tuple[World, StickyRandomPolicy, Manifest]:  # fmt: skip
+    world: Any = DEFAULT_WORLD,
+    *,
+    frame_size: int = 32,
+    episodes: int = 256,
+    episode_length: int = 64,
+    seed: int = 0,
+    stickiness: float = 0.8,
+) -> tuple[World, StickyRandomPolicy, Manifest]:
     """The world, policy and manifest (without shards yet) of a recording; checks every setting."""
     check_int("episodes", episodes, 1)
     check_int("episode_length", episode_length, 2)
@@ -110,10 +114,17 @@ def plan_recording(
         raise
     name = built.name or (world["name"] if isinstance(world, Mapping) else str(world))
     manifest = Manifest(
-        world=name, world_settings=built.settings(), policy=policy.settings(), seed=int(seed), episodes=int(episodes),
-        episode_length=int(episode_length), frame_size=built.frame_size, num_actions=built.num_actions,
-        action_names=list(built.action_names), channels=built.channels,
-    )  # fmt: skip
+        world=name,
+        world_settings=built.settings(),
+        policy=policy.settings(),
+        seed=int(seed),
+        episodes=int(episodes),
+        episode_length=int(episode_length),
+        frame_size=built.frame_size,
+        num_actions=built.num_actions,
+        action_names=list(built.action_names),
+        channels=built.channels,
+    )
     return built, policy, manifest
 
 
@@ -188,10 +199,17 @@ def _install(tmp: Path, folder: Path, manifest: Manifest, reuse: bool) -> bool:
 
 
 def record(
-    world: Any = DEFAULT_WORLD, *, out: str | os.PathLike[str] | None = None, frame_size: int = 32,
-    episodes: int = 256, episode_length: int = 64, seed: int = 0, stickiness: float = 0.8,
-    episodes_per_shard: int = 64, overwrite: bool = False,
-) -> Recording:  # fmt: skip
+    world: Any = DEFAULT_WORLD,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    frame_size: int = 32,
+    episodes: int = 256,
+    episode_length: int = 64,
+    seed: int = 0,
+    stickiness: float = 0.8,
+    episodes_per_shard: int = 64,
+    overwrite: bool = False,
+) -> Recording:
     """Record ``episodes`` episodes of ``world`` into ``out`` (default: the cache folder of these settings).
 
     Without ``out`` an existing recording of the same settings is reused. With ``out``, an
@@ -271,14 +289,20 @@ def record_command(argv: list[str]) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--world", help=f"a registered world: {', '.join(list_worlds())} (default {DEFAULT_WORLD})")
     source.add_argument("--gym", metavar="ENV_ID", help="a Gymnasium environment, e.g. CartPole-v1 (extra gym)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a world option, e.g. spawn_prob=0.3 (value read as YAML); repeatable")  # fmt: skip
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a world option, e.g. spawn_prob=0.3 (value read as YAML); repeatable",
+    )
     parser.add_argument("--episodes", type=int, default=256, help="episodes to record (default 256)")
     parser.add_argument("--episode-length", type=int, default=64, help="frames per episode (default 64)")
     parser.add_argument("--frame-size", type=int, default=32, help="frames are SIZE x SIZE RGB, >= 16 (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="recording seed (default 0)")
-    parser.add_argument("--stickiness", type=float, default=0.8,
-                        help="chance the random policy repeats its last action (default 0.8)")  # fmt: skip
+    parser.add_argument(
+        "--stickiness", type=float, default=0.8, help="chance the random policy repeats its last action (default 0.8)"
+    )
     parser.add_argument("--episodes-per-shard", type=int, default=64, help="episodes per .npz file (default 64)")
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: ${CACHE_ENV}/worlds/<key>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a recording already in --out")
@@ -286,10 +310,16 @@ def record_command(argv: list[str]) -> None:
     spec: dict[str, Any] = {"name": "gym", "env_id": args.gym} if args.gym else {"name": args.world or DEFAULT_WORLD}
     spec.update(_parse_option(o) for o in args.option)
     result = record(
-        spec, out=args.out, frame_size=args.frame_size, episodes=args.episodes, episode_length=args.episode_length,
-        seed=args.seed, stickiness=args.stickiness, episodes_per_shard=args.episodes_per_shard,
+        spec,
+        out=args.out,
+        frame_size=args.frame_size,
+        episodes=args.episodes,
+        episode_length=args.episode_length,
+        seed=args.seed,
+        stickiness=args.stickiness,
+        episodes_per_shard=args.episodes_per_shard,
         overwrite=args.overwrite,
-    )  # fmt: skip
+    )
     m = result.manifest
     frames = m.episodes * m.episode_length
     what = f"{m.episodes} episodes x {m.episode_length} frames ({frames:,} frames of {m.frame_size}x{m.frame_size})"

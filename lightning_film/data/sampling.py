@@ -61,9 +61,14 @@ class WindowSampler(DistributedSampler):
     """
 
     def __init__(
-        self, keys: Keys, length: int, start: int = 0, start_epoch: int = 0,
-        num_replicas: int | None = None, rank: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        keys: Keys,
+        length: int,
+        start: int = 0,
+        start_epoch: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         # DistributedSampler.__init__ wants a dataset and a process group; set its fields directly.
         initialized = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if initialized else 1)
@@ -124,9 +129,13 @@ class ResumableTrainData:
 
     def _loader(self, data: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
-            data, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
+            data,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_sampler(self, keys: Keys, length: int) -> WindowSampler:
         """The epoch's sampler, starting after the batches a restored checkpoint already trained."""

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from lightning_film.data.worlds import MAX_FRAME_SIZE
+from lightning_film.data.environments import MAX_FRAME_SIZE
 from lightning_film.io import atomic_path
 
 __all__ = [
@@ -124,10 +124,18 @@ class Manifest:
         if data.get("version") != FORMAT_VERSION:
             raise bad(f"format version {data.get('version')!r}; this lightning_film reads version {FORMAT_VERSION}")
         kinds: dict[str, type] = {
-            "world": str, "world_settings": dict, "policy": dict, "seed": int, "episodes": int,
-            "episode_length": int, "frame_size": int, "num_actions": int, "action_names": list, "channels": int,
+            "world": str,
+            "world_settings": dict,
+            "policy": dict,
+            "seed": int,
+            "episodes": int,
+            "episode_length": int,
+            "frame_size": int,
+            "num_actions": int,
+            "action_names": list,
+            "channels": int,
             "shards": list,
-        }  # fmt: skip
+        }
         for name, kind in kinds.items():
             if name not in data:
                 raise bad(f"missing key {name!r}")
@@ -301,8 +309,10 @@ def check_shard_headers(path: Path, E: int, T: int, S: int) -> str | None:
                     )
                     got_shape, _, got_dtype = read(f)
                 if got_dtype.hasobject:
-                    return ("is not a readable .npz archive: it holds pickled Python objects (object arrays), which "
-                            "are never loaded (allow_pickle=False)")  # fmt: skip
+                    return (
+                        "is not a readable .npz archive: it holds pickled Python objects (object arrays), which "
+                        "are never loaded (allow_pickle=False)"
+                    )
                 if got_dtype != dtype or tuple(got_shape) != shape:
                     return f"{name[:-4]!r} is {got_dtype} {tuple(got_shape)}"
                 if info.file_size > DEFLATE_RATIO * max(info.compress_size, 1) + 4096:

@@ -92,9 +92,13 @@ class EpisodeWindows(Dataset):
     """
 
     def __init__(
-        self, frames: np.ndarray, actions: np.ndarray, episode_ids: np.ndarray, context_frames: int,
+        self,
+        frames: np.ndarray,
+        actions: np.ndarray,
+        episode_ids: np.ndarray,
+        context_frames: int,
         keys: np.ndarray | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.frames, self.actions, self.episode_ids = frames, actions, np.asarray(episode_ids, dtype=np.int64)
         self.context_frames = context_frames
         self.per_episode = frames.shape[1] - context_frames
@@ -170,11 +174,16 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
     ) -> None:
         super().__init__()
         for name, value, minimum in (
-            ("context_frames", context_frames, 1), ("val_episodes", val_episodes, 0),
-            ("test_episodes", test_episodes, 0), ("split_seed", split_seed, 0), ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0), ("seed", seed, 0), ("train_windows_per_epoch", train_windows_per_epoch, 1),
+            ("context_frames", context_frames, 1),
+            ("val_episodes", val_episodes, 0),
+            ("test_episodes", test_episodes, 0),
+            ("split_seed", split_seed, 0),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+            ("train_windows_per_epoch", train_windows_per_epoch, 1),
             ("max_eval_windows", max_eval_windows, 1),
-        ):  # fmt: skip
+        ):
             if value is None and name in ("train_windows_per_epoch", "max_eval_windows"):
                 continue  # None: every window
             check_int(name, value, minimum)
@@ -186,10 +195,12 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
         else:
             self.data_dir = None
             built, _, manifest = plan_recording(
-                world if world is not None else DEFAULT_WORLD, frame_size=32 if frame_size is None else frame_size,
-                episodes=256 if episodes is None else episodes, seed=0 if record_seed is None else record_seed,
+                world if world is not None else DEFAULT_WORLD,
+                frame_size=32 if frame_size is None else frame_size,
+                episodes=256 if episodes is None else episodes,
+                seed=0 if record_seed is None else record_seed,
                 episode_length=64 if episode_length is None else episode_length,
-            )  # fmt: skip
+            )
             built.close()
         T, E = manifest.episode_length, manifest.episodes
         if context_frames >= T:
@@ -223,9 +234,13 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
             return
         hp, m = self.hparams, self.manifest
         result = record(
-            hp.world if hp.world is not None else DEFAULT_WORLD, frame_size=m.frame_size, episodes=m.episodes,
-            episode_length=m.episode_length, seed=m.seed, stickiness=m.policy["stickiness"],
-        )  # fmt: skip
+            hp.world if hp.world is not None else DEFAULT_WORLD,
+            frame_size=m.frame_size,
+            episodes=m.episodes,
+            episode_length=m.episode_length,
+            seed=m.seed,
+            stickiness=m.policy["stickiness"],
+        )
         if result.recorded:
             log.info("recorded %s in %.1f s into %s", m.key, result.seconds, result.folder)
 
@@ -244,8 +259,10 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
         order = np.random.default_rng(hp.split_seed).permutation(manifest.episodes)
         val, test = hp.val_episodes, hp.test_episodes
         self.split_episodes = {
-            "val": np.sort(order[:val]), "test": np.sort(order[val : val + test]), "train": np.sort(order[val + test :]),
-        }  # fmt: skip
+            "val": np.sort(order[:val]),
+            "test": np.sort(order[val : val + test]),
+            "train": np.sort(order[val + test :]),
+        }
         self._frames, self._actions = frames, actions
 
     # -- what the model reads ---------------------------------------------------------------------
@@ -310,7 +327,6 @@ class WorldDataModule(ResumableTrainData, LightningDataModule):
     def _need_setup(self) -> None:
         if self._frames is None:
             raise RuntimeError("WorldDataModule.setup() must run first (the Trainer calls it)")
-
 
 
 def _check_matches(manifest: Manifest, world: Any, given: dict[str, int | None], folder: Path) -> None:

@@ -25,7 +25,22 @@ from lightning_film.export.steps import (
 )
 
 __all__ = [
-    "LAYOUTS", "MIN_TARGET", "ByteLMStep", "ExportError", "InferenceStep", "TensorSpec", "WorldModelStep",
-    "ane_inference_step", "ane_warnings", "compression_scheme", "deployment_targets", "export_checkpoint", "export_coreml", "inference_step",
-    "load_checkpoint_model", "read_package", "report_path", "to_ane_layout",
-]  # fmt: skip
+    "LAYOUTS",
+    "MIN_TARGET",
+    "ByteLMStep",
+    "ExportError",
+    "InferenceStep",
+    "TensorSpec",
+    "WorldModelStep",
+    "ane_inference_step",
+    "ane_warnings",
+    "compression_scheme",
+    "deployment_targets",
+    "export_checkpoint",
+    "export_coreml",
+    "inference_step",
+    "load_checkpoint_model",
+    "read_package",
+    "report_path",
+    "to_ane_layout",
+]

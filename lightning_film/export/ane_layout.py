@@ -95,7 +95,9 @@ class _Stack(nn.Module):
         self.final_norm, self.final_cond = cf.convert(stack.final_norm), cf.convert(stack.final_cond)
         causal = {b.attn.causal for b in stack.blocks}
         if len(causal) > 1 or (True in causal and context is None):
-            raise ExportError("layout 'ane': a causal stack needs all blocks causal and its network's seq_len for the mask")
+            raise ExportError(
+                "layout 'ane': a causal stack needs all blocks causal and its network's seq_len for the mask"
+            )
         mask = None
         if True in causal:  # mask[0, key, 0, query]: a key after its query is hidden
             mask = torch.ones(context, context).triu(1).mul(MASK_VALUE).T.reshape(1, context, 1, context)
@@ -104,7 +106,9 @@ class _Stack(nn.Module):
     def forward(self, x: Tensor, cond: Conditioning, cache: object = None) -> Tensor:
         """x (B, N, D), cond -> (B, N, D)."""
         signal, tokens = cond.signal(), cond.tokens  # (B, 1 | N, Dc), (B, M, Dc)
-        c = Signals(None if signal is None else to_channels_first(signal), None if tokens is None else to_channels_first(tokens))
+        c = Signals(
+            None if signal is None else to_channels_first(signal), None if tokens is None else to_channels_first(tokens)
+        )
         x = to_channels_first(x)  # (B, D, 1, N)
         c = self.final_cond.prepare(x, c)
         x = self.final_cond.enter(x, c)  # (B, D, 1, S), S = N (+ M in-context tokens)
@@ -165,7 +169,9 @@ def _rebuild(module: nn.Module, cf: ChannelsFirst, context: int | None) -> nn.Mo
             cf.convert(module)  # refused, by name and hook
         return copy.deepcopy(module)  # an embedding table or a layer without weights: the same in either layout
     out = copy.copy(module)
-    out._parameters = {k: None if p is None else nn.Parameter(p.detach().clone()) for k, p in module._parameters.items()}
+    out._parameters = {
+        k: None if p is None else nn.Parameter(p.detach().clone()) for k, p in module._parameters.items()
+    }
     out._buffers = {k: None if b is None else b.detach().clone() for k, b in module._buffers.items()}
     context = getattr(module, "seq_len", context)  # a causal stack's mask covers its network's context
     out._modules = {k: None if m is None else _rebuild(m, cf, context) for k, m in children.items()}
@@ -197,7 +203,9 @@ def to_ane_layout(model: nn.Module, min_eps: float | None = FP16_SAFE_EPS, step:
     step = inference_step(model).module if step is None and any(isinstance(model, c) for c in STEPS) else step
     if step is None or not isinstance(getattr(step, "net", None), nn.Module):
         known = ", ".join(cls.__name__ for cls in STEPS)
-        raise ExportError(f"layout 'ane' is built for {known}; {type(model).__name__} exports with layout 'default' only")
+        raise ExportError(
+            f"layout 'ane' is built for {known}; {type(model).__name__} exports with layout 'default' only"
+        )
     cf = _Converter(step.net, min_eps)
     out = copy.copy(step)
     with torch.no_grad():

@@ -50,9 +50,16 @@ from lightning_film.quantization.extras import require
 from lightning_film.quantization.roles import role_weights
 
 __all__ = [
-    "MIN_TARGET", "check_output", "check_target", "compression_scheme", "deployment_targets", "export_checkpoint",
-    "export_coreml", "load_checkpoint_model", "report_path",
-]  # fmt: skip
+    "MIN_TARGET",
+    "check_output",
+    "check_target",
+    "compression_scheme",
+    "deployment_targets",
+    "export_checkpoint",
+    "export_coreml",
+    "load_checkpoint_model",
+    "report_path",
+]
 
 #: The oldest deployment target each weight format needs (int4 blocks: iOS 18 / macOS 15).
 MIN_TARGET: dict[str, str] = {"fp16": "iOS15", "int8": "iOS16", "palettize4": "iOS16", "int4": "iOS18"}
@@ -198,30 +205,42 @@ def _convert(ct: Any, ep: Any, step: InferenceStep, target: Any) -> Any:
     inputs = [ct.TensorType(name=s.name, shape=s.shape, dtype=getattr(np, np_types[s.dtype])) for s in step.inputs]
     try:
         return ct.convert(
-            ep, inputs=inputs, outputs=[ct.TensorType(name=step.output)], convert_to="mlprogram",
-            compute_precision=ct.precision.FLOAT16, compute_units=ct.ComputeUnit.CPU_AND_NE,
+            ep,
+            inputs=inputs,
+            outputs=[ct.TensorType(name=step.output)],
+            convert_to="mlprogram",
+            compute_precision=ct.precision.FLOAT16,
+            compute_units=ct.ComputeUnit.CPU_AND_NE,
             minimum_deployment_target=target,
-        )  # fmt: skip
+        )
     except Exception as err:
         text = str(err)
         match = re.search(r"Unsupported fx node (\S+?),|convert function for op '([^']+)'", text)
         if match:
             op = match.group(1) or match.group(2)
-            raise ExportError(f"coremltools cannot convert op {op!r} (from {_module_of(ep, op)}): {text.splitlines()[0]}") from err
-        raise ExportError(f"coremltools failed to convert {type(step.module).__name__}: {type(err).__name__}: {text.splitlines()[0] if text else ''}") from err
+            raise ExportError(
+                f"coremltools cannot convert op {op!r} (from {_module_of(ep, op)}): {text.splitlines()[0]}"
+            ) from err
+        raise ExportError(
+            f"coremltools failed to convert {type(step.module).__name__}: {type(err).__name__}: {text.splitlines()[0] if text else ''}"
+        ) from err
 
 
 def _op_config(ct: Any, fmt: str, length: int, group_size: int) -> tuple[Any, int | None]:
     opt = ct.optimize.coreml
     if fmt == "int8":
-        return opt.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0), None
+        return opt.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0
+        ), None
     if fmt == "int4":
         g = effective_group_size(length, group_size)
         if g is None:
-            return opt.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_channel", weight_threshold=0), None
+            return opt.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int4", granularity="per_channel", weight_threshold=0
+            ), None
         return opt.OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=g, weight_threshold=0
-        ), g  # fmt: skip
+        ), g
     return opt.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_tensor", weight_threshold=0), None
 
 
@@ -240,7 +259,9 @@ def _compress(ct: Any, mlmodel: Any, ep: Any, step: InferenceStep, scheme: Schem
             continue
         name = next((n for n in (f"{placeholder}_to_fp16", placeholder) if n in consts), None)
         if name is None:
-            notes.append(f"{param} ({role}): no constant of its own in the program (shared or folded); left as converted")
+            notes.append(
+                f"{param} ({role}): no constant of its own in the program (shared or folded); left as converted"
+            )
             continue
         values = consts[name].val.val
         if not values.any():
@@ -251,7 +272,9 @@ def _compress(ct: Any, mlmodel: Any, ep: Any, step: InferenceStep, scheme: Schem
         by_format.setdefault("palettize" if fmt == "palettize4" else "linear", {})[name] = config
         done.append({"param": param, "role": role, "const": name, "format": fmt, "block_size": block})
     if not done and scheme.quantized_roles:
-        notes.append(f"no weight compressed: the model has no trained weights in roles {', '.join(scheme.quantized_roles)}")
+        notes.append(
+            f"no weight compressed: the model has no trained weights in roles {', '.join(scheme.quantized_roles)}"
+        )
     opt = ct.optimize.coreml
     if "linear" in by_format:
         mlmodel = opt.linear_quantize_weights(mlmodel, opt.OptimizationConfig(op_name_configs=by_format["linear"]))
@@ -316,14 +339,24 @@ def _check_report_slot(out: Path) -> None:
 
 
 def _export_coreml(
-    ct: Any, model: nn.Module, out: Path, scheme: Scheme, target: Any, deployment_target: str, batch_size: int,
-    seq_len: int | None, source: str | None, layout: str = "default",
+    ct: Any,
+    model: nn.Module,
+    out: Path,
+    scheme: Scheme,
+    target: Any,
+    deployment_target: str,
+    batch_size: int,
+    seq_len: int | None,
+    source: str | None,
+    layout: str = "default",
 ) -> dict[str, Any]:
     # a model trained on a GPU is exported from a CPU copy: the example inputs, the check against
     # the exported program and coremltools all run on the CPU
     work = copy.deepcopy(model).cpu().eval()
     if _torchao_quantized(work) and scheme.quantized_roles:
-        raise ExportError("this model is already quantized by torchao; export it with weights='fp16' (its weights stay as they are)")
+        raise ExportError(
+            "this model is already quantized by torchao; export it with weights='fp16' (its weights stay as they are)"
+        )
     if any(type(m).__module__.startswith("torchao.quantization.qat") for m in work.modules()):
         from lightning_film.quantization.torchao import strip_fake_quant
 
@@ -333,7 +366,9 @@ def _export_coreml(
             "layout 'ane' rebuilds linears as convolutions from float weights, which a torchao-quantized model no "
             "longer has; export the float model with layout 'ane' and weights int8 / int4 (Core ML compression)"
         )
-    step = ane_inference_step(work, batch_size, seq_len) if layout == "ane" else inference_step(work, batch_size, seq_len)
+    step = (
+        ane_inference_step(work, batch_size, seq_len) if layout == "ane" else inference_step(work, batch_size, seq_len)
+    )
     example = step.example()
     with torch.no_grad():
         expected = step.module(*example)
@@ -364,16 +399,26 @@ def _export_coreml(
             "compute_units": "CPU_AND_NE",
             "deployment_target": deployment_target,
             "layout": {"name": layout, "notes": list(getattr(step.module, "notes", []))},
-            "compression": {**scheme.as_dict(), "compressed": compressed, "notes": notes,
-                            "torchao_quantized": _torchao_quantized(work)},
+            "compression": {
+                **scheme.as_dict(),
+                "compressed": compressed,
+                "notes": notes,
+                "torchao_quantized": _torchao_quantized(work),
+            },
             "export_check_max_abs_diff": float((expected.float() - got.float()).abs().max()),
-            "versions": {"torch": torch.__version__, "coremltools": ct.__version__,
-                         "lightning_film": lightning_film.__version__},
+            "versions": {
+                "torch": torch.__version__,
+                "coremltools": ct.__version__,
+                "lightning_film": lightning_film.__version__,
+            },
             **report,
-        }  # fmt: skip
+        }
         if report["export_check_max_abs_diff"] > 1e-3:
-            report["warnings"].insert(0, f"the exported program differs from the PyTorch module by "
-                                         f"{report['export_check_max_abs_diff']:.3g} (max abs) before conversion")
+            report["warnings"].insert(
+                0,
+                f"the exported program differs from the PyTorch module by "
+                f"{report['export_check_max_abs_diff']:.3g} (max abs) before conversion",
+            )
         write_atomic(report_path(out), json.dumps(report, indent=2) + "\n")
     return report
 
@@ -384,15 +429,18 @@ def load_checkpoint_model(path: str | Path, model_class: str | None = None) -> n
     return load_model(path, model_class)
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path | None = None, model_class: str | None = None, **kwargs: Any) -> dict:
+def export_checkpoint(
+    ckpt: str | Path, out: str | Path | None = None, model_class: str | None = None, **kwargs: Any
+) -> dict:
     """:func:`export_coreml` of the model in checkpoint ``ckpt`` (never written to). ``out`` defaults
     to ``<run>/export/<ckpt name>-<weights label>.mlpackage`` beside the run's checkpoints folder."""
     model = load_checkpoint_model(ckpt, model_class)  # as given: Path() would fold a URL's "//"
     ckpt = Path(ckpt)
     if out is None:
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        label = compression_scheme(kwargs.get("weights", "fp16"), kwargs.get("roles"), kwargs.get("group_size", 32)).label
+        label = compression_scheme(
+            kwargs.get("weights", "fp16"), kwargs.get("roles"), kwargs.get("group_size", 32)
+        ).label
         suffix = "-ane" if kwargs.get("layout") == "ane" else ""
         out = run / "export" / f"{ckpt.stem}-{label}{suffix}.mlpackage"
     return export_coreml(model, out, source=str(ckpt), **kwargs)
-

@@ -91,17 +91,22 @@ def read_package(path: str | Path) -> dict[str, Any]:
                 if scalar is not None:
                     scalars[name] = scalar
         elif op.type.startswith("constexpr_"):
-            weights.append({"name": name, "shape": types.get(name, ("?", []))[1], "storage": _constexpr_storage(ct, op)})
+            weights.append(
+                {"name": name, "shape": types.get(name, ("?", []))[1], "storage": _constexpr_storage(ct, op)}
+            )
     desc = spec.description
     outputs = [
         {"name": o.name, "shape": types.get(o.name, ("?", []))[1], "dtype": types.get(o.name, ("?", []))[0]}
         for o in desc.output
     ]
     inputs = [
-        {"name": i.name, "shape": [int(s) for s in i.type.multiArrayType.shape],
-         "dtype": ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(i.type.multiArrayType.dataType)}
+        {
+            "name": i.name,
+            "shape": [int(s) for s in i.type.multiArrayType.shape],
+            "dtype": ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(i.type.multiArrayType.dataType),
+        }
         for i in desc.input
-    ]  # fmt: skip
+    ]
     histogram = Counter(op.type for op in ops)
     storage = Counter(w["storage"] for w in weights)
     return {
@@ -141,19 +146,24 @@ def _constexpr_storage(ct: Any, op: Any) -> str:
     return op.type
 
 
-def ane_warnings(ops: list[Any], types: dict[str, tuple[str, list[int]]], scalars: dict[str, float],
-                 inputs: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+def ane_warnings(
+    ops: list[Any], types: dict[str, tuple[str, list[int]]], scalars: dict[str, float], inputs: list[dict[str, Any]]
+) -> list[str]:
     """What keeps this program (partly) off the Neural Engine, or risks fp16 there; heuristics from
     Apple's published guidance, each naming the ops it is about."""
     found: list[str] = []
     compute = [op for op in ops if op.type != "const" and not op.type.startswith("constexpr_")]
     high_rank = sorted({op.type for op in compute for o in op.outputs if len(types.get(o.name, ("", []))[1]) > 5})
     if high_rank:
-        found.append(f"tensors of rank > 5 ({', '.join(high_rank)}): the Neural Engine handles rank <= 5; these run on the CPU")
+        found.append(
+            f"tensors of rank > 5 ({', '.join(high_rank)}): the Neural Engine handles rank <= 5; these run on the CPU"
+        )
     int_ops = Counter(
-        op.type for op in compute for o in op.outputs[:1]
+        op.type
+        for op in compute
+        for o in op.outputs[:1]
         if types.get(o.name, ("", []))[0].startswith(("INT", "UINT", "BOOL"))
-    )  # fmt: skip
+    )
     if int_ops:
         listed = ", ".join(f"{k} x{v}" for k, v in sorted(int_ops.items()))
         found.append(
@@ -181,7 +191,9 @@ def ane_warnings(ops: list[Any], types: dict[str, tuple[str, list[int]]], scalar
         )
     huge = sorted(n for n, v in scalars.items() if FP16_MAX < abs(v) < float("inf"))
     if huge:
-        found.append(f"constants beyond fp16's range ({', '.join(huge)}): they become inf on the Neural Engine (max {FP16_MAX:g})")
+        found.append(
+            f"constants beyond fp16's range ({', '.join(huge)}): they become inf on the Neural Engine (max {FP16_MAX:g})"
+        )
     ranks = {len(i["shape"]) for i in inputs}
     linear_ranks = {len(types.get(op.outputs[0].name, ("", []))[1]) for op in compute if op.type == "linear"}
     if 3 in linear_ranks:

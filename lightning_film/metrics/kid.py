@@ -197,10 +197,13 @@ class TinyFeatures(FeatureExtractor):
 
     def load(self) -> nn.Module:
         net = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         g = torch.Generator().manual_seed(0)  # the same weights everywhere, whatever the global seed
         with torch.no_grad():
             for p in net.parameters():
@@ -226,11 +229,7 @@ def _safe(text: str) -> str:
 
 
 def real_features(
-    extractor: FeatureExtractor,
-    frames: Tensor,
-    dataset_key: str,
-    split: str,
-    directory: Path | str | None = None,
+    extractor: FeatureExtractor, frames: Tensor, dataset_key: str, split: str, directory: Path | str | None = None
 ) -> Tensor:
     """Features (N, F) of real frames (N, 3, H, W) uint8, read from the cache when already there.
 
@@ -256,11 +255,17 @@ def real_features(
             # a cache is an input like any other: a poisoned entry (another width, huge values) would
             # report a KID of 1e18 without complaint, so anything but this extractor's finite features is recomputed
             width = extractor.num_features or (cached.shape[-1] if isinstance(cached, Tensor) and cached.dim() else 0)
-            if (isinstance(cached, Tensor) and cached.is_floating_point() and cached.dim() == 2
-                    and tuple(cached.shape) == (len(cpu), width) and bool((cached.abs() < 1e6).all())):  # fmt: skip
+            if (
+                isinstance(cached, Tensor)
+                and cached.is_floating_point()
+                and cached.dim() == 2
+                and tuple(cached.shape) == (len(cpu), width)
+                and bool((cached.abs() < 1e6).all())
+            ):
                 return cached.to(frames.device)
-            warnings.warn(f"KID cache {path} does not hold {len(cpu)} x {width} finite features; recomputing",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"KID cache {path} does not hold {len(cpu)} x {width} finite features; recomputing", stacklevel=2
+            )
     features = extractor(frames).detach()
     with atomic_path(path) as tmp:
         torch.save(features.cpu().clone(), tmp)

@@ -53,9 +53,10 @@ from torchmetrics import Metric
 from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
-from lightning_film.errors import check_int
+from lightning_film.errors import check_ints
 from lightning_film.models.byte_net import NET_MODULES, ByteNet
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
+from lightning_film.models.print_samples import PrintSamples
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.diffusion import drawn_on
@@ -212,17 +213,29 @@ class ByteLM(LightningModule):
         top_k: int | None = None,
     ) -> None:
         super().__init__()
-        _check_ints(seq_len=(seq_len, 1), warmup_steps=(warmup_steps, 0), max_new_bytes=(max_new_bytes, 0))
+        check_ints("ByteLM", seq_len=(seq_len, 1), warmup_steps=(warmup_steps, 0), max_new_bytes=(max_new_bytes, 0))
         _check_sampling(temperature, top_k)
         if max_lr_steps is not None:
-            _check_ints(max_lr_steps=(max_lr_steps, 1))
+            check_ints("ByteLM", max_lr_steps=(max_lr_steps, 1))
         check_schedule("ByteLM", lr, weight_decay, min_lr_ratio)
         build_nibble_scheme(nibble_scheme)  # an unknown scheme fails here, naming the registered ones
         self.save_hyperparameters()
         self.net = ByteNet(
-            dim, depth, num_heads, seq_len, mlp_ratio, normalizer, variant, embed_conditioner, block_conditioner,
-            combine, nibble_dim, acc_dim, positions, tie_embeddings,
-        )  # fmt: skip
+            dim,
+            depth,
+            num_heads,
+            seq_len,
+            mlp_ratio,
+            normalizer,
+            variant,
+            embed_conditioner,
+            block_conditioner,
+            combine,
+            nibble_dim,
+            acc_dim,
+            positions,
+            tie_embeddings,
+        )
         self.register_buffer("rare_table", torch.zeros(16, 16, dtype=torch.bool))
         self.register_buffer("rare_table_known", torch.tensor(False))
         self.source_names: list[str] = []
@@ -344,16 +357,13 @@ class ByteLM(LightningModule):
         ``max_new_bytes``, ``temperature`` and ``top_k`` (seeded by ``seed_everything``)."""
         hp = self.hparams
         return [
-            {"prompt": bytes(p), "sample": self.generate(p, hp.max_new_bytes, hp.temperature, hp.top_k)}
-            for p in batch
+            {"prompt": bytes(p), "sample": self.generate(p, hp.max_new_bytes, hp.temperature, hp.top_k)} for p in batch
         ]
 
     def configure_callbacks(self) -> list[Callback]:
         # train/device/items_per_sec is tokens per second (every position of the batch, as the step computes)
         throughput = TrainThroughput(lambda batch: batch["mask"].shape[0], lambda batch: batch["mask"].numel())
         # `lightning-film predict` prints the samples, unless the user configured a printer.
-        from lightning_film.callbacks.print_samples import PrintSamples
-
         if any(isinstance(c, PrintSamples) for c in self.trainer.callbacks):
             return [throughput]
         return [throughput, PrintSamples()]
@@ -395,7 +405,7 @@ class ByteLM(LightningModule):
         ``use_cache``: decode with a key/value cache while the stream fits the context (the same
         bytes as without, up to float rounding; see the module docstring).
         """
-        _check_ints(max_new_bytes=(max_new_bytes, 0))
+        check_ints("ByteLM", max_new_bytes=(max_new_bytes, 0))
         _check_sampling(temperature, top_k)
         if not len(stream):
             raise ValueError("ByteLM.sample: the prompt is empty; give at least one byte (e.g. b'\\n')")
@@ -451,9 +461,4 @@ def _check_sampling(temperature: float, top_k: int | None) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(f"ByteLM: temperature must be a number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None:
-        _check_ints(top_k=(top_k, 1))
-
-
-def _check_ints(**values: tuple[object, int]) -> None:
-    for name, (value, minimum) in values.items():
-        check_int(name, value, minimum, who="ByteLM")
+        check_ints("ByteLM", top_k=(top_k, 1))

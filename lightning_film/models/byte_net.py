@@ -84,9 +84,15 @@ class ByteNet(nn.Module):
                 f"block_conditioner 'none'"
             )
         self.transformer = Transformer(
-            dim, depth, num_heads, cond_dim=max(1, self.embed.cond_dim), mlp_ratio=mlp_ratio,
-            normalizer=normalizer, conditioner=block_conditioner, causal=True,
-        )  # fmt: skip
+            dim,
+            depth,
+            num_heads,
+            cond_dim=max(1, self.embed.cond_dim),
+            mlp_ratio=mlp_ratio,
+            normalizer=normalizer,
+            conditioner=block_conditioner,
+            causal=True,
+        )
         if self.blocks_conditioned:
             check_modulating(self.transformer.final_cond, block_conditioner, "ByteLM: block_conditioner")
         self.head = nn.Linear(dim, 256, bias=not tie_embeddings)

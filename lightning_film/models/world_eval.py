@@ -11,7 +11,7 @@ module, never the reverse). What it measures, all on the first ``max_eval_sample
 - ``test/psnr``, ``test/ssim``: sampled next frame (true action) vs the truth; ``test/psnr_copy``,
   ``test/ssim_copy``: the last context frame vs the truth, the score of a model that copies.
 - ``test/agent_acc``: fraction of sampled frames whose agent is where the truth has it
-  (:meth:`~lightning_film.data.worlds.World.locate_agent`, within the world's tolerance);
+  (:meth:`~lightning_film.data.environments.World.locate_agent`, within the world's tolerance);
   ``test/agent_acc_wrong``: the same with the action (true + 1) mod A, so a model that follows
   its action scores low here; ``test/agent_acc_copy``: the last context frame. Skipped (one info
   line) when the world has no locator.
@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from lightning_film.data.worlds import World, agent_matches, build_world
+from lightning_film.data.environments import World, agent_matches, build_world
+from lightning_film.errors import check_ints
 from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
 from lightning_film.models.world_net import to_uint8, to_unit
 from lightning_film.models.world_render import frame_grid, label_columns
@@ -119,11 +120,17 @@ class WorldEvaluator(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.kid_subset_size, self.max_eval_samples, self.rollout_steps = (
-            kid_subset_size,
-            max_eval_samples,
-            rollout_steps,
+        check_ints(
+            "WorldEvaluator",
+            kid_subsets=(kid_subsets, 1),
+            kid_subset_size=(kid_subset_size, 2),
+            max_eval_samples=(max_eval_samples, 0),
+            rollout_steps=(rollout_steps, 0),
+            rollout_windows=(rollout_windows, 0),
+            grid_windows=(grid_windows, 0),
         )
+        self.kid_subset_size, self.max_eval_samples = kid_subset_size, max_eval_samples
+        self.rollout_steps = rollout_steps
         self.rollout_windows, self.grid_windows, self.seed = rollout_windows, grid_windows, seed
         self.kid = kid_metric(build_kid_feature(kid_feature), kid_subsets, kid_subset_size)
         psnr = ("psnr", "psnr_copy", "x0_psnr", "x0_psnr_wrong")
@@ -132,9 +139,12 @@ class WorldEvaluator(nn.Module):
         self.scores.update({name: MeanMetric() for name in ("agent_acc", "agent_acc_wrong", "agent_acc_copy")})
         self.count = SumMetric()
         self.rolled = nn.ModuleDict(
-            {f"{kind}/step_{r}": PeakSignalNoiseRatio(data_range=255.0) if "psnr" in kind else MeanMetric()
-             for kind in ("rollout_agent_acc", "rollout_psnr", "rollout_psnr_copy") for r in range(1, rollout_steps + 1)}
-        )  # fmt: skip
+            {
+                f"{kind}/step_{r}": PeakSignalNoiseRatio(data_range=255.0) if "psnr" in kind else MeanMetric()
+                for kind in ("rollout_agent_acc", "rollout_psnr", "rollout_psnr_copy")
+                for r in range(1, rollout_steps + 1)
+            }
+        )
         self.reset()
 
     def reset(self, world: World | None = None) -> None:
@@ -295,9 +305,10 @@ class WorldEvaluator(nn.Module):
             )
             if self.world is not None:
                 hits = agent_matches(
-                    self.world.locate_agent(sampled[:, step]), self.world.locate_agent(truth[:, step]),
+                    self.world.locate_agent(sampled[:, step]),
+                    self.world.locate_agent(truth[:, step]),
                     self.world.agent_tolerance,
-                )  # fmt: skip
+                )
                 self.rolled[f"rollout_agent_acc/{label}"].update(
                     torch.as_tensor(hits, dtype=torch.float32, device=device)
                 )

@@ -80,4 +80,3 @@ def init_from(model: WorldModel, path: str | Path) -> dict[str, list[str]]:
         + ("; every action starts as the pretrained null action" if report["actions_from_null"] else "")
     )
     return report
-

@@ -38,7 +38,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
-from lightning_film.errors import check_int
+from lightning_film.errors import check_ints
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
@@ -46,14 +46,7 @@ from lightning_film.models.world_init import NET_MODULES, init_from
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
 from lightning_film.models.world_render import save_png
 from lightning_film.nn.conditioning import Combine
-from lightning_film.nn.diffusion import (
-    ObjectiveName,
-    Prediction,
-    SamplerName,
-    build_objective,
-    check_sampler,
-    drawn_on,
-)
+from lightning_film.nn.diffusion import ObjectiveName, Prediction, SamplerName, build_objective, check_sampler, drawn_on
 from lightning_film.registry import Spec
 
 __all__ = ["WorldDenoiser", "WorldModel", "sincos_2d", "to_uint8", "to_unit"]
@@ -156,15 +149,7 @@ class WorldModel(LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, minimum in (("frame_size", 1), ("channels", 1), ("context_frames", 0), ("num_actions", 1),
-                              ("patch_size", 1), ("sample_steps", 1), ("warmup_steps", 0), ("max_eval_samples", 0),
-                              ("rollout_steps", 0), ("grid_windows", 0), ("kid_subset_size", 2), ("kid_subsets", 1)):  # fmt: skip
-            check_int(name, locals()[name], minimum, who="WorldModel")
-        if frame_size % patch_size:
-            raise ValueError(
-                f"WorldModel: frame_size={frame_size} is not divisible by patch_size={patch_size}; "
-                f"pick a patch_size that divides it (e.g. {max(d for d in range(1, 9) if frame_size % d == 0)})"
-            )
+        check_ints("WorldModel", sample_steps=(sample_steps, 1), warmup_steps=(warmup_steps, 0))
         if condition not in ("action", "none"):
             raise ValueError(f"WorldModel: unknown condition {condition!r}; accepted: 'action', 'none'")
         if not 0.0 <= cond_dropout < 1.0 or not guidance_scale >= 0.0:
@@ -183,18 +168,12 @@ class WorldModel(LightningModule):
         self.sampler = check_sampler(objective, sampler)
         if self.sampler == "ddim" and sample_steps > train_timesteps:
             raise ValueError(f"WorldModel: sample_steps={sample_steps} exceeds train_timesteps={train_timesteps}")
-        check_int("cond_dim", dim if cond_dim is None else cond_dim, 1, who="WorldModel")
-        check_int("rollout_windows", rollout_windows, 0, who="WorldModel")
-        self.net = WorldDenoiser(
-            frame_size, channels, context_frames, num_actions, patch_size, dim, depth, num_heads, mlp_ratio,
-            cond_dim, normalizer, conditioner, combine,
-        )  # fmt: skip
+        net = (frame_size, channels, context_frames, num_actions, patch_size, dim, depth, num_heads, mlp_ratio)
+        self.net = WorldDenoiser(*net, cond_dim, normalizer, conditioner, combine)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_psnr = PeakSignalNoiseRatio(data_range=255.0)
-        self.evaluator = WorldEvaluator(
-            kid_feature, kid_subsets, kid_subset_size, max_eval_samples, rollout_steps, rollout_windows,
-            grid_windows, seed,
-        )  # fmt: skip
+        kid = (kid_feature, kid_subsets, kid_subset_size)
+        self.evaluator = WorldEvaluator(*kid, max_eval_samples, rollout_steps, rollout_windows, grid_windows, seed)
         self.dataset_key = "unknown"
         self._initialized_from: str | None = None
         self._test_start = 0.0
@@ -280,9 +259,12 @@ class WorldModel(LightningModule):
         self.eval()
         try:
             x0 = self.objective.sample(
-                lambda x, t: self.guided(x, t, ctx, action, guidance_scale), noise,
-                steps or self.hparams.sample_steps, self.sampler, clip=1.0,
-            )  # fmt: skip
+                lambda x, t: self.guided(x, t, ctx, action, guidance_scale),
+                noise,
+                steps or self.hparams.sample_steps,
+                self.sampler,
+                clip=1.0,
+            )
         finally:
             self.train(was_training)
         return to_uint8(x0)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_film.errors import check_ints
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine, combined_dim
 from lightning_film.nn.diffusion import TimestepEmbedder
@@ -91,6 +92,15 @@ class WorldDenoiser(nn.Module):
         combine: Combine = "sum",
     ) -> None:
         super().__init__()
+        check_ints(
+            "WorldDenoiser",
+            frame_size=(frame_size, 1),
+            channels=(channels, 1),
+            context_frames=(context_frames, 0),
+            num_actions=(num_actions, 1),
+            patch_size=(patch_size, 1),
+            cond_dim=(dim if cond_dim is None else cond_dim, 1),
+        )
         if frame_size % patch_size:
             raise ValueError(
                 f"WorldDenoiser: frame_size={frame_size} is not divisible by patch_size={patch_size}; "
@@ -106,9 +116,15 @@ class WorldDenoiser(nn.Module):
         self.patch_embed = nn.Linear((context_frames + 1) * channels * patch_size**2, dim)
         self.register_buffer("pos", sincos_2d(self.grid, dim), persistent=False)  # (1, N, D)
         self.transformer = Transformer(
-            dim, depth, num_heads, combined_dim([cond_dim, cond_dim], combine), mlp_ratio,
-            normalizer=normalizer, conditioner=conditioner, causal=False,
-        )  # fmt: skip
+            dim,
+            depth,
+            num_heads,
+            combined_dim([cond_dim, cond_dim], combine),
+            mlp_ratio,
+            normalizer=normalizer,
+            conditioner=conditioner,
+            causal=False,
+        )
         self.head = nn.Linear(dim, channels * patch_size**2)
         nn.init.zeros_(self.head.weight)  # the network predicts exactly 0 at init
         nn.init.zeros_(self.head.bias)

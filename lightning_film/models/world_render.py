@@ -30,10 +30,7 @@ def _hwc(frame: Tensor | np.ndarray) -> np.ndarray:
 
 
 def frame_grid(
-    rows: Sequence[Sequence[Tensor | np.ndarray | None]],
-    scale: int = 4,
-    pad: int = 2,
-    background: int = 255,
+    rows: Sequence[Sequence[Tensor | np.ndarray | None]], scale: int = 4, pad: int = 2, background: int = 255
 ) -> np.ndarray:
     """Rows of frames -> one (H', W', 3) uint8 image; ``None`` leaves a cell blank.
 

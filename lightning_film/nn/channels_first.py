@@ -21,9 +21,23 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "HOOK", "MASK_VALUE", "Affine", "Attention", "ChannelDyT", "ChannelLayerNorm", "ChannelRMSNorm", "ChannelsFirst",
-    "Conv1x1", "CrossBranch", "Hooks", "Signals", "TokenPrefix", "attend", "to_channels_first", "one_plus",
-]  # fmt: skip
+    "HOOK",
+    "MASK_VALUE",
+    "Affine",
+    "Attention",
+    "ChannelDyT",
+    "ChannelLayerNorm",
+    "ChannelRMSNorm",
+    "ChannelsFirst",
+    "Conv1x1",
+    "CrossBranch",
+    "Hooks",
+    "Signals",
+    "TokenPrefix",
+    "attend",
+    "to_channels_first",
+    "one_plus",
+]
 
 #: The method a module defines to say how it computes channels-first.
 HOOK = "channels_first"
@@ -62,11 +76,14 @@ class Conv1x1(nn.Conv2d):
     quantization role (conditioner, backbone, head).
     """
 
-    def __init__(self, linear: nn.Linear, role: str | None = None, rows: slice = slice(None), scale: float = 1.0) -> None:
+    def __init__(
+        self, linear: nn.Linear, role: str | None = None, rows: slice = slice(None), scale: float = 1.0
+    ) -> None:
         weight = linear.weight.detach()[rows] * scale  # (out, in)
         bias = None if linear.bias is None else linear.bias.detach()[rows] * scale
-        super().__init__(weight.shape[1], weight.shape[0], 1, bias=bias is not None, dtype=weight.dtype,
-                         device=weight.device)  # fmt: skip
+        super().__init__(
+            weight.shape[1], weight.shape[0], 1, bias=bias is not None, dtype=weight.dtype, device=weight.device
+        )
         with torch.no_grad():
             self.weight.copy_(weight[:, :, None, None])
             if bias is not None:
@@ -181,13 +198,24 @@ class Affine(Hooks):
     the projections' outputs, in order, or of ``c.shared[shared]``, plus the row of ``table`` with the same
     role (shift 0, scale 1, gate 2). ``share``: the projection that ``prepare`` publishes as ``shared``."""
 
-    def __init__(self, dim: int, projections: list[nn.Module], shift: int | None, scale: int | None,
-                 gate: int | None = None, gamma: Callable[[Tensor], Tensor] = one_plus, shared: str | None = None,
-                 share: nn.Module | None = None, table: Tensor | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        projections: list[nn.Module],
+        shift: int | None,
+        scale: int | None,
+        gate: int | None = None,
+        gamma: Callable[[Tensor], Tensor] = one_plus,
+        shared: str | None = None,
+        share: nn.Module | None = None,
+        table: Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.dim, self.projections, self.index = dim, nn.ModuleList(projections), (shift, scale, gate)
         self.gamma, self.shared, self.share = gamma, shared, share
-        self.table = None if table is None else nn.Parameter(table.detach().clone()[:, :, None, None])  # (rows, D, 1, 1)
+        self.table = (
+            None if table is None else nn.Parameter(table.detach().clone()[:, :, None, None])
+        )  # (rows, D, 1, 1)
 
     def prepare(self, x: Tensor, c: Signals) -> Signals:
         if self.share is None:
@@ -321,7 +349,9 @@ class ChannelsFirst:
 def _norm(cf: ChannelsFirst, norm: nn.Module) -> nn.Module:
     """torch's LayerNorm / RMSNorm over the last dim, channels-first."""
     if len(norm.normalized_shape) != 1:
-        raise cf.error(f"layout 'ane': {type(norm).__name__} (at {cf.where(norm)}) normalizes over more than the last dim")
+        raise cf.error(
+            f"layout 'ane': {type(norm).__name__} (at {cf.where(norm)}) normalizes over more than the last dim"
+        )
     eps = torch.finfo(torch.float32).eps if norm.eps is None else norm.eps  # RMSNorm's own default
     if isinstance(norm, nn.LayerNorm):
         return ChannelLayerNorm(cf.eps(eps), norm.weight, norm.bias)

@@ -59,10 +59,7 @@ class Conditioning:
 
     @classmethod
     def from_signals(
-        cls,
-        signals: Sequence[torch.Tensor],
-        combine: Combine = "sum",
-        mask: torch.Tensor | None = None,
+        cls, signals: Sequence[torch.Tensor], combine: Combine = "sum", mask: torch.Tensor | None = None
     ) -> Conditioning:
         """Combine per-sample signals, each (B, Dc_i), into a vector and conditioning tokens.
 
@@ -85,7 +82,9 @@ class Conditioning:
 
     def map(self, fn) -> Conditioning:
         """A copy with ``fn`` applied to every tensor field (e.g. repeat for guidance)."""
-        return Conditioning(*(None if t is None else fn(t) for t in (self.vector, self.per_token, self.tokens, self.mask)))
+        return Conditioning(
+            *(None if t is None else fn(t) for t in (self.vector, self.per_token, self.tokens, self.mask))
+        )
 
 
 # A pytree node, so torch.export / torch.compile take a Conditioning as a model input (Core ML

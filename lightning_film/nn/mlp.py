@@ -95,5 +95,7 @@ class MLP(nn.Module):
     def channels_first(self, cf: ChannelsFirst) -> nn.Module:
         """1x1 conv -> GELU -> 1x1 conv on (B, D, 1, S)."""
         if not isinstance(self.act, nn.GELU):
-            raise cf.error(f"layout 'ane': MLP activation {type(self.act).__name__} (at {cf.where(self)}) is not a GELU")
+            raise cf.error(
+                f"layout 'ane': MLP activation {type(self.act).__name__} (at {cf.where(self)}) is not a GELU"
+            )
         return nn.Sequential(cf.conv(self.fc1), nn.GELU(approximate=self.act.approximate), cf.conv(self.fc2))

@@ -20,7 +20,24 @@ from lightning_film.quantization.torchao import (
 )
 
 __all__ = [
-    "FORMATS", "HEAD_NAMES", "PRESETS", "ROLES", "MissingExtraError", "PlanEntry", "RoleWeight", "Scheme",
-    "assign_roles", "convert_qat", "effective_group_size", "fake_quantizers", "is_prepared", "parse_roles",
-    "plan", "prepare_qat", "quantize", "role_weights", "size_bytes", "strip_fake_quant",
-]  # fmt: skip
+    "FORMATS",
+    "HEAD_NAMES",
+    "PRESETS",
+    "ROLES",
+    "MissingExtraError",
+    "PlanEntry",
+    "RoleWeight",
+    "Scheme",
+    "assign_roles",
+    "convert_qat",
+    "effective_group_size",
+    "fake_quantizers",
+    "is_prepared",
+    "parse_roles",
+    "plan",
+    "prepare_qat",
+    "quantize",
+    "role_weights",
+    "size_bytes",
+    "strip_fake_quant",
+]

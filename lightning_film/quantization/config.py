@@ -84,12 +84,16 @@ def parse_roles(spec: str | Mapping[str, str], target: Target = "torchao") -> di
         for item in filter(None, (s.strip() for s in spec.split(","))):
             role, eq, fmt = item.partition("=")
             if not eq:
-                raise ValueError(f"bad role setting {item!r} in {spec!r}: expected role=format, e.g. 'conditioner=int4'")
+                raise ValueError(
+                    f"bad role setting {item!r} in {spec!r}: expected role=format, e.g. 'conditioner=int4'"
+                )
             pairs.append((role.strip(), fmt.strip()))
     elif isinstance(spec, Mapping):
         pairs = [(str(k), v) for k, v in spec.items()]
     else:
-        raise ValueError(f"a weight scheme is a preset name, a mapping role -> format or 'role=format,...'; got {spec!r}")
+        raise ValueError(
+            f"a weight scheme is a preset name, a mapping role -> format or 'role=format,...'; got {spec!r}"
+        )
     if not pairs:
         raise ValueError(f"empty weight scheme {spec!r}; name a preset ({', '.join(presets)}) or roles")
     roles = dict.fromkeys(ROLES, none)

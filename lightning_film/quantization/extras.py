@@ -16,10 +16,7 @@ from lightning_film.errors import MissingExtraError
 __all__ = ["EXTRAS", "MissingExtraError", "require"]
 
 #: extra -> the distributions it installs (the lead's pyproject mirrors this).
-EXTRAS: dict[str, str] = {
-    "quant": "torchao==0.18.0",
-    "coreml": "coremltools==9.0 scikit-learn",
-}
+EXTRAS: dict[str, str] = {"quant": "torchao==0.18.0", "coreml": "coremltools==9.0 scikit-learn"}
 
 
 @contextmanager

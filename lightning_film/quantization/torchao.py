@@ -36,9 +36,17 @@ from lightning_film.quantization.extras import require
 from lightning_film.quantization.roles import HEAD_NAMES, role_weights
 
 __all__ = [
-    "PlanEntry", "convert_qat", "fake_quantizers", "is_prepared", "plan", "prepare_qat", "quantize",
-    "require_torchao", "size_bytes", "strip_fake_quant",
-]  # fmt: skip
+    "PlanEntry",
+    "convert_qat",
+    "fake_quantizers",
+    "is_prepared",
+    "plan",
+    "prepare_qat",
+    "quantize",
+    "require_torchao",
+    "size_bytes",
+    "strip_fake_quant",
+]
 
 
 def require_torchao(purpose: str = "quantization") -> Any:

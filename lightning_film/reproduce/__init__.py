@@ -24,17 +24,27 @@ __all__ = ["TABLES", "reproduce_command"]
 
 #: table name -> (one-line help, "module:its Table"), imported only when that table runs.
 TABLES: dict[str, tuple[str, str]] = {
-    "byte": ("byte vs nibble vs nibble_acc byte LMs: test bpb per corpus, cost, speed",
-             "lightning_film.reproduce.byte:TABLE"),
-    "world-kid": ("the seed's world-model rows (base, filmcond, filmcond_pre[_half], flow_clsfg): KID, control, over seeds",
-                  "lightning_film.reproduce.world:KID"),
-    "world-recipe": ("the world model's training recipe, one change at a time: control, PSNR, KID, over seeds",
-                     "lightning_film.reproduce.world:RECIPE"),
-    "world-conditioning": ("every conditioner (rmsnorm) and normalizer (film) in the world model: KID, cost",
-                           "lightning_film.reproduce.world:CONDITIONING"),
-    "quant": ("both models at float/int8/int4 (PTQ, QAT), film vs film_tanh: damage, CPU speed, Core ML size",
-              "lightning_film.reproduce.quant:TABLE"),
-}  # fmt: skip
+    "byte": (
+        "byte vs nibble vs nibble_acc byte LMs: test bpb per corpus, cost, speed",
+        "lightning_film.reproduce.byte:TABLE",
+    ),
+    "world-kid": (
+        "the seed's world-model rows (base, filmcond, filmcond_pre[_half], flow_clsfg): KID, control, over seeds",
+        "lightning_film.reproduce.world:KID",
+    ),
+    "world-recipe": (
+        "the world model's training recipe, one change at a time: control, PSNR, KID, over seeds",
+        "lightning_film.reproduce.world:RECIPE",
+    ),
+    "world-conditioning": (
+        "every conditioner (rmsnorm) and normalizer (film) in the world model: KID, cost",
+        "lightning_film.reproduce.world:CONDITIONING",
+    ),
+    "quant": (
+        "both models at float/int8/int4 (PTQ, QAT), film vs film_tanh: damage, CPU speed, Core ML size",
+        "lightning_film.reproduce.quant:TABLE",
+    ),
+}
 
 
 def reproduce_command(argv: list[str]) -> None:

@@ -65,10 +65,18 @@ def build_runs(
     for variant in variants:
         for seed in seeds:
             args = [
-                "--model.variant", variant, "--seed_everything", str(seed), "--data.seed", str(seed),
-                "--trainer.max_steps", str(preset.max_steps), "--trainer.val_check_interval", str(preset.val_every),
+                "--model.variant",
+                variant,
+                "--seed_everything",
+                str(seed),
+                "--data.seed",
+                str(seed),
+                "--trainer.max_steps",
+                str(preset.max_steps),
+                "--trainer.val_check_interval",
+                str(preset.val_every),
                 *override_args(overrides),
-            ]  # fmt: skip
+            ]
             runs.append(Run(f"{variant}/seed{seed}", config, args, labels={"variant": variant, "seed": seed}))
     return runs
 
@@ -151,8 +159,15 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=CONFIG, help="the ByteLM config all variants start from")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run")
-    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
-                        metavar="KEY=VALUE", help="a config override for every run, e.g. model.dim=64 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run, e.g. model.dim=64 (repeatable)",
+    )
 
 
 def _plan(args: argparse.Namespace) -> Plan:
@@ -192,7 +207,15 @@ def _measure(args: argparse.Namespace, plan: Plan, results: dict[str, dict[str, 
 
 
 TABLE = Table(
-    name="byte", description=__doc__.split("\n\n")[0], presets=PRESETS, published="benchmarks/results/byte",
-    add_options=_add_options, plan=_plan, measure=_measure, analyse=analyse, render=render_markdown,
-    plot=render_png, plot_name="val_curves.png",
-)  # fmt: skip
+    name="byte",
+    description=__doc__.split("\n\n")[0],
+    presets=PRESETS,
+    published="benchmarks/results/byte",
+    add_options=_add_options,
+    plan=_plan,
+    measure=_measure,
+    analyse=analyse,
+    render=render_markdown,
+    plot=render_png,
+    plot_name="val_curves.png",
+)

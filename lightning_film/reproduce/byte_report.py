@@ -44,8 +44,11 @@ def analyse(report: dict[str, Any]) -> dict[str, Any]:
     seeds = per_seed(report["runs"], report["variants"])
     comparisons = holm([c for m, rows in seeds.items() for c in compare(rows, metric=m)])
     rows = {m: {v: interval(list(s.values())) for v, s in rows.items()} for m, rows in seeds.items()}
-    return {**report, "stats": {"rows": rows, "paired": comparisons},
-            "verdict": verdict(rows, comparisons, report["variants"])}  # fmt: skip
+    return {
+        **report,
+        "stats": {"rows": rows, "paired": comparisons},
+        "verdict": verdict(rows, comparisons, report["variants"]),
+    }
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -89,11 +89,21 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "quick": Preset(seeds=(0,), byte=Budget(600, 200, 150), world=Budget(1000, 200, 500, _world_test(100, 50, 20)),
-                    repeats=5, steps_per_repeat=5),
-    "full": Preset(seeds=(0, 1, 2), byte=Budget(3000, 600, 300),
-                   world=Budget(6000, 1000, 1000, _world_test(500, 250, 50)), repeats=7, steps_per_repeat=5),
-}  # fmt: skip
+    "quick": Preset(
+        seeds=(0,),
+        byte=Budget(600, 200, 150),
+        world=Budget(1000, 200, 500, _world_test(100, 50, 20)),
+        repeats=5,
+        steps_per_repeat=5,
+    ),
+    "full": Preset(
+        seeds=(0, 1, 2),
+        byte=Budget(3000, 600, 300),
+        world=Budget(6000, 1000, 1000, _world_test(500, 250, 50)),
+        repeats=7,
+        steps_per_repeat=5,
+    ),
+}
 
 
 # -- the runs -----------------------------------------------------------------------------------------
@@ -122,12 +132,16 @@ def build_runs(
         spec, budget = SPECS[model], getattr(preset, model)
         for seed in seeds:
             base = [
-                "--seed_everything", str(seed), *(a for o in spec.seed_options for a in (f"--{o}", str(seed))),
-                "--trainer.max_steps", str(budget.steps),
+                "--seed_everything",
+                str(seed),
+                *(a for o in spec.seed_options for a in (f"--{o}", str(seed))),
+                "--trainer.max_steps",
+                str(budget.steps),
                 # a validation (and so last.ckpt) at the last step, whatever it is, also for the QAT arm
-                "--trainer.val_check_interval", str(math.gcd(budget.steps, budget.val_every)),
+                "--trainer.val_check_interval",
+                str(math.gcd(budget.steps, budget.val_every)),
                 *(a for k, v in budget.test_settings for a in (f"--model.{k}", str(v))),
-            ]  # fmt: skip
+            ]
             extra = override_args(overrides.get(model, []))
             labels = {"model": model, "seed": seed}
             for cond in CONDITIONERS:
@@ -135,22 +149,36 @@ def build_runs(
                 run = Run(f"{model}/{cond}/seed{seed}", configs[model], args, labels={**labels, "conditioner": cond})
                 if cond == "film" and budget.qat_steps:
                     run.fit_args = _callback(
-                        "lightning.pytorch.callbacks.ModelCheckpoint", filename=QAT_START, auto_insert_metric_name="false",
-                        every_n_train_steps=budget.steps - budget.qat_steps, save_top_k=-1,
-                    )  # fmt: skip
+                        "lightning.pytorch.callbacks.ModelCheckpoint",
+                        filename=QAT_START,
+                        auto_insert_metric_name="false",
+                        every_n_train_steps=budget.steps - budget.qat_steps,
+                        save_top_k=-1,
+                    )
                 runs.append(run)
             if budget.qat_steps:
                 film = f"{model}/film/seed{seed}"
                 start = root / film / "checkpoints" / _qat_start(budget)
-                runs.append(Run(
-                    f"{model}/film_qat_{QAT_WEIGHTS}/seed{seed}", configs[model],
-                    [*base, f"--{spec.conditioner_option}", "film", *extra],
-                    fit_args=["--ckpt_path", str(start), *_callback(
-                        "lightning_film.callbacks.QuantizationCallback", mode="qat", weights=QAT_WEIGHTS,
-                        group_size=GROUP, evaluate="false")],
-                    labels={**labels, "conditioner": "film", "qat": QAT_WEIGHTS, "qat_from": str(start)},
-                    after=[film],
-                ))  # fmt: skip
+                runs.append(
+                    Run(
+                        f"{model}/film_qat_{QAT_WEIGHTS}/seed{seed}",
+                        configs[model],
+                        [*base, f"--{spec.conditioner_option}", "film", *extra],
+                        fit_args=[
+                            "--ckpt_path",
+                            str(start),
+                            *_callback(
+                                "lightning_film.callbacks.QuantizationCallback",
+                                mode="qat",
+                                weights=QAT_WEIGHTS,
+                                group_size=GROUP,
+                                evaluate="false",
+                            ),
+                        ],
+                        labels={**labels, "conditioner": "film", "qat": QAT_WEIGHTS, "qat_from": str(start)},
+                        after=[film],
+                    )
+                )
     return runs
 
 
@@ -175,11 +203,24 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{model}-config", type=Path, default=SPECS[model].config, help=f"the {model} model's config")
     p.add_argument("--max-steps", type=int, help="override both models' training steps per run")
     p.add_argument("--qat-steps", type=int, help="override both models' QAT steps (0: no QAT arm)")
-    p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
-                   help="a config override for every run of both models, e.g. trainer.limit_val_batches=2")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run of both models, e.g. trainer.limit_val_batches=2",
+    )
     for model in MODELS:
-        p.add_argument(f"--{model}-set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
-                       help=f"a config override for the {model} model's runs only, e.g. model.dim=64")  # fmt: skip
+        p.add_argument(
+            f"--{model}-set",
+            action="append",
+            type=parse_override,
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"a config override for the {model} model's runs only, e.g. model.dim=64",
+        )
     p.add_argument("--coreml", nargs="+", choices=COREML, default=list(COREML), help="Core ML compressions")
     p.add_argument("--threads", type=int, help="torch threads for this process's scoring and timing (default torch's)")
 
@@ -217,8 +258,12 @@ def _check_setup(args: argparse.Namespace) -> None:
                 f"--{model}-config"
             )
         try:
-            init_args(config_tree(config, [*args.overrides, *getattr(args, f"{model}_set")]), "model",
-                      SPECS[model].model_class, config)  # fmt: skip
+            init_args(
+                config_tree(config, [*args.overrides, *getattr(args, f"{model}_set")]),
+                "model",
+                SPECS[model].model_class,
+                config,
+            )
         except ValueError as err:
             raise UsageError(f"reproduce quant: --{model}-config {err}") from None
     require_torchao("reproduce quant")
@@ -233,9 +278,12 @@ def _job(run: Run, first_seed: int, preset: Preset, coreml: tuple[str, ...]) -> 
     reference = labels["conditioner"] == "film" and "qat" not in labels and labels["seed"] == first_seed
     variants = ("float", QAT_WEIGHTS) if "qat" in labels else VARIANTS + ((REFERENCE,) if reference else ())
     return {
-        "variants": list(variants), "repeats": preset.repeats if reference else 0,
-        "steps_per_repeat": preset.steps_per_repeat, "coreml": list(coreml) if reference else [], "group_size": GROUP,
-    }  # fmt: skip
+        "variants": list(variants),
+        "repeats": preset.repeats if reference else 0,
+        "steps_per_repeat": preset.steps_per_repeat,
+        "coreml": list(coreml) if reference else [],
+        "group_size": GROUP,
+    }
 
 
 def _plan(args: argparse.Namespace) -> Plan:
@@ -269,8 +317,9 @@ def _measure(args: argparse.Namespace, plan: Plan, results: dict[str, dict[str, 
         print(f"[{i}/{len(plan.runs)}] {run.key}: quantizing and scoring {', '.join(job['variants'])}")
         # float: the run's own `lightning-film test` of this checkpoint, the evaluation the copies get here
         known = {"float": results[run.key]["test"]}
-        assessments[run.key] = assessed(root / run.key / "checkpoints" / "last.ckpt", root / run.key / "quant", job,
-                                        known, print)  # fmt: skip
+        assessments[run.key] = assessed(
+            root / run.key / "checkpoints" / "last.ckpt", root / run.key / "quant", job, known, print
+        )
     first = {m: assessments[f"{m}/film/seed{first_seed}"] for m in models}
     configs = _configs(args)
     return {
@@ -290,7 +339,16 @@ def _measure(args: argparse.Namespace, plan: Plan, results: dict[str, dict[str, 
 
 
 TABLE = Table(
-    name="quant", description=__doc__.split("\n\n")[0], presets=PRESETS, published="benchmarks/results/quant",
-    add_options=_add_options, plan=_plan, measure=_measure, analyse=analyse, render=render_markdown,
-    plot=render_png, plot_name="quant.png", packages=("torchao", "coremltools", "lightning"),
-)  # fmt: skip
+    name="quant",
+    description=__doc__.split("\n\n")[0],
+    presets=PRESETS,
+    published="benchmarks/results/quant",
+    add_options=_add_options,
+    plan=_plan,
+    measure=_measure,
+    analyse=analyse,
+    render=render_markdown,
+    plot=render_png,
+    plot_name="quant.png",
+    packages=("torchao", "coremltools", "lightning"),
+)

@@ -40,9 +40,12 @@ def load_for_scoring(ckpt: Path) -> tuple[Any, Any, dict[str, Any]]:
         )
     data_args = trusted_hyper_parameters(checkpoint, ckpt, section="datamodule_hyper_parameters")
     facts = {
-        "path": str(ckpt), "global_step": checkpoint.get("global_step"), "model_class": type(model).__name__,
-        "model": {k: v for k, v in model.hparams.items() if not k.startswith("_")}, "data": data_args,
-    }  # fmt: skip
+        "path": str(ckpt),
+        "global_step": checkpoint.get("global_step"),
+        "model_class": type(model).__name__,
+        "model": {k: v for k, v in model.hparams.items() if not k.startswith("_")},
+        "data": data_args,
+    }
     return model, data_class(**data_args), facts
 
 
@@ -66,8 +69,15 @@ def score(model: nn.Module, datamodule: Any, root: Path) -> dict[str, float]:
     silent one-device Trainer; what the model writes itself (world sample sheets) goes under ``root``."""
     import lightning.pytorch as pl
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
     return {
         k: float(v) for result in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in result.items()
     }
@@ -98,11 +108,12 @@ def assess_checkpoint(
         label: plan(model, Scheme.parse(label, group_size=group_size)) for label in variants if label in VARIANTS[1:]
     }
     out: dict[str, Any] = {
-        "checkpoint": facts, "group_size": group_size,
+        "checkpoint": facts,
+        "group_size": group_size,
         "schemes": {label: Scheme.parse(label, group_size=group_size).as_dict() for label in entries},
         "quantized_modules": {label: [e.as_dict() for e in es] for label, es in entries.items()},
         "sizes": {label: size_bytes(copies[label], entries.get(label)) for label in variants if label != REFERENCE},
-    }  # fmt: skip
+    }
     if repeats:
         batches = tuple(dict.fromkeys((1, int(facts["data"].get("batch_size") or 1))))
         say(f"  timing {', '.join(variants)} ({repeats} repeats, batch {' and '.join(map(str, batches))})")
@@ -134,9 +145,16 @@ def assessed(
             say(f"  assessed before, read from {path}")
             return saved
     measured = assess_checkpoint(
-        ckpt, work, tuple(job["variants"]), job["repeats"], job["steps_per_repeat"], tuple(job["coreml"]),
-        job["group_size"], known, say,
-    )  # fmt: skip
+        ckpt,
+        work,
+        tuple(job["variants"]),
+        job["repeats"],
+        job["steps_per_repeat"],
+        tuple(job["coreml"]),
+        job["group_size"],
+        known,
+        say,
+    )
     result = {"key": key, **measured}
     write_atomic(path, json.dumps(result, indent=1, default=str) + "\n")
     return json.loads(path.read_text())  # as JSON reads it back: the same whether assessed now or before

@@ -46,8 +46,9 @@ def forward_speed(
     return out
 
 
-def coreml_packages(model: nn.Module, folder: Path, compressions: tuple[str, ...], name: str,
-                    group_size: int = GROUP) -> dict[str, Any]:  # fmt: skip
+def coreml_packages(
+    model: nn.Module, folder: Path, compressions: tuple[str, ...], name: str, group_size: int = GROUP
+) -> dict[str, Any]:
     """Export ``model``'s float weights to ``folder/<name>-<compression>.mlpackage`` per compression:
     size, weight storage, op counts and Neural Engine warnings of each package."""
     from lightning_film.export import export_coreml

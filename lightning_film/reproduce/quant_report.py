@@ -20,8 +20,16 @@ from lightning_film.reproduce.quant_specs import (
 from lightning_film.reproduce.report import header, mean_std
 from lightning_film.reproduce.stats import fmt_ci, paired_section
 
-__all__ = ["SPEED_NOTE", "coreml_table", "corpus_table", "qat_section", "render_markdown", "render_png", "speed_table",
-           "variant_table"]  # fmt: skip
+__all__ = [
+    "SPEED_NOTE",
+    "coreml_table",
+    "corpus_table",
+    "qat_section",
+    "render_markdown",
+    "render_png",
+    "speed_table",
+    "variant_table",
+]
 
 
 def _mb(n: float) -> str:
@@ -68,8 +76,10 @@ def corpus_table(table: dict[str, Any]) -> list[str]:
     keys = sorted({k for variants in table.values() for cells in variants.values() for k in cells if k.count("/") == 2})
     if len(keys) < 2:  # one corpus: the main table says it all
         return []
-    lines = ["| conditioner | variant | " + " | ".join(k.split("/", 2)[2] for k in keys) + " |",
-             "|---|---|" + "---:|" * len(keys)]  # fmt: skip
+    lines = [
+        "| conditioner | variant | " + " | ".join(k.split("/", 2)[2] for k in keys) + " |",
+        "|---|---|" + "---:|" * len(keys),
+    ]
     for cond, variants in table.items():
         for label, cells in variants.items():
             lines.append(f"| {cond} | {label} | " + " | ".join(fmt_ci(cells[k]["values"], 4) for k in keys) + " |")
@@ -105,8 +115,10 @@ def coreml_table(packages: dict[str, Any], first: str = "compression") -> list[s
     ]
     for name, c in packages.items():
         storage = ", ".join(f"{k} {v}" for k, v in c["weight_storage"].items())
-        lines.append(f"| {name} | {_mb(c['size_bytes']['total'])} | {_mb(c['size_bytes']['weights'])} | {storage} | "
-                     f"{c['op_count']} | {len(c['warnings'])} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {_mb(c['size_bytes']['total'])} | {_mb(c['size_bytes']['weights'])} | {storage} | "
+            f"{c['op_count']} | {len(c['warnings'])} |"
+        )
     return lines
 
 
@@ -143,8 +155,10 @@ def qat_section(report: dict[str, Any]) -> list[str]:
                 digits, unit = change_digits(m), change_unit(m)
                 vs_own = fmt_ci([change(m, a, b) for a, b in zip(quantized, own)], digits, True, unit)
                 vs_ptq = fmt_ci([change(m, a, b) for a, b in zip(quantized, ptq)], digits, True, unit)
-                lines.append(f"| {model} | {arm} | {steps} | {m.name} | {fmt_ci(own, m.digits)} | "
-                             f"{fmt_ci(quantized, m.digits)} | {vs_own} | {vs_ptq} |")  # fmt: skip
+                lines.append(
+                    f"| {model} | {arm} | {steps} | {m.name} | {fmt_ci(own, m.digits)} | "
+                    f"{fmt_ci(quantized, m.digits)} | {vs_own} | {vs_ptq} |"
+                )
     return [*lines, ""]
 
 
@@ -168,7 +182,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "the test loss covers every test window and is the least noisy world metric). Test settings: "
         + "; ".join(
             f"{m}: " + ", ".join(f"{k} {v}" for k, v in p[m]["test_settings"]) for m in models if p[m]["test_settings"]
-        )  # fmt: skip
+        )
         + " (the preset's; overrides replace them).",
         "- Float scores: each run's own `lightning-film test`; the quantized copies are scored here the same way "
         "(a silent Trainer's `test` on the checkpoint's own data settings; for the float checkpoint this gives the "
@@ -239,19 +253,35 @@ def render_png(report: dict[str, Any]) -> bytes:
         table = report["summary"]["table"][model]
         for i, cond in enumerate(table):
             stats = [mean_std(table[cond][label][metric.key]["changes"]) for label in VARIANTS]
-            ax.errorbar([x + 0.06 * i for x in range(len(VARIANTS))], [s[0] for s in stats],
-                        yerr=[s[1] for s in stats], marker="o", capsize=3, label=cond)  # fmt: skip
+            ax.errorbar(
+                [x + 0.06 * i for x in range(len(VARIANTS))],
+                [s[0] for s in stats],
+                yerr=[s[1] for s in stats],
+                marker="o",
+                capsize=3,
+                label=cond,
+            )
         ax.set_xticks(range(len(VARIANTS)), VARIANTS)
         for arm, parts in report["summary"]["qat"][model].items():
             if arm != "ptq" and "film" in table:
                 base = table["film"]["float"][metric.key]["values"]
                 hurt = [change(metric, a, b) for a, b in zip(parts["int4"][metric.key], base)]
-                ax.errorbar([VARIANTS.index(QAT_WEIGHTS) + 0.12], [mean_std(hurt)[0]], yerr=[mean_std(hurt)[1]],
-                            marker="*", ms=11, ls="none", capsize=3, label=f"{arm}, vs film float")  # fmt: skip
+                ax.errorbar(
+                    [VARIANTS.index(QAT_WEIGHTS) + 0.12],
+                    [mean_std(hurt)[0]],
+                    yerr=[mean_std(hurt)[1]],
+                    marker="*",
+                    ms=11,
+                    ls="none",
+                    capsize=3,
+                    label=f"{arm}, vs film float",
+                )
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(f"{model}: {metric.name}")
-        ax.set_ylabel(f"change vs float ({'%' if metric.relative else 'difference'}; "
-                      f"{'lower' if metric.lower_is_better else 'higher'} is better)")  # fmt: skip
+        ax.set_ylabel(
+            f"change vs float ({'%' if metric.relative else 'difference'}; "
+            f"{'lower' if metric.lower_is_better else 'higher'} is better)"
+        )
         ax.grid(alpha=0.3)
     # the panels share their series: one legend for all, under the title
     handles, labels = axes[0][0].get_legend_handles_labels()

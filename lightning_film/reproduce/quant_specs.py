@@ -7,9 +7,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "CONDITIONERS", "COREML", "GROUP", "MODELS", "QAT_WEIGHTS", "REFERENCE", "SCALE_BOUND", "SPECS", "VARIANTS",
-    "MetricSpec", "ModelSpec", "change", "change_digits", "change_unit",
-]  # fmt: skip
+    "CONDITIONERS",
+    "COREML",
+    "GROUP",
+    "MODELS",
+    "QAT_WEIGHTS",
+    "REFERENCE",
+    "SCALE_BOUND",
+    "SPECS",
+    "VARIANTS",
+    "MetricSpec",
+    "ModelSpec",
+    "change",
+    "change_digits",
+    "change_unit",
+]
 
 MODELS = ("byte", "world")
 CONDITIONERS = ("film", "film_tanh")
@@ -49,16 +61,27 @@ class ModelSpec:
 
 
 SPECS: dict[str, ModelSpec] = {
-    "byte": ModelSpec(Path("configs/byte/nibble_acc.yaml"), "ByteLM", "model.embed_conditioner", ("data.seed",),
-                      (MetricSpec("test/bpb", "test bpb", True, True, 4),),
-                      "Byte model (ByteLM nibble_acc: FiLM modulates the byte embedding)"),
-    "world": ModelSpec(Path("configs/world/filmcond.yaml"), "WorldModel", "model.conditioner",
-                       ("data.seed", "model.seed"),
-                       (MetricSpec("test/loss", "test loss", True, True, 4),
-                        MetricSpec("test/psnr", "PSNR (dB)", False, False, 2),
-                        MetricSpec("test/kid_mean", "KID", True, False, 4)),
-                       "World model (WorldModel filmcond: FiLM on time + action in every block)"),
-}  # fmt: skip
+    "byte": ModelSpec(
+        Path("configs/byte/nibble_acc.yaml"),
+        "ByteLM",
+        "model.embed_conditioner",
+        ("data.seed",),
+        (MetricSpec("test/bpb", "test bpb", True, True, 4),),
+        "Byte model (ByteLM nibble_acc: FiLM modulates the byte embedding)",
+    ),
+    "world": ModelSpec(
+        Path("configs/world/filmcond.yaml"),
+        "WorldModel",
+        "model.conditioner",
+        ("data.seed", "model.seed"),
+        (
+            MetricSpec("test/loss", "test loss", True, True, 4),
+            MetricSpec("test/psnr", "PSNR (dB)", False, False, 2),
+            MetricSpec("test/kid_mean", "KID", True, False, 4),
+        ),
+        "World model (WorldModel filmcond: FiLM on time + action in every block)",
+    ),
+}
 
 
 def change(metric: MetricSpec, value: float, reference: float) -> float:

@@ -92,17 +92,25 @@ def claim_verdict(summary: dict[str, Any], models: tuple[str, ...], seeds: int) 
             f"{hints['film']}: single measurements, their direction a hint at most (the `full` preset runs 3 seeds)."
         )
     elif firm["film_tanh"] and not firm["film"]:
-        head = (f"**Verdict on the seed's claim: supported**: film_tanh loses less, established by the paired test, "
-                f"in {firm['film_tanh']} of {total} comparisons, film in none.")  # fmt: skip
+        head = (
+            f"**Verdict on the seed's claim: supported**: film_tanh loses less, established by the paired test, "
+            f"in {firm['film_tanh']} of {total} comparisons, film in none."
+        )
     elif firm["film"] and not firm["film_tanh"]:
-        head = (f"**Verdict on the seed's claim: contradicted**: film loses less, established by the paired test, "
-                f"in {firm['film']} of {total} comparisons, film_tanh in none.")  # fmt: skip
+        head = (
+            f"**Verdict on the seed's claim: contradicted**: film loses less, established by the paired test, "
+            f"in {firm['film']} of {total} comparisons, film_tanh in none."
+        )
     elif firm["film"] or firm["film_tanh"]:
-        head = (f"**Verdict on the seed's claim: mixed**: established by the paired test, film_tanh loses less in "
-                f"{firm['film_tanh']} of {total} comparisons, film in {firm['film']}.")  # fmt: skip
+        head = (
+            f"**Verdict on the seed's claim: mixed**: established by the paired test, film_tanh loses less in "
+            f"{firm['film_tanh']} of {total} comparisons, film in {firm['film']}."
+        )
     else:
-        head = (f"**Verdict on the seed's claim: not shown**: the paired test establishes no gap (on average "
-                f"film_tanh lost less in {hints['film_tanh']} of {total} comparisons, film in {hints['film']}).")  # fmt: skip
+        head = (
+            f"**Verdict on the seed's claim: not shown**: the paired test establishes no gap (on average "
+            f"film_tanh lost less in {hints['film_tanh']} of {total} comparisons, film in {hints['film']})."
+        )
     return [
         head,
         "",
@@ -140,5 +148,8 @@ def paired_comparisons(summary: dict[str, Any], models: list[str], seeds: list[i
 def analyse(report: dict[str, Any]) -> dict[str, Any]:
     """``report`` with what its summary implies: the claim's verdict and the paired comparisons."""
     models, seeds = report["models"], report["seeds"]
-    return {**report, "verdict": claim_verdict(report["summary"], tuple(models), len(seeds)),
-            "stats": {"paired": paired_comparisons(report["summary"], models, seeds)}}  # fmt: skip
+    return {
+        **report,
+        "verdict": claim_verdict(report["summary"], tuple(models), len(seeds)),
+        "stats": {"paired": paired_comparisons(report["summary"], models, seeds)},
+    }

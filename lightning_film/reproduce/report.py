@@ -22,9 +22,16 @@ from lightning_film.errors import UsageError
 from lightning_film.io import folder_problem, write_atomic
 
 __all__ = [
-    "commit", "config_tree", "header", "make_folder", "mean_std", "override_args", "parse_override",
-    "report_basics", "rerender",
-]  # fmt: skip
+    "commit",
+    "config_tree",
+    "header",
+    "make_folder",
+    "mean_std",
+    "override_args",
+    "parse_override",
+    "report_basics",
+    "rerender",
+]
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -151,9 +158,10 @@ def rerender(
         raise UsageError(f"--render-only: {str(path)!r} does not exist; run the table first")
     report = analyse(json.loads(path.read_text()))
     report["rerendered"] = {
-        "commit": commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "source": "the per-run results stored in results.json (nothing retrained, rescored or retimed)",
-    }  # fmt: skip
+    }
     markdown = render(report)
     write_atomic(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out / "results.md", markdown)

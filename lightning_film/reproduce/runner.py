@@ -81,10 +81,21 @@ def _csv_logger(directory: Path, name: str) -> str:
 
 def _command(stage: str, run: Run, directory: Path, extra: Sequence[str]) -> list[str]:
     return [
-        sys.executable, "-m", "lightning_film.cli", stage, "--config", str(run.config), *run.args, *extra,
-        "--trainer.default_root_dir", str(directory), "--trainer.logger", _csv_logger(directory, stage),
-        "--trainer.enable_progress_bar", "false",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "lightning_film.cli",
+        stage,
+        "--config",
+        str(run.config),
+        *run.args,
+        *extra,
+        "--trainer.default_root_dir",
+        str(directory),
+        "--trainer.logger",
+        _csv_logger(directory, stage),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 def _run_command(command: list[str], log: Path, run: Run) -> float:

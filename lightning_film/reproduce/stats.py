@@ -22,8 +22,19 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["LEVEL", "compare", "fmt_ci", "fmt_p", "holm", "interval", "paired", "paired_section", "t_cdf_abs",
-           "t_quantile", "two_sided_p"]  # fmt: skip
+__all__ = [
+    "LEVEL",
+    "compare",
+    "fmt_ci",
+    "fmt_p",
+    "holm",
+    "interval",
+    "paired",
+    "paired_section",
+    "t_cdf_abs",
+    "t_quantile",
+    "two_sided_p",
+]
 
 LEVEL = 0.95
 
@@ -139,8 +150,9 @@ def fmt_p(p: float | None) -> str:
     return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def paired_section(comparisons: list[dict[str, Any]], digits: Mapping[str, int] | int = 3,
-                   names: Mapping[str, str] | None = None) -> list[str]:  # fmt: skip
+def paired_section(
+    comparisons: list[dict[str, Any]], digits: Mapping[str, int] | int = 3, names: Mapping[str, str] | None = None
+) -> list[str]:
     """The "Paired comparisons" markdown section of a table: one line per comparison (already
     :func:`holm`-adjusted) and the note on how to read it."""
     if not comparisons:
@@ -161,6 +173,8 @@ def paired_section(comparisons: list[dict[str, Any]], digits: Mapping[str, int] 
         diff = "–" if c["diff"] is None else f"{c['diff']:+.{d}f}"
         ci = "–" if c["half"] is None else f"[{c['low']:+.{d}f}, {c['high']:+.{d}f}]"
         metric = (names or {}).get(c["metric"], c["metric"])
-        lines.append(f"| {metric} | {c['a']} − {c['b']} | {c['n']} | {diff} | {ci} | {fmt_p(c['p'])} | "
-                     f"{fmt_p(c['p_holm'])} | {c['verdict']} |")  # fmt: skip
+        lines.append(
+            f"| {metric} | {c['a']} − {c['b']} | {c['n']} | {diff} | {ci} | {fmt_p(c['p'])} | "
+            f"{fmt_p(c['p_holm'])} | {c['verdict']} |"
+        )
     return [*lines, ""]

@@ -78,14 +78,16 @@ def add_common_options(parser: argparse.ArgumentParser, presets: dict[str, Any],
     meaning = "; ".join(f"{name}: {describe_preset(preset)}" for name, preset in presets.items())
     parser.add_argument("--preset", choices=sorted(presets), default="quick", help=f"the budget ({meaning})")
     parser.add_argument(
-        "--out", type=Path,
+        "--out",
+        type=Path,
         help=f"results folder (default <runs>/<preset>/results; the committed table is {published}/<preset>, "
         f"written only when named here)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--plan", action="store_true",
+        "--plan",
+        action="store_true",
         help="print the runs, their steps and a rough time, and stop: trains and writes nothing",
-    )  # fmt: skip
+    )
 
 
 def describe_preset(preset: Any) -> str:
@@ -113,8 +115,11 @@ def parser(table: Table) -> CommandParser:
     table.add_options(p)
     p.add_argument("--runs", type=Path, default=Path("runs/reproduce") / table.name, help="where the runs live")
     p.add_argument("--repeats", type=int, help="timing repeats (default: the preset's)")
-    p.add_argument("--render-only", action="store_true",
-                   help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing")  # fmt: skip
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render --out's results.md/json from the runs stored in its results.json; trains nothing",
+    )
     return p
 
 
@@ -140,8 +145,9 @@ def run_table(table: Table, argv: list[str]) -> None:
     report = table.analyse({**basics, **fields, "runs": results, "wall_s": time.perf_counter() - start})
     markdown = table.render(report)
     files: dict[str, str | bytes] = {
-        "results.md": markdown, "results.json": json.dumps(report, indent=1, default=str) + "\n",
-    }  # fmt: skip
+        "results.md": markdown,
+        "results.json": json.dumps(report, indent=1, default=str) + "\n",
+    }
     if table.plot is not None:
         files[table.plot_name] = table.plot(report)
     for name, content in files.items():

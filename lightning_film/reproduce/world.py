@@ -56,8 +56,20 @@ from lightning_film.reproduce.world_report import (
     render_recipe,
 )
 
-__all__ = ["CONDITIONING", "KID", "PRESETS", "RECIPE", "Preset", "analyse_conditioning", "analyse_kid", "analyse_recipe",
-           "conditioning_rows", "conditioning_runs", "kid_runs", "recipe_runs"]  # fmt: skip
+__all__ = [
+    "CONDITIONING",
+    "KID",
+    "PRESETS",
+    "RECIPE",
+    "Preset",
+    "analyse_conditioning",
+    "analyse_kid",
+    "analyse_recipe",
+    "conditioning_rows",
+    "conditioning_runs",
+    "kid_runs",
+    "recipe_runs",
+]
 
 CONFIGS = Path("configs/world")
 
@@ -80,32 +92,79 @@ class Preset:
 PRESETS: dict[str, dict[str, Preset]] = {
     # quick: the shipped configs' own budget (4000 steps, 512 test windows), three seeds
     "world-kid": {
-        "quick": Preset(seeds=(0, 1, 2), max_steps=4000, pretrain_steps=4000, val_every=1000, eval_samples=512,
-                        kid_subset_size=100, sample_steps=20),
-        "full": Preset(seeds=(0, 1, 2, 3, 4), max_steps=12000, pretrain_steps=12000, val_every=2000,
-                       eval_samples=1000, kid_subset_size=500, sample_steps=50),
+        "quick": Preset(
+            seeds=(0, 1, 2),
+            max_steps=4000,
+            pretrain_steps=4000,
+            val_every=1000,
+            eval_samples=512,
+            kid_subset_size=100,
+            sample_steps=20,
+        ),
+        "full": Preset(
+            seeds=(0, 1, 2, 3, 4),
+            max_steps=12000,
+            pretrain_steps=12000,
+            val_every=2000,
+            eval_samples=1000,
+            kid_subset_size=500,
+            sample_steps=50,
+        ),
     },
     "world-recipe": {
-        "quick": Preset(seeds=(0, 1, 2), max_steps=4000, pretrain_steps=0, val_every=1000, eval_samples=512,
-                        kid_subset_size=100, sample_steps=20),
+        "quick": Preset(
+            seeds=(0, 1, 2),
+            max_steps=4000,
+            pretrain_steps=0,
+            val_every=1000,
+            eval_samples=512,
+            kid_subset_size=100,
+            sample_steps=20,
+        )
     },
     "world-conditioning": {
-        "quick": Preset(seeds=(0, 1, 2), max_steps=4000, pretrain_steps=0, val_every=1000, eval_samples=512,
-                        kid_subset_size=100, sample_steps=20),
-        "full": Preset(seeds=(0, 1, 2, 3, 4), max_steps=12000, pretrain_steps=0, val_every=2000, eval_samples=1000,
-                       kid_subset_size=500, sample_steps=50),
+        "quick": Preset(
+            seeds=(0, 1, 2),
+            max_steps=4000,
+            pretrain_steps=0,
+            val_every=1000,
+            eval_samples=512,
+            kid_subset_size=100,
+            sample_steps=20,
+        ),
+        "full": Preset(
+            seeds=(0, 1, 2, 3, 4),
+            max_steps=12000,
+            pretrain_steps=0,
+            val_every=2000,
+            eval_samples=1000,
+            kid_subset_size=500,
+            sample_steps=50,
+        ),
     },
-}  # fmt: skip
+}
 
 
 # -- runs ----------------------------------------------------------------------------------------------
 def _budget(preset: Preset, seed: int, steps: int) -> list[str]:
     return [
-        "--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed),
-        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(min(preset.val_every, steps)),
-        "--model.max_eval_samples", str(preset.eval_samples), "--model.kid_subset_size", str(preset.kid_subset_size),
-        "--model.sample_steps", str(preset.sample_steps),
-    ]  # fmt: skip
+        "--seed_everything",
+        str(seed),
+        "--data.seed",
+        str(seed),
+        "--model.seed",
+        str(seed),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(min(preset.val_every, steps)),
+        "--model.max_eval_samples",
+        str(preset.eval_samples),
+        "--model.kid_subset_size",
+        str(preset.kid_subset_size),
+        "--model.sample_steps",
+        str(preset.sample_steps),
+    ]
 
 
 def kid_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides: list[tuple[str, str]]) -> list[Run]:
@@ -121,8 +180,12 @@ def kid_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides: l
             runs.append(Run(pre[split], configs / row.config, args, labels={"row": row.name, "seed": seed}))
         for row in KID_ROWS:
             steps = preset.max_steps - half if row.split else preset.max_steps
-            run = Run(f"{row.name}/seed{seed}", configs / row.config, _budget(preset, seed, steps) + extra,
-                      labels={"row": row.name, "seed": seed})  # fmt: skip
+            run = Run(
+                f"{row.name}/seed{seed}",
+                configs / row.config,
+                _budget(preset, seed, steps) + extra,
+                labels={"row": row.name, "seed": seed},
+            )
             if row.pretrained:
                 run.after = [pre[row.split]]
                 run.fit_args = ["--model.init_from", "{runs}/" + pre[row.split] + "/checkpoints/last.ckpt"]
@@ -150,10 +213,22 @@ def conditioning_runs(
     for norm, cond in conditioning_rows():
         for seed in seeds:
             args = _budget(preset, seed, preset.max_steps) + [
-                "--model.normalizer", norm, "--model.conditioner", cond, "--model.init_from", "null", *extra,
-            ]  # fmt: skip
-            runs.append(Run(f"{norm}-{cond}/seed{seed}", configs / "filmcond.yaml", args,
-                            labels={"row": f"{norm} + {cond}", "normalizer": norm, "conditioner": cond, "seed": seed}))  # fmt: skip
+                "--model.normalizer",
+                norm,
+                "--model.conditioner",
+                cond,
+                "--model.init_from",
+                "null",
+                *extra,
+            ]
+            runs.append(
+                Run(
+                    f"{norm}-{cond}/seed{seed}",
+                    configs / "filmcond.yaml",
+                    args,
+                    labels={"row": f"{norm} + {cond}", "normalizer": norm, "conditioner": cond, "seed": seed},
+                )
+            )
     return runs
 
 
@@ -165,7 +240,7 @@ def recipe_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides
             configs / "filmcond.yaml",
             [*_budget(preset, seed, preset.max_steps), *row.args, "--model.init_from", "null", *extra],
             labels={"row": row.name, "change": row.change, "seed": seed},
-        )  # fmt: skip
+        )
         for row in RECIPE_ROWS
         for seed in seeds
     ]
@@ -175,13 +250,27 @@ def recipe_runs(preset: Preset, configs: Path, seeds: tuple[int, ...], overrides
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of the world configs")
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run (and pretraining's)")
-    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
-                        metavar="KEY=VALUE", help="a config override for every run, e.g. model.dim=64 (repeatable)")  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time (each a subprocess; set OMP_NUM_THREADS so they share the cores)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run, e.g. model.dim=64 (repeatable)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time (each a subprocess; set OMP_NUM_THREADS so they share the cores)",
+    )
     parser.add_argument("--rows", nargs="+", metavar="ROW", help="run only these rows (names as in the table)")
-    parser.add_argument("--finished-only", action="store_true",
-                        help="score and render the runs that have finished in --runs, train none (say how many are missing)")  # fmt: skip
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="score and render the runs that have finished in --runs, train none (say how many are missing)",
+    )
     parser.add_argument(
         "--runs-note", help="where and how the runs were made, when not by this command here (a header line)"
     )
@@ -295,16 +384,27 @@ def _table(
     png: Callable[[dict[str, Any]], bytes] | None,
 ) -> Table:
     return Table(
-        name=name, description=__doc__.split("\n\n")[0], presets=PRESETS[name],
-        published=f"benchmarks/results/world/{name}", add_options=_add_options,
-        plan=functools.partial(_plan, name, runs), measure=measure, analyse=analyse_, render=render,
-        plot=png, plot_name="kid.png",
-    )  # fmt: skip
+        name=name,
+        description=__doc__.split("\n\n")[0],
+        presets=PRESETS[name],
+        published=f"benchmarks/results/world/{name}",
+        add_options=_add_options,
+        plan=functools.partial(_plan, name, runs),
+        measure=measure,
+        analyse=analyse_,
+        render=render,
+        plot=png,
+        plot_name="kid.png",
+    )
 
 
 KID = _table("world-kid", kid_runs, _measure_kid, analyse_kid, render_kid, _kid_png)
 RECIPE = _table("world-recipe", recipe_runs, _measure_recipe, analyse_recipe, render_recipe, None)
 CONDITIONING = _table(
-    "world-conditioning", conditioning_runs, _measure_conditioning, analyse_conditioning, render_conditioning,
+    "world-conditioning",
+    conditioning_runs,
+    _measure_conditioning,
+    analyse_conditioning,
+    render_conditioning,
     _conditioning_png,
-)  # fmt: skip
+)

@@ -17,8 +17,27 @@ from typing import Any
 from lightning_film.reproduce.report import header, mean_std
 from lightning_film.reproduce.stats import compare, fmt_ci, fmt_p, holm, interval, paired, paired_section
 
-__all__ = ["DIT_FID", "KID_ROWS", "RECIPE_REFERENCE", "RECIPE_ROWS", "RecipeRow", "METRICS", "NANOWM", "PRETRAIN", "PRETRAIN_HALF", "KidRow", "Metric", "analyse",
-           "kid_verdict", "none_verdict", "per_seed", "render_conditioning", "render_kid", "render_png", "render_recipe"]  # fmt: skip
+__all__ = [
+    "DIT_FID",
+    "KID_ROWS",
+    "RECIPE_REFERENCE",
+    "RECIPE_ROWS",
+    "RecipeRow",
+    "METRICS",
+    "NANOWM",
+    "PRETRAIN",
+    "PRETRAIN_HALF",
+    "KidRow",
+    "Metric",
+    "analyse",
+    "kid_verdict",
+    "none_verdict",
+    "per_seed",
+    "render_conditioning",
+    "render_kid",
+    "render_png",
+    "render_recipe",
+]
 
 
 @dataclass(frozen=True)
@@ -39,13 +58,25 @@ class KidRow:
 KID_ROWS: tuple[KidRow, ...] = (
     KidRow("world_base", "base.yaml", "LayerNorm", "additive", 0.157),
     KidRow("world_filmcond", "filmcond.yaml", "RMSNorm", "FiLM", 0.128),
-    KidRow("world_filmcond_pre", "filmcond_pre.yaml", "RMSNorm", "FiLM, from an unconditional pretrained model",
-           0.106, pretrained=True),
-    KidRow("world_filmcond_pre_half", "filmcond_pre.yaml", "RMSNorm",
-           "FiLM, half the steps unconditional + half finetuned: the other rows' total", None, pretrained=True,
-           split=True),
+    KidRow(
+        "world_filmcond_pre",
+        "filmcond_pre.yaml",
+        "RMSNorm",
+        "FiLM, from an unconditional pretrained model",
+        0.106,
+        pretrained=True,
+    ),
+    KidRow(
+        "world_filmcond_pre_half",
+        "filmcond_pre.yaml",
+        "RMSNorm",
+        "FiLM, half the steps unconditional + half finetuned: the other rows' total",
+        None,
+        pretrained=True,
+        split=True,
+    ),
     KidRow("world_flow_clsfg", "flow_clsfg.yaml", "RMSNorm", "FiLM + classifier-free guidance (flow matching)", 0.102),
-)  # fmt: skip
+)
 PRETRAIN = KidRow("pretrain (reference)", "pretrain.yaml", "RMSNorm", "none: action always dropped", None)
 #: the split row's own pretraining run: half the conditional budget
 PRETRAIN_HALF = KidRow("pretrain, half budget", "pretrain.yaml", "RMSNorm", "none: action always dropped", None)
@@ -81,15 +112,21 @@ class RecipeRow:
 #: none of these changes the cost of a step) unless the row is about the budget itself.
 RECIPE_ROWS: tuple[RecipeRow, ...] = (
     RecipeRow("shipped", "configs/world/filmcond.yaml as shipped (noise_shift 16, v, DDIM, film)"),
-    RecipeRow("noise_shift 1", "the plain cosine schedule (the recipe before this table)", ("--model.noise_shift", "1")),
+    RecipeRow(
+        "noise_shift 1", "the plain cosine schedule (the recipe before this table)", ("--model.noise_shift", "1")
+    ),
     RecipeRow("noise_shift 4", "a smaller shift", ("--model.noise_shift", "4")),
     RecipeRow("noise_shift 64", "a larger shift", ("--model.noise_shift", "64")),
     RecipeRow("1500 steps", "the old budget (fewer steps, less wall time)", ("--trainer.max_steps", "1500")),
-    RecipeRow("flow", "rectified flow (velocity, Euler) at the same shift",
-              ("--model.objective", "flow", "--model.prediction", "null", "--model.sampler", "euler")),
-    RecipeRow("adaln", "adaln: SiLU(c) into the projections, so time and action interact",
-              ("--model.conditioner", "adaln")),
-)  # fmt: skip
+    RecipeRow(
+        "flow",
+        "rectified flow (velocity, Euler) at the same shift",
+        ("--model.objective", "flow", "--model.prediction", "null", "--model.sampler", "euler"),
+    ),
+    RecipeRow(
+        "adaln", "adaln: SiLU(c) into the projections, so time and action interact", ("--model.conditioner", "adaln")
+    ),
+)
 RECIPE_REFERENCE = "shipped"
 
 
@@ -144,16 +181,20 @@ def none_verdict(values: dict[str, dict[str, dict[int, float]]], none: str = NON
     clear = bool(tests) and len(better) == len(tests)
     if clear:
         worst_p = max(c["p_holm"] for c in tests)
-        sentence = (f"**`none` comes out clearly worst** on {metric.name}: each of the {len(tests)} other rows beats "
-                    f"it, established by the paired test over the seeds (Holm over these {len(tests)} pairs, largest "
-                    f"adjusted p {fmt_p(worst_p)}; the paired table below adjusts over all its comparisons, a larger "
-                    f"family, so there the same pairs can read not established).")  # fmt: skip
+        sentence = (
+            f"**`none` comes out clearly worst** on {metric.name}: each of the {len(tests)} other rows beats "
+            f"it, established by the paired test over the seeds (Holm over these {len(tests)} pairs, largest "
+            f"adjusted p {fmt_p(worst_p)}; the paired table below adjusts over all its comparisons, a larger "
+            f"family, so there the same pairs can read not established)."
+        )
     else:
         untested = sum(c["p"] is None for c in tests)
         why = f"; {untested} without a test (fewer than 2 shared seeds)" if untested else ""
-        sentence = (f"**The table answers nothing** on whether conditioning matters: `none` is not established "
-                    f"worst on {metric.name} (the paired test, Holm over {len(tests)} pairs, has {len(better)} of "
-                    f"{len(tests)} rows clearly better{why}).")  # fmt: skip
+        sentence = (
+            f"**The table answers nothing** on whether conditioning matters: `none` is not established "
+            f"worst on {metric.name} (the paired test, Holm over {len(tests)} pairs, has {len(better)} of "
+            f"{len(tests)} rows clearly better{why})."
+        )
     return {"metric": key, "clear": clear, "comparisons": tests, "sentence": sentence}
 
 
@@ -180,8 +221,11 @@ def _baseline_row(report: dict[str, Any], values: dict[str, dict], first: list[s
     if not b:
         return ""
     copy = [v for by_seed in values.get("test/agent_acc_copy", {}).values() for v in by_seed.values()]
-    by_key = {"test/kid_mean": f"{b['kid_mean']:.4f} ± {b['kid_std']:.4f} (subsets)", "test/psnr": f"{b['psnr']:.2f}",
-              "test/agent_acc": f"{statistics.fmean(copy):.3f}" if copy else "–"}  # fmt: skip
+    by_key = {
+        "test/kid_mean": f"{b['kid_mean']:.4f} ± {b['kid_std']:.4f} (subsets)",
+        "test/psnr": f"{b['psnr']:.2f}",
+        "test/agent_acc": f"{statistics.fmean(copy):.3f}" if copy else "–",
+    }
     cells = ["copy the last context frame (no model)", *first, "–", *(by_key.get(m.key, "–") for m in METRICS), *last]
     return "| " + " | ".join(cells) + " |"
 
@@ -192,7 +236,7 @@ def _notes(report: dict[str, Any], values: dict[str, dict]) -> list[str]:
         "(one seed has no interval). PSNR − copy: each run's PSNR minus copying the last context frame on the "
         "same windows (`test/psnr_copy`), > 0: better than predicting no change. Agent acc: the agent drawn in "
         "the right cell of the sampled frame with the true action; with a wrong action (a model that obeys the "
-        "action scores low there); after the last rollout step. Runs that did not log a metric show –.",
+        "action scores low there); after the last rollout step. Runs that did not log a metric show –."
     ]
     if report.get("baseline"):
         lines.append(
@@ -214,8 +258,15 @@ def _ranking(means: dict[str, float]) -> str:
 
 def _head(report: dict[str, Any], title: str, budget: str, first: str, extra: list[str]) -> list[str]:
     columns = ["seeds", *(m.name for m in METRICS), *extra]
-    return [f"# World model: {title} (preset `{report['preset_name']}`)", "", *header(report), budget, "",
-            f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]  # fmt: skip
+    return [
+        f"# World model: {title} (preset `{report['preset_name']}`)",
+        "",
+        *header(report),
+        budget,
+        "",
+        f"| {first} | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
 
 
 def render_kid(report: dict[str, Any]) -> str:
@@ -248,12 +299,15 @@ def kid_verdict(kid: dict[str, list[float]]) -> list[str]:
     return [
         f"- Our ordering of the seed's rows (best KID first): {_ranking(ours)}.",
         f"- The seed's ordering: {_ranking(seed)}.",
-        ("- The orderings of the means agree" if agree else
-         "- The orderings differ; the seed's numbers come from its own data and budget, ours from the built-in "
-         "world at this preset's budget")
+        (
+            "- The orderings of the means agree"
+            if agree
+            else "- The orderings differ; the seed's numbers come from its own data and budget, ours from the built-in "
+            "world at this preset's budget"
+        )
         + f" ({min(len(kid[r]) for r in ours)}-{max(len(kid[r]) for r in ours)} seeds per row): the paired "
         "comparisons below say which of our gaps the seeds establish; an ordering of unestablished gaps is noise.",
-    ]  # fmt: skip
+    ]
 
 
 def _references(name: str) -> list[str]:
@@ -263,8 +317,9 @@ def _references(name: str) -> list[str]:
     return [dit, nano]
 
 
-def _orderings(values: dict[str, dict], key: str, reference: dict[str, float], who: str, ours_by: str,
-               higher: bool) -> list[str]:  # fmt: skip
+def _orderings(
+    values: dict[str, dict], key: str, reference: dict[str, float], who: str, ours_by: str, higher: bool
+) -> list[str]:
     """Our ordering of ``reference``'s rows beside theirs, and how many of our neighbouring gaps the
     seeds establish (paired test, Holm over those gaps): an ordering of unestablished gaps is noise."""
     seeds = {c: values[key][f"rmsnorm + {c}"] for c in reference if values.get(key, {}).get(f"rmsnorm + {c}")}
@@ -275,12 +330,13 @@ def _orderings(values: dict[str, dict], key: str, reference: dict[str, float], w
     ours = {c: sign * statistics.fmean(s.values()) for c, s in seeds.items()}
     order = sorted(ours, key=ours.get)
     gaps = holm([{"a": a, "b": b, **paired(seeds[a], seeds[b])} for a, b in zip(order, order[1:])])
-    shown = ", ".join(f"{g['a']} vs {g['b']} {'established' if g['verdict'] == 'established' else 'not'}"
-                      for g in gaps)  # fmt: skip
-    return [f"- {who} orders its {len(reference)} (best first): {theirs}; {ours_by} orders the same "
-            f"{len(reference)}: {_ranking(ours)} — {'the same' if theirs == _ranking(ours) else 'a different'} "
-            f"ordering of the means; of our {len(gaps)} neighbouring gaps the seeds establish "
-            f"{sum(g['verdict'] == 'established' for g in gaps)} ({shown}; paired t, Holm)."]  # fmt: skip
+    shown = ", ".join(f"{g['a']} vs {g['b']} {'established' if g['verdict'] == 'established' else 'not'}" for g in gaps)
+    return [
+        f"- {who} orders its {len(reference)} (best first): {theirs}; {ours_by} orders the same "
+        f"{len(reference)}: {_ranking(ours)} — {'the same' if theirs == _ranking(ours) else 'a different'} "
+        f"ordering of the means; of our {len(gaps)} neighbouring gaps the seeds establish "
+        f"{sum(g['verdict'] == 'established' for g in gaps)} ({shown}; paired t, Holm)."
+    ]
 
 
 def render_conditioning(report: dict[str, Any]) -> str:
@@ -299,8 +355,12 @@ def render_conditioning(report: dict[str, Any]) -> str:
     lines = _head(report, "conditioners and normalizers at equal budget", budget, "row (best KID first)", extra)
     for name in rows:
         c, r = costs[name], costs[name]["step_ratio_vs_none"]
-        cost = [f"{c['params']:,}", f"{c['forward_gflops']:.3f}", f"{c['step_ms']:.1f}",
-                f"{r['median']:.3f} ({r['q1']:.3f}–{r['q3']:.3f})"]  # fmt: skip
+        cost = [
+            f"{c['params']:,}",
+            f"{c['forward_gflops']:.3f}",
+            f"{c['step_ms']:.1f}",
+            f"{r['median']:.3f} ({r['q1']:.3f}–{r['q3']:.3f})",
+        ]
         lines.append("| " + " | ".join([name, *_cells(values, name), *cost, *_references(name)]) + " |")
     lines += [_baseline_row(report, values, [], ["–"] * len(extra)), "", *_notes(report, values)]
     lines += [f"- Ablation check: {report['stats']['none_worst']['sentence']}"]
@@ -344,8 +404,14 @@ def render_png(kid: dict[str, list[float]], order: list[str], title: str, refere
     ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", label="ours (mean ± std over seeds)")
     if reference:
         ref = [reference.get(n) for n in names]
-        ax.scatter([i for i, r in zip(x, ref) if r is not None], [r for r in ref if r is not None],
-                   color="tab:red", marker="D", zorder=3, label="seed's KID (its own data)")  # fmt: skip
+        ax.scatter(
+            [i for i, r in zip(x, ref) if r is not None],
+            [r for r in ref if r is not None],
+            color="tab:red",
+            marker="D",
+            zorder=3,
+            label="seed's KID (its own data)",
+        )
         ax.legend()
     ax.set_xticks(list(x), names, rotation=30, ha="right")
     ax.set_ylabel("KID (lower is better)")

@@ -59,8 +59,10 @@ def byte_config(
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωποι 人人生而自由\n" * 120)
     model = "{dim: 16, depth: 1, num_heads: 2, nibble_dim: 8, acc_dim: 4, warmup_steps: 2}"
-    data = (f'{{sources: ["{text}"], seq_len: 16, batch_size: {batch_size}, split_blocks: 10, '
-            f"train_windows_per_epoch: {windows}}}")  # fmt: skip
+    data = (
+        f'{{sources: ["{text}"], seq_len: 16, batch_size: {batch_size}, split_blocks: 10, '
+        f"train_windows_per_epoch: {windows}}}"
+    )
     return _write_config(tmp_path / name, max_steps, every, val, ("ByteLM", model), ("ByteDataModule", data))
 
 
@@ -76,11 +78,15 @@ def world_config(
     """A tiny WorldModel config (16x16 frames, one block, the ``tiny`` KID features, classifier-free
     dropout on) on a small bounce_room recording (made in the test's cache on first use),
     checkpointing every ``every`` steps."""
-    model = ("{patch_size: 4, dim: 16, depth: 1, num_heads: 2, sample_steps: 2, kid_feature: tiny, "
-             "kid_subset_size: 4, kid_subsets: 2, max_eval_samples: 8, rollout_steps: 2, warmup_steps: 2, "
-             "cond_dropout: 0.25}")  # fmt: skip
-    data = (f"{{episodes: 12, episode_length: 8, frame_size: 16, val_episodes: 2, test_episodes: 2, "
-            f"batch_size: {batch_size}, train_windows_per_epoch: {windows}, max_eval_windows: 16}}")  # fmt: skip
+    model = (
+        "{patch_size: 4, dim: 16, depth: 1, num_heads: 2, sample_steps: 2, kid_feature: tiny, "
+        "kid_subset_size: 4, kid_subsets: 2, max_eval_samples: 8, rollout_steps: 2, warmup_steps: 2, "
+        "cond_dropout: 0.25}"
+    )
+    data = (
+        f"{{episodes: 12, episode_length: 8, frame_size: 16, val_episodes: 2, test_episodes: 2, "
+        f"batch_size: {batch_size}, train_windows_per_epoch: {windows}, max_eval_windows: 16}}"
+    )
     return _write_config(tmp_path / name, max_steps, every, val, ("WorldModel", model), ("WorldDataModule", data))
 
 
@@ -95,7 +101,16 @@ def run_cli(stage: str, config: Path, root: Path, *extra: str, timeout: int = 30
     env["LIGHTNING_FILM_CACHE"] = str(config.parent / "cache")
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": "log"}}
     command = [
-        sys.executable, "-m", "lightning_film.cli", stage, "--config", str(config),
-        "--trainer.default_root_dir", str(root), "--trainer.logger", json.dumps(logger), *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "lightning_film.cli",
+        stage,
+        "--config",
+        str(config),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger",
+        json.dumps(logger),
+        *extra,
+    ]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -64,7 +64,9 @@ class AdaLNSingle(Conditioner):
                 )
             shared = self.modulation(self.signal(h, cond))
         if shared.shape[-1] != 6 * self.dim:
-            raise ValueError(f"adaln_single: the stack's modulation has width {shared.shape[-1]}, expected {6 * self.dim}")
+            raise ValueError(
+                f"adaln_single: the stack's modulation has width {shared.shape[-1]}, expected {6 * self.dim}"
+            )
         d, first = self.dim, self.first
         return [shared[..., (first + i) * d : (first + i + 1) * d] + self.table[i] for i in range(rows)]
 
@@ -86,5 +88,13 @@ class AdaLNSingle(Conditioner):
         the final site's ``prepare`` publishes the modulation."""
         share = None if self.modulation is None else cf.convert(self.modulation)
         gate = None if self.site == "final" else self.first + 2
-        return Affine(self.dim, [], shift=self.first, scale=self.first + 1, gate=gate, shared=SHARED, share=share,
-                      table=self.table)  # fmt: skip
+        return Affine(
+            self.dim,
+            [],
+            shift=self.first,
+            scale=self.first + 1,
+            gate=gate,
+            shared=SHARED,
+            share=share,
+            table=self.table,
+        )

@@ -109,7 +109,9 @@ class Conditioner(nn.Module):
                 f"(B, N, {self.cond_dim}); got {cond!r}"
             )
         if s.shape[-1] != self.cond_dim:
-            raise ValueError(f"{name} was built for cond_dim={self.cond_dim} but got conditioning of width {s.shape[-1]}")
+            raise ValueError(
+                f"{name} was built for cond_dim={self.cond_dim} but got conditioning of width {s.shape[-1]}"
+            )
         if s.shape[0] != h.shape[0] or s.shape[1] not in (1, h.shape[1]):
             raise ValueError(
                 f"{name}: conditioning of shape {tuple(s.shape)} does not fit features {tuple(h.shape)}; "
@@ -141,11 +143,7 @@ class Conditioner(nn.Module):
 
 
 def projection(
-    cond_dim: int,
-    out_dim: int,
-    hidden_dim: int | None = None,
-    pre_activation: bool = False,
-    zero_init: bool = True,
+    cond_dim: int, out_dim: int, hidden_dim: int | None = None, pre_activation: bool = False, zero_init: bool = True
 ) -> nn.Sequential:
     """Conditioning (..., Dc) -> (..., out_dim): Linear, or Linear-SiLU-Linear with ``hidden_dim``.
 
@@ -184,12 +182,7 @@ class ProjectedConditioner(Conditioner):
     batched_projections: tuple[str, ...] = ()
 
     def __init__(
-        self,
-        dim: int,
-        cond_dim: int,
-        site: Site = "attn",
-        hidden_dim: int | None = None,
-        zero_init: bool = True,
+        self, dim: int, cond_dim: int, site: Site = "attn", hidden_dim: int | None = None, zero_init: bool = True
     ) -> None:
         super().__init__(dim, cond_dim, site)
         self.hidden_dim, self.zero_init = hidden_dim, zero_init

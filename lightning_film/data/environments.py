@@ -81,8 +81,11 @@ def list_worlds() -> list[str]:
 def check_frame_size(frame_size: object) -> int:
     """``frame_size`` if it is an integer in [16, 1024], else a ValueError naming it. The upper bound
     keeps a typo (100000) from asking for hundreds of GiB before anything is checked."""
-    if (isinstance(frame_size, bool) or not isinstance(frame_size, (int, np.integer))
-            or not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE):  # fmt: skip
+    if (
+        isinstance(frame_size, bool)
+        or not isinstance(frame_size, (int, np.integer))
+        or not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE
+    ):
         raise ValueError(
             f"frame_size must be an integer >= {MIN_FRAME_SIZE} and <= {MAX_FRAME_SIZE} (frames are frame_size x "
             f"frame_size, e.g. 32 or 64), got {frame_size!r}"
@@ -175,9 +178,13 @@ class BounceRoom(World):
     action_names = ("noop", "up", "down", "left", "right")
 
     def __init__(
-        self, frame_size: int = 32, num_balls: int = 3, spawn_prob: float = 0.15, item_lifetime: int = 24,
+        self,
+        frame_size: int = 32,
+        num_balls: int = 3,
+        spawn_prob: float = 0.15,
+        item_lifetime: int = 24,
         max_items: int = 4,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(frame_size)
         if isinstance(num_balls, bool) or not isinstance(num_balls, int) or not 0 <= num_balls <= len(BALL_COLOURS):
             raise ValueError(
@@ -198,9 +205,12 @@ class BounceRoom(World):
 
     def settings(self) -> dict[str, Any]:
         return {
-            "frame_size": self.frame_size, "num_balls": self.num_balls, "spawn_prob": self.spawn_prob,
-            "item_lifetime": self.item_lifetime, "max_items": self.max_items,
-        }  # fmt: skip
+            "frame_size": self.frame_size,
+            "num_balls": self.num_balls,
+            "spawn_prob": self.spawn_prob,
+            "item_lifetime": self.item_lifetime,
+            "max_items": self.max_items,
+        }
 
     def reset(self, seed: int) -> np.ndarray:
         self.rng = rng = np.random.default_rng(seed)
@@ -240,8 +250,7 @@ class BounceRoom(World):
         rows, cols = np.arange(white.shape[1], dtype=np.float64), np.arange(white.shape[2], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             found = np.stack(
-                [(white.sum(axis=2) * rows).sum(axis=1) / count, (white.sum(axis=1) * cols).sum(axis=1) / count],
-                axis=1,
+                [(white.sum(axis=2) * rows).sum(axis=1) / count, (white.sum(axis=1) * cols).sum(axis=1) / count], axis=1
             )  # (B, 2)
         # a full agent covers (6 / 32 frame)^2 pixels; a quarter of it at least, and never under 3
         enough = max(3, int((2 * AGENT_HALF * self.frame_size / ROOM) ** 2 / 4))
