@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-__all__ = ["adamw_warmup_cosine", "check_schedule", "clip_gradients"]
+__all__ = ["adamw_warmup_cosine", "check_schedule", "clip_gradients", "warmup_cosine_adamw"]
 
 
 def check_schedule(who: str, lr: float, weight_decay: float, min_lr_ratio: float) -> None:
@@ -47,17 +47,36 @@ def clip_gradients(
     Precision.clip_gradients(plugin, optimizer, float(val or 0.0), GradClipAlgorithmType(algorithm))
 
 
-def adamw_warmup_cosine(
-    module: LightningModule,
-    no_decay: Iterable[nn.Parameter],
-    betas: tuple[float, float],
-) -> dict:
+def adamw_warmup_cosine(module: LightningModule, no_decay: Iterable[nn.Parameter], betas: tuple[float, float]) -> dict:
     """``configure_optimizers``' return value from ``module.hparams`` (lr, weight_decay,
-    warmup_steps, max_lr_steps, min_lr_ratio). Matrices decay except those in ``no_decay``
-    (embeddings, positions); vectors (biases, norm scales) never do. The cosine runs over
-    ``max_lr_steps``, or the trainer's total steps when that is ``None``, down to
-    ``min_lr_ratio * lr``, then stays there."""
+    warmup_steps, max_lr_steps, min_lr_ratio): :func:`warmup_cosine_adamw` over the module, its
+    cosine over ``max_lr_steps`` or, when that is ``None``, the trainer's total steps."""
     hp = module.hparams
+    total = hp.max_lr_steps
+    if total is None:
+        estimated = module.trainer.estimated_stepping_batches
+        total = int(estimated) if math.isfinite(estimated) else None
+    optimizer, scheduler = warmup_cosine_adamw(
+        module, no_decay, hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.min_lr_ratio, betas
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine_adamw(
+    module: nn.Module,
+    no_decay: Iterable[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int | None,
+    min_lr_ratio: float,
+    betas: tuple[float, float],
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """Both models' optimizer, for any module (the benchmarks train peers with it): AdamW where
+    matrices decay except those in ``no_decay`` (embeddings, positions) and vectors (biases, norm
+    scales) never do; linear warmup over ``warmup_steps``, then a cosine down to ``min_lr_ratio *
+    lr`` at ``total_steps`` (``None``: constant after warmup), then constant. Step the scheduler
+    once per optimizer step."""
     skip = {id(p) for p in no_decay}
     params = [p for p in module.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2 and id(p) not in skip]
@@ -66,22 +85,18 @@ def adamw_warmup_cosine(
     # tensors then cost next to nothing per step (python -m benchmarks.performance, section 2)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=hp.lr, betas=betas, fused=fused or None,
-    )  # fmt: skip
-    total = hp.max_lr_steps
-    if total is None:
-        estimated = module.trainer.estimated_stepping_batches
-        total = int(estimated) if math.isfinite(estimated) else None
-    warmup = hp.warmup_steps
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=betas,
+        fused=fused or None,
+    )
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if total is None or total <= warmup:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if total_steps is None or total_steps <= warmup_steps:
             return 1.0
-        progress = min(1.0, (step - warmup) / (total - warmup))
-        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

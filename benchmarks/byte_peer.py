@@ -1,0 +1,296 @@
+"""Our byte model against litgpt's ``GPT`` configured as a byte model, trained side by side.
+
+    python -m venv --system-site-packages .venv-peer && .venv-peer/bin/pip install litgpt==0.5.13
+    .venv-peer/bin/python -m benchmarks.byte_peer [--steps 600 --seeds 0 1 2 --out benchmarks/results/byte-peer]
+
+litgpt (the Lightning ecosystem's GPT) pins an older jsonargparse than this package's CLI is tested
+with, so it lives in its own environment that sees this one's packages (``--system-site-packages``);
+this benchmark imports no CLI.
+
+Per seed, three models train in one process on the same batches of Shakespeare (the held-out
+windows are the ByteDataModule's test split): ours ``byte`` and ``nibble_acc`` (``ByteLM`` from
+``configs/byte/byte.yaml``) and litgpt's ``GPT`` at the same width, depth, heads, MLP width and
+context (vocab 256; RMSNorm, tanh-GELU MLP with biases, sequential residual, as ours; its own
+rotary positions and its pretraining script's weight init). Same optimizer and schedule for all
+(:func:`~lightning_film.models.optim.warmup_cosine_adamw`: AdamW, decay on matrices but embeddings,
+warmup then cosine), gradient clipping at 1.0, fp32. The steps are interleaved, the order rotating
+per step, so every step of one model has a same-step partner of the others: tokens/s ratios are
+per step (median, IQR). Test bits per byte per model; the bpb gap paired by seed.
+
+Writes ``byte_peer.md`` and ``byte_peer.json`` into ``--out``; a seed already in the JSON is kept
+(resumable). CPU timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_film.io import write_atomic
+from lightning_film.measure import load_average, machine_info, spread
+from lightning_film.models.optim import warmup_cosine_adamw
+from lightning_film.reproduce.byte import build_variant, config_parts
+from lightning_film.reproduce.report import commit
+from lightning_film.reproduce.stats import fmt_ci, fmt_p, paired
+
+PROG = "python -m benchmarks.byte_peer"
+CONFIG = Path("configs/byte/byte.yaml")
+PEER = "litgpt GPT"
+OURS = ("byte", "nibble_acc")
+WARMUP_STEPS_SKIPPED = 10  # the first steps (allocator, lazy init) are not timed into the medians
+#: nanoGPT's README: the CPU "baby GPT" on character-level Shakespeare, 1.88 val loss (nats per char)
+NANOGPT_NATS = 1.88
+
+
+def peer_model(model_args: dict, seq_len: int) -> nn.Module:
+    """litgpt's GPT at our model's width, depth, heads, MLP width and context, initialised as
+    litgpt's pretraining initialises it."""
+    import lightning as L
+    from litgpt.model import GPT, Config
+    from litgpt.pretrain import initialize_weights
+
+    dim, depth = model_args["dim"], model_args["depth"]
+    config = Config(
+        name="byte",
+        block_size=seq_len,
+        vocab_size=256,
+        padded_vocab_size=256,
+        n_layer=depth,
+        n_head=model_args["num_heads"],
+        n_embd=dim,
+        intermediate_size=int(model_args["mlp_ratio"] * dim),
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        bias=True,
+        lm_head_bias=True,
+        norm_class_name="RMSNorm",
+        mlp_class_name="GptNeoxMLP",
+        gelu_approximate="tanh",
+    )
+    model = GPT(config)
+    initialize_weights(L.Fabric(accelerator="cpu", devices=1), model, n_layer=depth, n_embd=dim)
+    return model
+
+
+def build(model_args: dict, seq_len: int, seed: int, steps: int) -> dict[str, dict]:
+    """name -> {"module", "nll" (batch -> (B, N) nats), "optimizer", "scheduler"}."""
+    args = {**model_args, "max_lr_steps": steps}
+    out: dict[str, dict] = {}
+    for variant in OURS:
+        torch.manual_seed(seed)
+        model = build_variant(args, variant)
+        opt = model.configure_optimizers()  # the model's own, with max_lr_steps it needs no Trainer
+        out[variant] = {"module": model, "nll": model.nll, "optimizer": opt["optimizer"]}
+        out[variant]["scheduler"] = opt["lr_scheduler"]["scheduler"]
+    torch.manual_seed(seed)
+    peer = peer_model(model_args, seq_len)
+
+    def peer_nll(batch: dict[str, Tensor]) -> Tensor:
+        logits = peer(batch["bytes"][:, :-1])  # (B, N, 256)
+        return F.cross_entropy(logits.float().transpose(1, 2), batch["bytes"][:, 1:], reduction="none")
+
+    no_decay = [m.weight for m in peer.modules() if isinstance(m, nn.Embedding)]
+    ours = out["byte"]["module"].hparams  # the config's values and ByteLM's defaults
+    hp = (ours.lr, ours.weight_decay, ours.warmup_steps, steps, ours.min_lr_ratio)
+    optimizer, scheduler = warmup_cosine_adamw(peer, no_decay, *hp, betas=(0.9, 0.95))
+    out[PEER] = {"module": peer, "nll": peer_nll, "optimizer": optimizer, "scheduler": scheduler}
+    return out
+
+
+def masked_mean(nll: Tensor, mask: Tensor) -> Tensor:
+    return (nll * mask).sum() / mask.sum().clamp_min(1)
+
+
+def train_step(model: dict, batch: dict[str, Tensor], clip: float) -> float:
+    """One optimizer step; returns its wall time in seconds."""
+    start = time.perf_counter()
+    loss = masked_mean(model["nll"](batch), batch["mask"])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model["module"].parameters(), clip)
+    model["optimizer"].step()
+    model["scheduler"].step()
+    model["optimizer"].zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def test_bpb(model: dict, loader) -> float:
+    """Bits per byte over every target of the held-out windows (as ByteLM's test/bpb)."""
+    model["module"].eval()
+    nats = count = 0.0
+    for batch in loader:
+        nats += float((model["nll"](batch) * batch["mask"]).sum())
+        count += float(batch["mask"].sum())
+    model["module"].train()
+    return nats / count / math.log(2)
+
+
+def run_seed(model_args: dict, data_args: dict, seed: int, steps: int, clip: float) -> dict:
+    from lightning_film.data.bytes import ByteDataModule
+
+    dm = ByteDataModule(**{**data_args, "seed": seed})
+    dm.setup("fit")
+    dm.setup("test")
+    models = build(model_args, dm.seq_len, seed, steps)
+    for name in OURS:
+        models[name]["module"].rare_table.copy_(dm.rare_table)
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    batches, step = iter(dm.train_dataloader()), 0
+    tokens = None
+    while step < steps:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(dm.train_dataloader())
+            continue
+        tokens = int(batch["mask"].numel())
+        for name in names[step % 3 :] + names[: step % 3]:  # rotate who goes first
+            times[name].append(train_step(models[name], batch, clip))
+        step += 1
+    timed = {n: t[WARMUP_STEPS_SKIPPED:] for n, t in times.items()}
+    result: dict = {"seed": seed, "steps": steps, "tokens_per_step": tokens, "models": {}}
+    for name in names:
+        module = models[name]["module"]
+        result["models"][name] = {
+            "params": sum(p.numel() for p in module.parameters()),
+            "test_bpb": test_bpb(models[name], dm.test_dataloader()),
+            "tokens_per_s": tokens / statistics.median(timed[name]),
+            # per step: our tokens/s over the peer's on the same batch, same step
+            "tokens_per_s_vs_peer": [p / o for o, p in zip(timed[name], timed[PEER])],
+        }
+    return result
+
+
+def summarize(report: dict) -> dict:
+    seeds = report["seeds"]
+    rows = {}
+    for name in [*OURS, PEER]:
+        ratios = [r for s in seeds.values() for r in s["models"][name]["tokens_per_s_vs_peer"]]
+        rows[name] = {
+            "params": next(iter(seeds.values()))["models"][name]["params"],
+            "test_bpb": {k: s["models"][name]["test_bpb"] for k, s in seeds.items()},
+            "tokens_per_s": statistics.median(s["models"][name]["tokens_per_s"] for s in seeds.values()),
+            "vs_peer": spread(ratios),
+        }
+    gaps = {name: paired(rows[name]["test_bpb"], rows[PEER]["test_bpb"]) for name in OURS}
+    return {"rows": rows, "gaps": gaps}
+
+
+def _load(values: list[float] | None) -> str:
+    return "unknown" if values is None else " / ".join(f"{v:.1f}" for v in values)
+
+
+def render(report: dict) -> str:
+    s, m = summarize(report), report["machine"]
+    lines = [
+        "# Byte model against litgpt's GPT (a byte model at equal width, depth, heads and context)",
+        "",
+        f"- Command: `{report['command']}`",
+        f"- Date: {report['date']}; commit {report['commit']}; litgpt {m.get('litgpt')}",
+        f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
+        f"load average {_load(report['load_average_at_start'])} at start, {_load(report['load_average_at_end'])} at end "
+        "(1 / 5 / 15 min); "
+        "**CPU timings**",
+        f"- Budget: {report['steps']} steps per model and seed, seeds {sorted(int(k) for k in report['seeds'])}; "
+        f"model and data from `{report['config']}` with sources {report['sources']}; batch "
+        f"{report['batch_size']} x {report['seq_len']} bytes; AdamW lr {report['lr']}, warmup then cosine; "
+        "clip 1.0; fp32",
+        "",
+        "| model | params | test bpb (Shakespeare) | train tokens/s | tokens/s vs litgpt (per step) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in s["rows"].items():
+        shown = f"ours, {name}" if name in OURS else name
+        ratio = row["vs_peer"]
+        lines.append(
+            f"| {shown} | {row['params']:,} | {fmt_ci(list(row['test_bpb'].values()), 4)} | "
+            f"{row['tokens_per_s']:,.0f} | {ratio['median']:.3f} ({ratio['q1']:.3f}–{ratio['q3']:.3f}) |"
+        )
+    lines += [
+        "",
+        "- test bpb: mean ± 95% CI over the seeds (Student t); tokens/s: the median step's; vs litgpt: "
+        "the peer's step time over this model's on the same batch and step, median (IQR) over all timed steps "
+        f"(the first {WARMUP_STEPS_SKIPPED} of each seed left out), > 1: ours is faster.",
+        "",
+        "## bpb, paired by seed (ours − litgpt)",
+        "",
+        "| ours | seeds | difference | 95% CI | p | verdict |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, gap in s["gaps"].items():
+        ci = "–" if gap["half"] is None else f"[{gap['low']:+.4f}, {gap['high']:+.4f}]"
+        lines.append(f"| {name} | {gap['n']} | {gap['diff']:+.4f} | {ci} | {fmt_p(gap['p'])} | {gap['verdict']} |")
+    byte = s["gaps"]["byte"]
+    speed = s["rows"]["byte"]["vs_peer"]["median"]
+    if byte["verdict"] == "established":
+        bpb_word = "better than" if byte["diff"] < 0 else "worse than"
+    else:
+        bpb_word = "not established different from"
+    lines += [
+        "",
+        f"- Goal (ours `byte` no worse than the peer in bpb, at >= 1.0x its tokens/s): bpb {bpb_word} "
+        f"litgpt's ({byte['diff']:+.4f} bits per byte); tokens/s {speed:.3f}x litgpt's, so the speed goal is "
+        f"{'met' if speed >= 1.0 else 'missed'}.",
+        f'- For scale (not run here): nanoGPT\'s CPU "baby GPT" reaches {NANOGPT_NATS} nats/char = '
+        f"{NANOGPT_NATS / math.log(2):.2f} bits/char on character-level tiny Shakespeare (65-symbol vocabulary, "
+        "its own budget and split), per its README.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per model and seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sources", nargs="+", default=["shakespeare"])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/byte-peer"))
+    args = parser.parse_args(argv)
+    model_args, data_args = config_parts(args.config, [])
+    data_args = {**data_args, "sources": args.sources}
+    path = args.out / "byte_peer.json"
+    settings = {"config": str(args.config), "steps": args.steps, "sources": args.sources}
+    report = json.loads(path.read_text()) if path.exists() else {}
+    if {k: report.get(k) for k in settings} != settings:
+        report = {**settings, "seeds": {}}  # other settings: start over
+    report.setdefault("load_average_at_start", load_average())
+    started = time.time()
+    for seed in args.seeds:
+        if str(seed) in report["seeds"]:
+            continue
+        print(f"seed {seed}: training {', '.join([*OURS, PEER])} for {args.steps} steps, interleaved", flush=True)
+        report["seeds"][str(seed)] = run_seed(model_args, data_args, seed, args.steps, clip=1.0)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(report, indent=1) + "\n")
+    report |= {
+        "command": " ".join([PROG, *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "machine": machine_info(("litgpt",)),
+        "load_average_at_end": load_average(),
+        "wall_s_this_call": time.time() - started,
+        "batch_size": data_args["batch_size"],
+        "seq_len": data_args["seq_len"],
+        "lr": model_args.get("lr"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(report, indent=1) + "\n")
+    write_atomic(args.out / "byte_peer.md", render(report))
+    print(render(report))
+
+
+if __name__ == "__main__":
+    main()
