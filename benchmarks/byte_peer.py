@@ -47,6 +47,10 @@ from lightning_film.reproduce.stats import fmt_ci, fmt_p, paired
 PROG = "python -m benchmarks.byte_peer"
 CONFIG = Path("configs/byte/byte.yaml")
 PEER = "litgpt GPT"
+SETUP = (
+    "run it from its own environment: python -m venv --system-site-packages .venv-peer && "
+    ".venv-peer/bin/pip install litgpt==0.5.13 && .venv-peer/bin/python -m benchmarks.byte_peer"
+)
 OURS = ("byte", "nibble_acc")
 WARMUP_STEPS_SKIPPED = 10  # the first steps (allocator, lazy init) are not timed into the medians
 #: nanoGPT's README: the CPU "baby GPT" on character-level Shakespeare, 1.88 val loss (nats per char)
@@ -57,8 +61,12 @@ def peer_model(model_args: dict, seq_len: int) -> nn.Module:
     """litgpt's GPT at our model's width, depth, heads, MLP width and context, initialised as
     litgpt's pretraining initialises it."""
     import lightning as L
-    from litgpt.model import GPT, Config
-    from litgpt.pretrain import initialize_weights
+
+    try:
+        from litgpt.model import GPT, Config
+        from litgpt.pretrain import initialize_weights
+    except ImportError as err:
+        raise SystemExit(f"{PROG}: litgpt is not importable here ({err}); {SETUP}") from None
 
     dim, depth = model_args["dim"], model_args["depth"]
     config = Config(

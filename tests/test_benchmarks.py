@@ -133,3 +133,42 @@ def test_paired_tables_pairs_rows_by_seed(tmp_path: Path) -> None:
     paired_tables([str(report([2.0, 2.1, 2.2], "a")), str(report([1.9, 2.0, 2.1], "b")), "--out", str(tmp_path)])
     line = next(x for x in (tmp_path / "paired.md").read_text().splitlines() if x.startswith("| byte |"))
     assert "| 3 | 2.1000 | 2.0000 | -0.1000 |" in line and line.endswith("| established |")
+
+
+def _peer_report(byte_bpb: list[float], peer_bpb: list[float], ratio: float) -> dict:
+    from benchmarks import byte_peer
+
+    def model(bpb: float, vs_peer: float) -> dict:
+        return {"params": 10, "test_bpb": bpb, "tokens_per_s": 100.0, "tokens_per_s_vs_peer": [vs_peer] * 4}
+
+    seeds = {
+        str(s): {"models": {"byte": model(b, ratio), "nibble_acc": model(b, ratio), byte_peer.PEER: model(p, 1.0)}}
+        for s, (b, p) in enumerate(zip(byte_bpb, peer_bpb))
+    }
+    machine = {"cpu": "cpu", "cpu_count": 2, "torch": "2", "torch_threads": 1, "litgpt": "0.5.13"}
+    return {
+        "command": "python -m benchmarks.byte_peer",
+        "date": "today",
+        "commit": "abc",
+        "machine": machine,
+        "load_average_at_start": [1.0, 1.0, 1.0],
+        "load_average_at_end": None,
+        "steps": 4,
+        "seeds": seeds,
+        "config": "configs/byte/byte.yaml",
+        "sources": ["shakespeare"],
+        "batch_size": 2,
+        "seq_len": 8,
+        "lr": 0.003,
+    }
+
+
+def test_byte_peer_says_whether_the_goal_is_met() -> None:
+    from benchmarks import byte_peer
+
+    worse_and_slower = byte_peer.render(_peer_report([2.5, 2.6, 2.55], [2.4, 2.5, 2.46], ratio=0.9))
+    assert "bpb worse than litgpt's" in worse_and_slower and "speed goal is missed" in worse_and_slower
+    assert "| ours, byte | 10 | 2.5500 ±" in worse_and_slower
+    tied_and_faster = byte_peer.render(_peer_report([2.5, 2.6, 2.4], [2.6, 2.4, 2.5], ratio=1.2))
+    assert "not established different from" in tied_and_faster and "1.200x litgpt's" in tied_and_faster
+    assert "speed goal is met" in tied_and_faster
