@@ -172,3 +172,15 @@ def test_byte_peer_says_whether_the_goal_is_met() -> None:
     tied_and_faster = byte_peer.render(_peer_report([2.5, 2.6, 2.4], [2.6, 2.4, 2.5], ratio=1.2))
     assert "not established different from" in tied_and_faster and "1.200x litgpt's" in tied_and_faster
     assert "speed goal is met" in tied_and_faster
+
+
+def test_compile_lines_give_the_break_even_step() -> None:
+    from benchmarks.performance.report import _compile_lines
+
+    rows = [{"model": "ours/rmsnorm", "ms": 100.0}, {"model": "ours/rmsnorm regional compiled", "ms": 90.0}]
+    rows.append({"model": "ours/rmsnorm compiled", "ms": 101.0})
+    compile_s = {"ours/rmsnorm regional compiled": 20.0, "ours/rmsnorm compiled": 40.0}
+    lines = "".join(_compile_lines({"rows": rows, "compile_s": compile_s}))
+    assert "took **20 s**" in lines and "earned back after **2,000 steps**" in lines  # 20 s / 10 ms
+    assert "took **40 s**" in lines and "never earned back" in lines  # slower than eager
+    assert "took **40 s**" in "".join(_compile_lines({"rows": rows, "compile_s": 40.0}))  # older results

@@ -262,16 +262,33 @@ def _step(sec: dict[str, Any] | None) -> list[str]:
         for k, v in s["ours_over_x_transformers"].items():
             label = k if "over eager" in k else f"ours / x-transformers, {k}"
             out.append(f"| {label} | {_r(v)} |")
-        if s.get("compile_s") is not None:
-            out += [
-                "",
-                f"`torch.compile` (inductor, default mode) of our transformer took **{s['compile_s']:.0f} s** "
-                "(first step, forward and backward).",
-            ]
+        out += _compile_lines(s)
         if s.get("compile_error"):
             out += ["", f"`torch.compile` failed here, so its row is missing: `{s['compile_error']}`"]
         out += ["", "Where the time goes, ours vs x-transformers, rmsnorm (thread CPU ms per step, one thread):", ""]
         out += _profile_table(s["profile"])
+    return out
+
+
+def _compile_lines(s: dict[str, Any]) -> list[str]:
+    """Compile time of each compiled row, and the steps it takes to earn it back."""
+    compile_s = s.get("compile_s") or {}
+    if isinstance(compile_s, (int, float)):  # results written before the regional row
+        compile_s = {"ours/rmsnorm compiled": compile_s}
+    rows = {r["model"]: r for r in s["rows"]}
+    eager = rows.get("ours/rmsnorm")
+    out = []
+    for name, seconds in compile_s.items():
+        if name not in rows or eager is None:
+            continue
+        saved_ms = eager["ms"] - rows[name]["ms"]
+        even = f"earned back after **{seconds * 1e3 / saved_ms:,.0f} steps**" if saved_ms > 0 else "never earned back"
+        out += [
+            "",
+            f"`{name}`: `torch.compile` (inductor, default mode) took **{seconds:.0f} s** (first step, forward and "
+            f"backward); it saves {saved_ms:.1f} ms per step against eager (median step times above), so it is "
+            f"{even}.",
+        ]
     return out
 
 
