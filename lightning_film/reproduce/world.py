@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,59 +89,14 @@ class Preset:
     steps_per_repeat: int = 3
 
 
+#: quick: the shipped configs' own budget (4000 steps, 512 test windows), three seeds
+QUICK = Preset((0, 1, 2), 4000, 0, val_every=1000, eval_samples=512, kid_subset_size=100, sample_steps=20)
+FULL = Preset((0, 1, 2, 3, 4), 12000, 0, val_every=2000, eval_samples=1000, kid_subset_size=500, sample_steps=50)
 PRESETS: dict[str, dict[str, Preset]] = {
-    # quick: the shipped configs' own budget (4000 steps, 512 test windows), three seeds
-    "world-kid": {
-        "quick": Preset(
-            seeds=(0, 1, 2),
-            max_steps=4000,
-            pretrain_steps=4000,
-            val_every=1000,
-            eval_samples=512,
-            kid_subset_size=100,
-            sample_steps=20,
-        ),
-        "full": Preset(
-            seeds=(0, 1, 2, 3, 4),
-            max_steps=12000,
-            pretrain_steps=12000,
-            val_every=2000,
-            eval_samples=1000,
-            kid_subset_size=500,
-            sample_steps=50,
-        ),
-    },
-    "world-recipe": {
-        "quick": Preset(
-            seeds=(0, 1, 2),
-            max_steps=4000,
-            pretrain_steps=0,
-            val_every=1000,
-            eval_samples=512,
-            kid_subset_size=100,
-            sample_steps=20,
-        )
-    },
-    "world-conditioning": {
-        "quick": Preset(
-            seeds=(0, 1, 2),
-            max_steps=4000,
-            pretrain_steps=0,
-            val_every=1000,
-            eval_samples=512,
-            kid_subset_size=100,
-            sample_steps=20,
-        ),
-        "full": Preset(
-            seeds=(0, 1, 2, 3, 4),
-            max_steps=12000,
-            pretrain_steps=0,
-            val_every=2000,
-            eval_samples=1000,
-            kid_subset_size=500,
-            sample_steps=50,
-        ),
-    },
+    # world-kid pretrains as long as it finetunes
+    "world-kid": {"quick": replace(QUICK, pretrain_steps=4000), "full": replace(FULL, pretrain_steps=12000)},
+    "world-recipe": {"quick": QUICK},
+    "world-conditioning": {"quick": QUICK, "full": FULL},
 }
 
 
