@@ -375,6 +375,13 @@ def test_world_model_fits_and_tests_in_bf16_mixed(tmp_path: Path, monkeypatch: p
     assert kid_inner and set(kid_inner) == {torch.float32}  # ... and KID's network did not
     for key in ("test/loss", "test/psnr", "test/kid_mean", "test/x0_psnr", "test/rollout_psnr"):
         assert key in test and math.isfinite(test[key]), key
+    # the copy baseline does not depend on the model: its scores must not depend on the precision
+    fp32 = L.Trainer(
+        accelerator="cpu", limit_test_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    reference = fp32.test(m, dm, verbose=False)[0]
+    for key in ("test/ssim_copy", "test/psnr_copy", "test/rollout_psnr_copy"):
+        assert test[key] == pytest.approx(reference[key], abs=1e-6), key
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")

@@ -63,6 +63,13 @@ ROLLOUT_CODE = 3
 SEED_MASK = 2**63 - 1
 
 
+def _score(metric: nn.Module, frames: Tensor, truth: Tensor) -> None:
+    """A PSNR / SSIM update on uint8 frames (N, C, H, W), in fp32 even inside the bf16-mixed
+    test step: SSIM's Gaussian window is a conv2d, which autocast would run in bf16."""
+    with torch.autocast(frames.device.type, enabled=False):
+        metric.update(frames.float(), truth.float())
+
+
 def _rgb(frames: Tensor) -> Tensor:
     """(N, C, H, W) with C = 1 or 3 -> (N, 3, H, W) for the feature networks."""
     if frames.shape[1] == 1:
@@ -200,8 +207,8 @@ class WorldEvaluator(nn.Module):
         self._tick("sample next frames", start)
         last, truth = context[:, -1].to(fake.device), target.to(fake.device)
         for name, frames in (("psnr", fake), ("psnr_copy", last)):
-            self.scores[name].update(frames.float(), truth.float())
-            self.scores[name.replace("psnr", "ssim")].update(frames.float(), truth.float())
+            _score(self.scores[name], frames, truth)
+            _score(self.scores[name.replace("psnr", "ssim")], frames, truth)
         start = time.perf_counter()
         noise = torch.stack([torch.randn(target.shape[1:], generator=g, device=drawn_on(g)) for g in generators]).to(
             fake.device
@@ -212,9 +219,9 @@ class WorldEvaluator(nn.Module):
             to_unit(torch.cat([context, context]).to(fake.device)),
             torch.cat([action, wrong]).to(fake.device),
         )  # (2n, C, H, W)
-        x0 = to_uint8(x0).float()
-        self.scores["x0_psnr"].update(x0[:n], truth.float())
-        self.scores["x0_psnr_wrong"].update(x0[n:], truth.float())
+        x0 = to_uint8(x0)
+        _score(self.scores["x0_psnr"], x0[:n], truth)
+        _score(self.scores["x0_psnr_wrong"], x0[n:], truth)
         self._tick("x0 prediction", start)
         if self.world is not None:
             start = time.perf_counter()
@@ -297,12 +304,8 @@ class WorldEvaluator(nn.Module):
         device = self.count.device
         for step in range(r):
             label = f"step_{step + 1}"
-            self.rolled[f"rollout_psnr/{label}"].update(
-                sampled[:, step].float().to(device), truth[:, step].float().to(device)
-            )
-            self.rolled[f"rollout_psnr_copy/{label}"].update(
-                context[:, -1].float().to(device), truth[:, step].float().to(device)
-            )
+            _score(self.rolled[f"rollout_psnr/{label}"], sampled[:, step].to(device), truth[:, step].to(device))
+            _score(self.rolled[f"rollout_psnr_copy/{label}"], context[:, -1].to(device), truth[:, step].to(device))
             if self.world is not None:
                 hits = agent_matches(
                     self.world.locate_agent(sampled[:, step]),
