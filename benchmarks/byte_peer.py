@@ -41,7 +41,7 @@ from lightning_film.io import write_atomic
 from lightning_film.measure import load_average, machine_info, spread
 from lightning_film.models.optim import warmup_cosine_adamw
 from lightning_film.reproduce.byte import build_variant, config_parts
-from lightning_film.reproduce.report import commit
+from lightning_film.reproduce.report import commit, parse_override
 from lightning_film.reproduce.stats import fmt_ci, fmt_p, paired
 
 PROG = "python -m benchmarks.byte_peer"
@@ -212,7 +212,8 @@ def render(report: dict) -> str:
         "(1 / 5 / 15 min); "
         "**CPU timings**",
         f"- Budget: {report['steps']} steps per model and seed, seeds {sorted(int(k) for k in report['seeds'])}; "
-        f"model and data from `{report['config']}` with sources {report['sources']}; batch "
+        f"model and data from `{report['config']}` with sources {report['sources']}, overrides "
+        f"{report.get('overrides') or 'none'}; batch "
         f"{report['batch_size']} x {report['seq_len']} bytes; AdamW lr {report['lr']}, warmup then cosine; "
         "clip 1.0; fp32",
         "",
@@ -266,13 +267,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sources", nargs="+", default=["shakespeare"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/byte-peer"))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for our models, e.g. model.positions=none (repeatable); the peer follows the "
+        "width, depth, heads and MLP ratio",
+    )
     args = parser.parse_args(argv)
-    model_args, data_args = config_parts(args.config, [])
+    model_args, data_args = config_parts(args.config, args.overrides)
     data_args = {**data_args, "sources": args.sources}
     path = args.out / "byte_peer.json"
     settings = {"config": str(args.config), "steps": args.steps, "sources": args.sources}
+    settings["overrides"] = [f"{k}={v}" for k, v in args.overrides]
     report = json.loads(path.read_text()) if path.exists() else {}
-    if {k: report.get(k) for k in settings} != settings:
+    if {k: report.get(k, [] if k == "overrides" else None) for k in settings} != settings:
         report = {**settings, "seeds": {}}  # other settings: start over
     report.setdefault("load_average_at_start", load_average())
     started = time.time()
