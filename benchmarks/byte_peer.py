@@ -245,6 +245,8 @@ def render(report: dict) -> str:
     speed = s["rows"]["byte"]["vs_peer"]["median"]
     if byte["verdict"] == "established":
         bpb_word = "better than" if byte["diff"] < 0 else "worse than"
+    elif byte["p"] is None:
+        bpb_word = "untested (one seed) against"
     else:
         bpb_word = "not established different from"
     lines += [

@@ -172,6 +172,7 @@ def test_byte_peer_says_whether_the_goal_is_met() -> None:
     tied_and_faster = byte_peer.render(_peer_report([2.5, 2.6, 2.4], [2.6, 2.4, 2.5], ratio=1.2))
     assert "not established different from" in tied_and_faster and "1.200x litgpt's" in tied_and_faster
     assert "speed goal is met" in tied_and_faster
+    assert "untested (one seed) against" in byte_peer.render(_peer_report([2.5], [2.4], ratio=1.0))
 
 
 def test_compile_lines_give_the_break_even_step() -> None:
