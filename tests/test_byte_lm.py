@@ -299,7 +299,7 @@ def test_generate_from_invalid_utf8(tmp_path: Path, sources: list[str]) -> None:
         ({"block_conditioner": "cross_attention"}, "block_conditioner 'cross_attention' reads conditioning tokens"),
         ({"variant": "byte", "block_conditioner": "film"}, "variant 'byte' does not have"),
         ({"nibble_scheme": "utf-8"}, "unknown nibble scheme 'utf-8'; did you mean 'utf8'"),
-        ({"positions": "rope"}, "unknown positions 'rope'; accepted: 'learned', 'none'"),
+        ({"positions": "alibi"}, "unknown positions 'alibi'; accepted: 'learned', 'rotary', 'none'"),
         ({"max_lr_steps": 0}, "max_lr_steps must be an integer >= 1, got 0"),
     ],
 )

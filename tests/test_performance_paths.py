@@ -222,10 +222,13 @@ def test_projected_reads_its_own_conditioning_only():
 
 
 # -- KV cache ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("conditioner", ["none", "film", "adaln_zero", "cross_attention"])
-def test_cached_decoding_equals_the_full_forward(conditioner):
+@pytest.mark.parametrize(
+    ("conditioner", "positions"),
+    [("none", "none"), ("film", "none"), ("adaln_zero", "none"), ("cross_attention", "none"), ("film", "rotary")],
+)
+def test_cached_decoding_equals_the_full_forward(conditioner, positions):
     torch.manual_seed(6)
-    model = Transformer(D, 2, 2, DC, conditioner=conditioner, causal=True).eval()
+    model = Transformer(D, 2, 2, DC, conditioner=conditioner, causal=True, positions=positions).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -244,6 +247,30 @@ def test_cached_decoding_equals_the_full_forward(conditioner):
         parts += [model(x[:, i : i + 1], cond(i, i + 1), cache=cache) for i in range(7, 11)]
     assert cache.length == 11
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_scores_depend_on_relative_positions_only():
+    """RoPE: q at i and k at j score the same as q at i + s and k at j + s (and differ from j + 1)."""
+    from lightning_film.nn.attention import rotary
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+
+    def score(i: int, j: int) -> torch.Tensor:
+        return (rotary(q, i) * rotary(k, j)).sum(-1)
+
+    torch.testing.assert_close(score(3, 1), score(10, 8), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(score(3, 1), score(3, 2))
+    assert torch.equal(rotary(q, 0), q)  # position 0: no rotation
+    assert rotary(q.bfloat16(), 5).dtype == torch.bfloat16
+
+
+def test_rotary_byte_model_is_refused_by_the_ane_layout_with_one_line():
+    from lightning_film.export.ane_layout import to_ane_layout
+    from lightning_film.export.steps import ExportError
+
+    with pytest.raises(ExportError, match=r"rotary positions \(at transformer.blocks.0.attn\) have no channels-first"):
+        to_ane_layout(_byte_model(positions="rotary"))
 
 
 def test_cache_refuses_what_it_cannot_follow():
@@ -277,10 +304,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("block_conditioner", ["none", "film"])
+@pytest.mark.parametrize(
+    ("block_conditioner", "positions"), [("none", "learned"), ("film", "learned"), ("none", "rotary")]
+)
 @pytest.mark.parametrize("prompt", [b"To be", b"x" * 20, b"y" * 30])  # short, crossing, beyond the context
-def test_generate_gives_the_same_bytes_with_and_without_the_cache(block_conditioner, prompt, one_thread):
-    model = _byte_model(block_conditioner=block_conditioner)
+def test_generate_gives_the_same_bytes_with_and_without_the_cache(block_conditioner, positions, prompt, one_thread):
+    model = _byte_model(block_conditioner=block_conditioner, positions=positions)
     cached = model.generate(prompt, 24, temperature=0, use_cache=True)
     plain = model.generate(prompt, 24, temperature=0, use_cache=False)
     assert cached == plain and len(cached) == 24
@@ -288,8 +317,9 @@ def test_generate_gives_the_same_bytes_with_and_without_the_cache(block_conditio
     assert sampled[0] == sampled[1]
 
 
-def test_byte_forward_with_a_cache_continues_positions():
-    model = _byte_model().eval()
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_byte_forward_with_a_cache_continues_positions(positions):
+    model = _byte_model(positions=positions).eval()
     stream = model.byte_stream(b"Article 1\nAll human beings")
     ids = stream.window(24)
     with torch.no_grad():

@@ -173,7 +173,8 @@ class ByteLM(LightningModule):
         nibble_scheme: the nibble scheme; must be the DataModule's (checked in ``setup``).
         nibble_dim: d4, the nibble embedding's width.
         acc_dim: da, the accumulator embedding's width.
-        positions: ``"learned"`` absolute positions, or ``"none"`` (causal attention alone).
+        positions: ``"learned"`` absolute positions, ``"rotary"`` (RoPE in every attention, as litgpt),
+            or ``"none"`` (causal attention alone).
         tie_embeddings: the head reuses the byte embedding's weights.
         lr: peak AdamW learning rate.
         weight_decay: AdamW decay of matrices (not of biases, norms, embeddings or positions).
@@ -201,7 +202,7 @@ class ByteLM(LightningModule):
         nibble_scheme: str = "utf8",
         nibble_dim: int = 32,
         acc_dim: int = 16,
-        positions: Literal["learned", "none"] = "learned",
+        positions: Literal["learned", "rotary", "none"] = "learned",
         tie_embeddings: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.1,

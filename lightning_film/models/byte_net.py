@@ -48,7 +48,7 @@ class ByteNet(nn.Module):
         block_conditioner: ``"none"`` (unconditioned blocks), or a modulating conditioner through
             which the embedding's per-token signal also conditions every block.
         combine: nibble and acc signals ``"concat"`` or ``"sum"``. nibble_dim, acc_dim: d4, da.
-        positions: ``"learned"`` absolute positions, or ``"none"``.
+        positions: ``"learned"`` absolute positions, ``"rotary"`` (RoPE in every attention), or ``"none"``.
         tie_embeddings: the head reuses the byte embedding's weights.
     """
 
@@ -66,12 +66,12 @@ class ByteNet(nn.Module):
         combine: Combine = "concat",
         nibble_dim: int = 32,
         acc_dim: int = 16,
-        positions: Literal["learned", "none"] = "learned",
+        positions: Literal["learned", "rotary", "none"] = "learned",
         tie_embeddings: bool = False,
     ) -> None:
         super().__init__()
-        if positions not in ("learned", "none"):
-            raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'none'")
+        if positions not in ("learned", "rotary", "none"):
+            raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'rotary', 'none'")
         self.seq_len = seq_len
         self.embed = DualModulatedEmbedding(dim, variant, nibble_dim, acc_dim, embed_conditioner, combine)
         self.pos = nn.Parameter(EMBED_STD * torch.randn(1, seq_len, dim)) if positions == "learned" else None
@@ -92,6 +92,7 @@ class ByteNet(nn.Module):
             normalizer=normalizer,
             conditioner=block_conditioner,
             causal=True,
+            positions="rotary" if positions == "rotary" else "none",
         )
         if self.blocks_conditioned:
             check_modulating(self.transformer.final_cond, block_conditioner, "ByteLM: block_conditioner")

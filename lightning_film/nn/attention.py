@@ -15,7 +15,22 @@ from torch import nn
 from lightning_film.errors import check_int
 from lightning_film.nn.channels_first import Attention, ChannelsFirst
 
-__all__ = ["SelfAttention", "CrossAttention", "KVCache", "check_heads"]
+__all__ = ["SelfAttention", "CrossAttention", "KVCache", "check_heads", "rotary"]
+
+#: RoPE's base (RoFormer, litgpt's default)
+ROTARY_BASE = 10000.0
+
+
+def rotary(x: torch.Tensor, start: int, base: float = ROTARY_BASE) -> torch.Tensor:
+    """Rotary positions (RoPE, litgpt's non-interleaved halves): x (B, H, S, Dh) at positions
+    ``start .. start + S - 1`` -> same shape and dtype. The angles are computed in fp32."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)  # (Dh / 2,)
+    angles = torch.arange(start, start + x.shape[-2], dtype=torch.float32, device=x.device)[:, None] * freqs
+    cos, sin = angles.cos(), angles.sin()  # (S, Dh / 2)
+    x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :].float()], dim=-1)
+    return rotated.to(x.dtype)
 
 
 def check_heads(dim: int, num_heads: int, who: str) -> None:
@@ -72,12 +87,17 @@ class SelfAttention(nn.Module):
 
     Args:
         dim: D. num_heads: H (divides D). causal: mask future positions.
+        positions: ``"none"`` (the caller adds positions to x, or none) or ``"rotary"`` (RoPE on q and k).
     """
 
-    def __init__(self, dim: int, num_heads: int, causal: bool = False, qkv_bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, causal: bool = False, qkv_bias: bool = True, positions: str = "none"
+    ) -> None:
         super().__init__()
         check_heads(dim, num_heads, "SelfAttention")
-        self.num_heads, self.causal = num_heads, causal
+        if positions not in ("none", "rotary"):
+            raise ValueError(f"SelfAttention: unknown positions {positions!r}; accepted: 'none', 'rotary'")
+        self.num_heads, self.causal, self.positions = num_heads, causal, positions
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -90,6 +110,9 @@ class SelfAttention(nn.Module):
         attend to those and, causally, to each other; their keys and values join the cache.
         """
         q, k, v = (_split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, S, Dh)
+        if self.positions == "rotary":  # the new tokens follow the cached ones
+            start = 0 if cache is None else cache.length
+            q, k = rotary(q, start), rotary(k, start)
         if cache is not None:
             return self.proj(_merge_heads(self._cached(q, k, v, key_mask, cache)))  # (B, S, D)
         if key_mask is None:
@@ -100,6 +123,11 @@ class SelfAttention(nn.Module):
 
     def channels_first(self, cf: ChannelsFirst) -> Attention:
         """Head by head on (B, D, 1, S), q, k, v from the rows of ``qkv`` (the causal mask is the stack's)."""
+        if self.positions == "rotary":
+            raise cf.error(
+                f"layout 'ane': rotary positions (at {cf.where(self)}) have no channels-first form yet; "
+                f"export this model with layout 'default'"
+            )
         return cf.attention(self.qkv, self.qkv, self.qkv, self.proj, self.num_heads, self.proj.out_features)
 
     def _cached(

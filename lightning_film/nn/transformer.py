@@ -93,6 +93,7 @@ class Transformer(nn.Module):
         conditioner: a registered conditioner name, path, or ``{"name": ..., **options}``.
         causal: causal (language model) or bidirectional (denoiser) attention.
         activation: the MLP's, ``"gelu_tanh"`` (DiT's, the default) or ``"gelu"`` (exact).
+        positions: the attention's: ``"none"`` (the caller adds its own, or none) or ``"rotary"`` (RoPE).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class Transformer(nn.Module):
         conditioner: Spec = "film",
         causal: bool = False,
         activation: str = "gelu_tanh",
+        positions: str = "none",
     ) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 1:
@@ -116,7 +118,7 @@ class Transformer(nn.Module):
         hidden = max(1, round(dim * mlp_ratio))
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                attn=SelfAttention(dim, num_heads, causal=causal),
+                attn=SelfAttention(dim, num_heads, causal=causal, positions=positions),
                 mlp=MLP(dim, hidden, activation),
                 norm1=build_normalizer(normalizer, dim),
                 norm2=build_normalizer(normalizer, dim),
