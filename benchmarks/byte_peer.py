@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
         "width, depth, heads and MLP ratio",
     )
     args = parser.parse_args(argv)
+    if args.steps <= WARMUP_STEPS_SKIPPED:
+        parser.error(
+            f"--steps must be > {WARMUP_STEPS_SKIPPED} (the first {WARMUP_STEPS_SKIPPED} are not timed), got {args.steps}"
+        )
     model_args, data_args = config_parts(args.config, args.overrides)
     data_args = {**data_args, "sources": args.sources}
     path = args.out / "byte_peer.json"
