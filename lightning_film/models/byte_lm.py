@@ -176,6 +176,7 @@ class ByteLM(LightningModule):
         positions: ``"learned"`` absolute positions, ``"rotary"`` (RoPE in every attention, as litgpt),
             or ``"none"`` (causal attention alone).
         tie_embeddings: the head reuses the byte embedding's weights.
+        init: ``"torch"`` (PyTorch's layer defaults) or ``"gpt2"`` (nanoGPT's), see :class:`ByteNet`.
         lr: peak AdamW learning rate.
         weight_decay: AdamW decay of matrices (not of biases, norms, embeddings or positions).
         warmup_steps: linear warmup steps.
@@ -204,6 +205,7 @@ class ByteLM(LightningModule):
         acc_dim: int = 16,
         positions: Literal["learned", "rotary", "none"] = "learned",
         tie_embeddings: bool = False,
+        init: Literal["torch", "gpt2"] = "torch",
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
@@ -236,6 +238,7 @@ class ByteLM(LightningModule):
             acc_dim,
             positions,
             tie_embeddings,
+            init,
         )
         self.register_buffer("rare_table", torch.zeros(16, 16, dtype=torch.bool))
         self.register_buffer("rare_table_known", torch.tensor(False))

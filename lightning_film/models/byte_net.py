@@ -16,6 +16,7 @@ V = 256 byte values.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -32,6 +33,9 @@ __all__ = ["ID_LIMITS", "NET_MODULES", "ByteNet"]
 
 #: each id input of the network -> its number of ids (valid ids are 0 .. limit - 1)
 ID_LIMITS = {"byte_ids": 256, "nibble_ids": 16, "acc_ids": 256}
+
+#: nanoGPT's (GPT-2's) weight std, for ``init="gpt2"``
+GPT2_STD = 0.02
 
 #: the network's own modules, whose keys had no ``net.`` prefix before the network was split out of ByteLM
 NET_MODULES = ("embed", "pos", "transformer", "head")
@@ -50,6 +54,9 @@ class ByteNet(nn.Module):
         combine: nibble and acc signals ``"concat"`` or ``"sum"``. nibble_dim, acc_dim: d4, da.
         positions: ``"learned"`` absolute positions, ``"rotary"`` (RoPE in every attention), or ``"none"``.
         tie_embeddings: the head reuses the byte embedding's weights.
+        init: ``"torch"`` (PyTorch's layer defaults) or ``"gpt2"`` (nanoGPT's: weights N(0, 0.02), residual
+            output projections N(0, 0.02 / sqrt(2 depth)), zero biases); conditioners keep their own
+            identity init either way.
     """
 
     def __init__(
@@ -68,8 +75,11 @@ class ByteNet(nn.Module):
         acc_dim: int = 16,
         positions: Literal["learned", "rotary", "none"] = "learned",
         tie_embeddings: bool = False,
+        init: Literal["torch", "gpt2"] = "torch",
     ) -> None:
         super().__init__()
+        if init not in ("torch", "gpt2"):
+            raise ValueError(f"ByteLM: unknown init {init!r}; accepted: 'torch', 'gpt2'")
         if positions not in ("learned", "rotary", "none"):
             raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'rotary', 'none'")
         self.seq_len = seq_len
@@ -99,6 +109,22 @@ class ByteNet(nn.Module):
         self.head = nn.Linear(dim, 256, bias=not tie_embeddings)
         if tie_embeddings:
             self.head.weight = self.embed.byte.weight
+        if init == "gpt2":
+            self._init_gpt2()
+
+    @torch.no_grad()
+    def _init_gpt2(self) -> None:
+        # the byte embedding, the attention and MLP layers and the head; not the norms, nor the
+        # conditioners, whose zero-initialised projections make them the identity at init
+        residual_std = GPT2_STD / math.sqrt(2 * len(self.transformer.blocks))
+        layers = [(self.embed.byte, GPT2_STD), (self.head, GPT2_STD)]
+        for block in self.transformer.blocks:
+            layers += [(block.attn.qkv, GPT2_STD), (block.attn.proj, residual_std)]
+            layers += [(block.mlp.fc1, GPT2_STD), (block.mlp.fc2, residual_std)]
+        for layer, std in layers:
+            nn.init.normal_(layer.weight, std=std)
+            if getattr(layer, "bias", None) is not None:
+                nn.init.zeros_(layer.bias)
 
     @property
     def input_names(self) -> list[str]:
