@@ -10,7 +10,7 @@ this benchmark imports no CLI.
 Per seed, three models train in one process on the same batches of Shakespeare (the held-out
 windows are the ByteDataModule's test split): ours ``byte`` and ``nibble_acc`` (``ByteLM`` from
 ``configs/byte/byte.yaml``) and litgpt's ``GPT`` at the same width, depth, heads, MLP width and
-context (vocab 256; RMSNorm, tanh-GELU MLP with biases, sequential residual, as ours; its own
+context (vocab 256; RMSNorm, GELU MLP (exact or tanh, as our `activation`) with biases, sequential residual, as ours; its own
 rotary positions and its pretraining script's weight init). Same optimizer and schedule for all
 (:func:`~lightning_film.models.optim.warmup_cosine_adamw`: AdamW, decay on matrices but embeddings,
 warmup then cosine), gradient clipping at 1.0, fp32. The steps are interleaved, the order rotating
@@ -84,7 +84,7 @@ def peer_model(model_args: dict, seq_len: int) -> nn.Module:
         lm_head_bias=True,
         norm_class_name="RMSNorm",
         mlp_class_name="GptNeoxMLP",
-        gelu_approximate="tanh",
+        gelu_approximate="tanh" if model_args.get("activation", "gelu") == "gelu_tanh" else "none",  # ours
     )
     model = GPT(config)
     initialize_weights(L.Fabric(accelerator="cpu", devices=1), model, n_layer=depth, n_embd=dim)

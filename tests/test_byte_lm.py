@@ -234,6 +234,50 @@ def test_checkpoints_of_the_layout_before_net_still_load(monkeypatch: pytest.Mon
     assert len(said) == 1
 
 
+def test_the_checkpoints_activation_wins(tmp_path: Path, sources: list[str]) -> None:
+    """Exact GELU is the default and is recorded; a checkpoint trained with another activation (or
+    written before it was recorded: then DiT's tanh GELU) loads with its own, whatever the config says."""
+    from lightning_film.nn.mlp import MLP
+
+    def acts(model: ByteLM) -> set[str]:
+        return {m.act.approximate for m in model.modules() if isinstance(m, MLP)}
+
+    model, dm, t = fit(tmp_path, sources, activation="gelu_tanh")
+    assert acts(ByteLM(**TINY)) == {"none"} and acts(model) == {"tanh"}
+    path = tmp_path / "tanh.ckpt"
+    t.save_checkpoint(path)
+    loaded = ByteLM.load_from_checkpoint(path)
+    assert acts(loaded) == {"tanh"} and loaded.hparams.activation == "gelu_tanh"
+    fresh = ByteLM(**TINY)  # the config's default, exact GELU: the checkpoint's tanh wins
+    trainer(tmp_path).test(fresh, dm, ckpt_path=path, verbose=False)
+    assert acts(fresh) == {"tanh"} and fresh.hparams.activation == "gelu_tanh"
+    with torch.no_grad():
+        ids = next(iter(dm.test_dataloader()))
+        torch.testing.assert_close(fresh.nll(ids), model.nll(ids))
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["hyper_parameters"]["activation"]  # as written before the argument existed
+    old = ByteLM(**TINY)
+    old.on_load_checkpoint(checkpoint)
+    assert acts(old) == {"tanh"}
+
+
+def test_gpt2_init_follows_nanogpt_and_keeps_the_conditioners_identity() -> None:
+    torch.manual_seed(0)
+    model = ByteLM(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film", init="gpt2")
+    net = model.net
+    residual = 0.02 / math.sqrt(2 * 2)
+    for block in net.transformer.blocks:
+        for layer, std in [(block.attn.qkv, 0.02), (block.attn.proj, residual), (block.mlp.fc1, 0.02)]:
+            assert abs(layer.weight.std().item() - std) < 0.15 * std and not layer.bias.any()
+        assert abs(block.mlp.fc2.weight.std().item() - residual) < 0.15 * residual
+        for cond in (block.cond1, block.cond2):  # FiLM's projection is still zero: identity at init
+            assert all(not p.any() for p in cond.parameters())
+    assert abs(net.embed.byte.weight.std().item() - 0.02) < 0.003 and not net.head.bias.any()
+    torch.manual_seed(0)
+    default = ByteLM(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film")
+    assert default.net.transformer.blocks[0].attn.proj.bias.any()  # PyTorch's layer init, as before
+
+
 @pytest.mark.parametrize(
     "spec", ["none", {"name": "none"}, "lightning_film.nn.conditioners.simple:NoConditioning", "NoConditioning"]
 )
@@ -301,6 +345,8 @@ def test_generate_from_invalid_utf8(tmp_path: Path, sources: list[str]) -> None:
         ({"nibble_scheme": "utf-8"}, "unknown nibble scheme 'utf-8'; did you mean 'utf8'"),
         ({"positions": "alibi"}, "unknown positions 'alibi'; accepted: 'learned', 'rotary', 'none'"),
         ({"max_lr_steps": 0}, "max_lr_steps must be an integer >= 1, got 0"),
+        ({"activation": "relu"}, "unknown activation 'relu'; accepted: gelu, gelu_tanh"),
+        ({"init": "xavier"}, "unknown init 'xavier'; accepted: 'torch', 'gpt2', 'neox'"),
     ],
 )
 def test_bad_model_arguments_are_named(kwargs: dict, message: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import lightning_film.nn.transformer as transformer_module
 from lightning_film import Conditioning, Transformer, build_conditioner, build_normalizer, list_conditioners
@@ -113,8 +114,26 @@ def test_mlp_activation_by_name():
     mlp = MLP(8, 16, activation="gelu")
     x = torch.randn(2, 3, 8)
     torch.testing.assert_close(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))))
-    with pytest.raises(ValueError, match="unknown activation 'relu'; accepted: gelu_tanh, gelu"):
+    with pytest.raises(ValueError, match="unknown activation 'relu'; accepted: gelu, gelu_tanh"):
         Transformer(D, 1, 2, DC, activation="relu")
+
+
+def test_exact_gelu_is_the_default_and_set_activation_swaps_every_mlp():
+    from lightning_film.nn.mlp import set_activation
+
+    torch.manual_seed(9)
+    model = Transformer(D, 2, 2, DC, conditioner="film")
+    assert all(type(b.mlp.act) is nn.GELU and b.mlp.act.approximate == "none" for b in model.blocks)
+    x, cond = torch.randn(B, N, D), Conditioning(vector=torch.randn(B, DC))
+    exact = model(x, cond)
+    assert set_activation(model, "gelu_tanh") == 2
+    assert all(b.mlp.act.approximate == "tanh" for b in model.blocks)
+    tanh = model(x, cond)
+    assert not torch.allclose(exact, tanh)  # a different function (the blocks are not the identity)
+    assert set_activation(model, "gelu") == 2
+    torch.testing.assert_close(model(x, cond), exact)
+    with pytest.raises(ValueError, match="unknown activation 'relu'; accepted: gelu, gelu_tanh"):
+        set_activation(model, "relu")
 
 
 # -- modulation -------------------------------------------------------------------------------------

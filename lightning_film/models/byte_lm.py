@@ -54,6 +54,7 @@ from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
 from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.errors import check_ints
+from lightning_film.models.activation import adopt_checkpoint_activation
 from lightning_film.models.byte_net import NET_MODULES, ByteNet
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.print_samples import PrintSamples
@@ -61,6 +62,7 @@ from lightning_film.models.throughput import TrainThroughput
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.diffusion import drawn_on
 from lightning_film.nn.embedding import Variant
+from lightning_film.nn.mlp import Activation
 from lightning_film.nn.transformer import TransformerCache
 from lightning_film.registry import Spec
 
@@ -165,6 +167,8 @@ class ByteLM(LightningModule):
         seq_len: the context: the longest window (learned positions cover it).
         mlp_ratio: MLP width as a multiple of ``dim``.
         normalizer: a registered normalizer (``lightning-film list normalizers``).
+        activation: the MLPs' GELU, ``"gelu"`` (exact) or ``"gelu_tanh"`` (DiT's approximation); a
+            checkpoint written before this was recorded used ``"gelu_tanh"``, and loads with it.
         variant: ``"byte"`` (baseline), ``"nibble"`` or ``"nibble_acc"``.
         embed_conditioner: the modulating conditioner of the embedding (FiLM by default).
         block_conditioner: ``"none"`` (unconditioned blocks), or a modulating conditioner through
@@ -176,7 +180,8 @@ class ByteLM(LightningModule):
         positions: ``"learned"`` absolute positions, ``"rotary"`` (RoPE in every attention, as litgpt),
             or ``"none"`` (causal attention alone).
         tie_embeddings: the head reuses the byte embedding's weights.
-        init: ``"torch"`` (PyTorch's layer defaults) or ``"gpt2"`` (nanoGPT's), see :class:`ByteNet`.
+        init: ``"torch"`` (PyTorch's layer defaults), ``"gpt2"`` (nanoGPT's) or ``"neox"`` (litgpt's),
+            see :class:`ByteNet`.
         lr: peak AdamW learning rate.
         weight_decay: AdamW decay of matrices (not of biases, norms, embeddings or positions).
         warmup_steps: linear warmup steps.
@@ -196,6 +201,7 @@ class ByteLM(LightningModule):
         seq_len: int = 256,
         mlp_ratio: float = 4.0,
         normalizer: Spec = "rmsnorm",
+        activation: Activation = "gelu",
         variant: Variant = "nibble_acc",
         embed_conditioner: Spec = "film",
         block_conditioner: Spec = "none",
@@ -205,7 +211,7 @@ class ByteLM(LightningModule):
         acc_dim: int = 16,
         positions: Literal["learned", "rotary", "none"] = "learned",
         tie_embeddings: bool = False,
-        init: Literal["torch", "gpt2"] = "torch",
+        init: Literal["torch", "gpt2", "neox"] = "torch",
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
@@ -230,6 +236,7 @@ class ByteLM(LightningModule):
             seq_len,
             mlp_ratio,
             normalizer,
+            activation,
             variant,
             embed_conditioner,
             block_conditioner,
@@ -299,12 +306,13 @@ class ByteLM(LightningModule):
             setattr(self, f"{split}_bpb", BitsPerByte(len(self.source_names)))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Old layouts are renamed (``embed.*`` -> ``net.embed.*``); the checkpoint's rare table
-        wins over the data's (the weights learned with it)."""
+        """Old layouts are renamed (``embed.*`` -> ``net.embed.*``); the checkpoint's activation and
+        rare table win over the model's and the data's (the weights learned with them)."""
         # Lightning loads the state_dict (and EMA its current_model_state) after this hook
         if nest_checkpoint(checkpoint, NET_MODULES):
             rank_zero_info("ByteLM: this checkpoint predates ByteLM.net; its network keys were renamed net.*")
         check_weights_fit(self, checkpoint, self.strict_loading)
+        adopt_checkpoint_activation(self, checkpoint)
         state = checkpoint.get("state_dict", {})
         saved, known = state.get("rare_table"), state.get("rare_table_known")
         if saved is None or known is None or not bool(known) or self._trainer is None:

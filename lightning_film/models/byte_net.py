@@ -26,6 +26,7 @@ from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioners.simple import conditions_nothing
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.embedding import EMBED_STD, DualModulatedEmbedding, Variant, check_modulating
+from lightning_film.nn.mlp import Activation
 from lightning_film.nn.transformer import TransformerCache
 from lightning_film.registry import Spec
 
@@ -34,8 +35,12 @@ __all__ = ["ID_LIMITS", "NET_MODULES", "ByteNet"]
 #: each id input of the network -> its number of ids (valid ids are 0 .. limit - 1)
 ID_LIMITS = {"byte_ids": 256, "nibble_ids": 16, "acc_ids": 256}
 
-#: nanoGPT's (GPT-2's) weight std, for ``init="gpt2"``
-GPT2_STD = 0.02
+#: weight inits by name: (D, depth) -> normal stds of (most weights, attention output, MLP output)
+#: nanoGPT's (GPT-2's), and litgpt's pretraining one (GPT-NeoX's small init, attention output 1 / (sqrt(D) depth))
+INITS = {
+    "gpt2": lambda dim, depth: (0.02, 0.02 / math.sqrt(2 * depth), 0.02 / math.sqrt(2 * depth)),
+    "neox": lambda dim, depth: (math.sqrt(2 / (5 * dim)), 1 / math.sqrt(dim) / depth, math.sqrt(2 / (5 * dim))),
+}
 
 #: the network's own modules, whose keys had no ``net.`` prefix before the network was split out of ByteLM
 NET_MODULES = ("embed", "pos", "transformer", "head")
@@ -46,6 +51,7 @@ class ByteNet(nn.Module):
 
     Args:
         dim, depth, num_heads, mlp_ratio, normalizer: the transformer (D, blocks, heads dividing D).
+        activation: the MLPs' GELU, ``"gelu"`` (exact) or ``"gelu_tanh"`` (DiT's approximation).
         seq_len: the context: the longest window (learned positions cover it).
         variant: ``"byte"``, ``"nibble"`` or ``"nibble_acc"`` (:mod:`lightning_film.nn.embedding`).
         embed_conditioner: the modulating conditioner of the embedding.
@@ -54,9 +60,10 @@ class ByteNet(nn.Module):
         combine: nibble and acc signals ``"concat"`` or ``"sum"``. nibble_dim, acc_dim: d4, da.
         positions: ``"learned"`` absolute positions, ``"rotary"`` (RoPE in every attention), or ``"none"``.
         tie_embeddings: the head reuses the byte embedding's weights.
-        init: ``"torch"`` (PyTorch's layer defaults) or ``"gpt2"`` (nanoGPT's: weights N(0, 0.02), residual
-            output projections N(0, 0.02 / sqrt(2 depth)), zero biases); conditioners keep their own
-            identity init either way.
+        init: ``"torch"`` (PyTorch's layer defaults), ``"gpt2"`` (nanoGPT's: weights N(0, 0.02), residual
+            output projections N(0, 0.02 / sqrt(2 depth))) or ``"neox"`` (litgpt's pretraining init:
+            N(0, sqrt(2 / 5D)), attention output N(0, 1 / (sqrt(D) depth))); biases start at zero but
+            with ``"torch"``; conditioners keep their own identity init.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class ByteNet(nn.Module):
         seq_len: int = 256,
         mlp_ratio: float = 4.0,
         normalizer: Spec = "rmsnorm",
+        activation: Activation = "gelu",
         variant: Variant = "nibble_acc",
         embed_conditioner: Spec = "film",
         block_conditioner: Spec = "none",
@@ -75,11 +83,11 @@ class ByteNet(nn.Module):
         acc_dim: int = 16,
         positions: Literal["learned", "rotary", "none"] = "learned",
         tie_embeddings: bool = False,
-        init: Literal["torch", "gpt2"] = "torch",
+        init: Literal["torch", "gpt2", "neox"] = "torch",
     ) -> None:
         super().__init__()
-        if init not in ("torch", "gpt2"):
-            raise ValueError(f"ByteLM: unknown init {init!r}; accepted: 'torch', 'gpt2'")
+        if init not in ("torch", *INITS):
+            raise ValueError(f"ByteLM: unknown init {init!r}; accepted: 'torch', 'gpt2', 'neox'")
         if positions not in ("learned", "rotary", "none"):
             raise ValueError(f"ByteLM: unknown positions {positions!r}; accepted: 'learned', 'rotary', 'none'")
         self.seq_len = seq_len
@@ -102,6 +110,7 @@ class ByteNet(nn.Module):
             normalizer=normalizer,
             conditioner=block_conditioner,
             causal=True,
+            activation=activation,
             positions="rotary" if positions == "rotary" else "none",
         )
         if self.blocks_conditioned:
@@ -109,20 +118,19 @@ class ByteNet(nn.Module):
         self.head = nn.Linear(dim, 256, bias=not tie_embeddings)
         if tie_embeddings:
             self.head.weight = self.embed.byte.weight
-        if init == "gpt2":
-            self._init_gpt2()
+        if init != "torch":
+            self._init_normal(*INITS[init](dim, depth))
 
     @torch.no_grad()
-    def _init_gpt2(self) -> None:
+    def _init_normal(self, std: float, attn_out_std: float, mlp_out_std: float) -> None:
         # the byte embedding, the attention and MLP layers and the head; not the norms, nor the
         # conditioners, whose zero-initialised projections make them the identity at init
-        residual_std = GPT2_STD / math.sqrt(2 * len(self.transformer.blocks))
-        layers = [(self.embed.byte, GPT2_STD), (self.head, GPT2_STD)]
+        layers = [(self.embed.byte, std), (self.head, std)]
         for block in self.transformer.blocks:
-            layers += [(block.attn.qkv, GPT2_STD), (block.attn.proj, residual_std)]
-            layers += [(block.mlp.fc1, GPT2_STD), (block.mlp.fc2, residual_std)]
-        for layer, std in layers:
-            nn.init.normal_(layer.weight, std=std)
+            layers += [(block.attn.qkv, std), (block.attn.proj, attn_out_std)]
+            layers += [(block.mlp.fc1, std), (block.mlp.fc2, mlp_out_std)]
+        for layer, layer_std in layers:
+            nn.init.normal_(layer.weight, std=layer_std)
             if getattr(layer, "bias", None) is not None:
                 nn.init.zeros_(layer.bias)
 

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_film.checkpoints import nest_keys, read_checkpoint
+from lightning_film.models.activation import adopt_checkpoint_activation
 
 if TYPE_CHECKING:
     from lightning_film.models.world_model import WorldModel
@@ -37,7 +38,8 @@ def init_from(model: WorldModel, path: str | Path) -> dict[str, list[str]]:
     only the checkpoint has are ignored; both lists are reported. When the checkpoint's model
     was trained with ``condition: none`` (only its null action ever trained), every action
     starts as that null action, so the finetuned model begins exactly where the pretrained
-    one was, for every action. Returns ``{"copied", "missing", "ignored", "actions_from_null"}``.
+    one was, for every action. The model takes the MLP activation a Lightning checkpoint was
+    trained with. Returns ``{"copied", "missing", "ignored", "actions_from_null"}``.
     """
     path = Path(path)
     checkpoint = read_checkpoint(path, "init_from checkpoint", lightning=False)
@@ -68,6 +70,8 @@ def init_from(model: WorldModel, path: str | Path) -> dict[str, list[str]]:
         "actions_from_null": [],
     }
     model.load_state_dict({k: state[k] for k in copied}, strict=False)
+    if isinstance(checkpoint.get("hyper_parameters"), dict):  # a Lightning checkpoint says its activation
+        adopt_checkpoint_activation(model, checkpoint)
     source_hp = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if source_hp.get("condition") == "none" and model.hparams.condition == "action":
         with torch.no_grad():

@@ -39,6 +39,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
 from lightning_film.errors import check_ints
+from lightning_film.models.activation import adopt_checkpoint_activation
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
@@ -47,6 +48,7 @@ from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, 
 from lightning_film.models.world_render import save_png
 from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.diffusion import ObjectiveName, Prediction, SamplerName, build_objective, check_sampler, drawn_on
+from lightning_film.nn.mlp import Activation
 from lightning_film.registry import Spec
 
 __all__ = ["WorldDenoiser", "WorldModel", "sincos_2d", "to_uint8", "to_unit"]
@@ -80,6 +82,8 @@ class WorldModel(LightningModule):
             and the final layer.
         combine: time and action embeddings ``"sum"`` (width Dc) or ``"concat"`` (2 Dc) into
             the conditioning vector; token-reading conditioners see them as 2 tokens either way.
+        activation: the MLPs' GELU, ``"gelu"`` (exact) or ``"gelu_tanh"`` (DiT's approximation); a
+            checkpoint written before this was recorded used ``"gelu_tanh"``, and loads with it.
         condition: ``"action"``, or ``"none"`` (unconditional pretraining: always the null action).
         objective: ``"diffusion"`` or ``"flow"``.
         prediction: diffusion's target, ``"v"`` (default) or ``"eps"``
@@ -124,6 +128,7 @@ class WorldModel(LightningModule):
         normalizer: Spec = "rmsnorm",
         conditioner: Spec = "film",
         combine: Combine = "sum",
+        activation: Activation = "gelu",
         condition: Literal["action", "none"] = "action",
         objective: ObjectiveName = "diffusion",
         prediction: Prediction | None = None,
@@ -169,7 +174,7 @@ class WorldModel(LightningModule):
         if self.sampler == "ddim" and sample_steps > train_timesteps:
             raise ValueError(f"WorldModel: sample_steps={sample_steps} exceeds train_timesteps={train_timesteps}")
         net = (frame_size, channels, context_frames, num_actions, patch_size, dim, depth, num_heads, mlp_ratio)
-        self.net = WorldDenoiser(*net, cond_dim, normalizer, conditioner, combine)
+        self.net = WorldDenoiser(*net, cond_dim, normalizer, conditioner, combine, activation)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_psnr = PeakSignalNoiseRatio(data_range=255.0)
         kid = (kid_feature, kid_subsets, kid_subset_size)
@@ -327,6 +332,7 @@ class WorldModel(LightningModule):
         if nest_checkpoint(checkpoint, NET_MODULES):
             rank_zero_info("WorldModel: this checkpoint predates WorldModel.net; its network keys were renamed net.*")
         check_weights_fit(self, checkpoint, self.strict_loading)
+        adopt_checkpoint_activation(self, checkpoint)  # the weights learned with it
 
     def unpack_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """A WorldDataModule batch -> checked (context (B, K, C, H, W), action (B,), target (B, C, H, W))."""

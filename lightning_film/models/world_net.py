@@ -27,6 +27,7 @@ from lightning_film.errors import check_ints
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioning import Combine, combined_dim
 from lightning_film.nn.diffusion import TimestepEmbedder
+from lightning_film.nn.mlp import Activation
 from lightning_film.registry import Spec
 
 __all__ = ["WorldDenoiser", "sincos_2d", "to_uint8", "to_unit"]
@@ -71,6 +72,7 @@ class WorldDenoiser(nn.Module):
         patch_size: p. dim, depth, num_heads, mlp_ratio: the transformer.
         cond_dim: Dc of the time and action embeddings (default ``dim``).
         normalizer, conditioner: registry specs applied in every block and the final layer.
+        activation: the MLPs' GELU, ``"gelu"`` (exact) or ``"gelu_tanh"`` (DiT's approximation).
         combine: time and action embeddings ``"sum"`` (width Dc) or ``"concat"`` (2 Dc) into
             the conditioning vector; token-reading conditioners see them as 2 tokens either way.
     """
@@ -90,6 +92,7 @@ class WorldDenoiser(nn.Module):
         normalizer: Spec = "rmsnorm",
         conditioner: Spec = "film",
         combine: Combine = "sum",
+        activation: Activation = "gelu",
     ) -> None:
         super().__init__()
         check_ints(
@@ -124,6 +127,7 @@ class WorldDenoiser(nn.Module):
             normalizer=normalizer,
             conditioner=conditioner,
             causal=False,
+            activation=activation,
         )
         self.head = nn.Linear(dim, channels * patch_size**2)
         nn.init.zeros_(self.head.weight)  # the network predicts exactly 0 at init

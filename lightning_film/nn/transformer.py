@@ -21,7 +21,7 @@ from lightning_film.nn.attention import KVCache, SelfAttention
 from lightning_film.nn.conditioners.base import Conditioner
 from lightning_film.nn.conditioners.fast import precompute_projections
 from lightning_film.nn.conditioning import Conditioning
-from lightning_film.nn.mlp import MLP
+from lightning_film.nn.mlp import MLP, Activation
 from lightning_film.registry import Spec, build_conditioner, build_normalizer
 
 __all__ = ["TransformerBlock", "Transformer", "TransformerCache"]
@@ -92,7 +92,7 @@ class Transformer(nn.Module):
         normalizer: a registered normalizer name, path, or ``{"name": ..., **options}``.
         conditioner: a registered conditioner name, path, or ``{"name": ..., **options}``.
         causal: causal (language model) or bidirectional (denoiser) attention.
-        activation: the MLP's, ``"gelu_tanh"`` (DiT's, the default) or ``"gelu"`` (exact).
+        activation: the MLP's, ``"gelu"`` (exact, the default) or ``"gelu_tanh"`` (DiT's).
         positions: the attention's: ``"none"`` (the caller adds its own, or none) or ``"rotary"`` (RoPE).
     """
 
@@ -106,7 +106,7 @@ class Transformer(nn.Module):
         normalizer: Spec = "rmsnorm",
         conditioner: Spec = "film",
         causal: bool = False,
-        activation: str = "gelu_tanh",
+        activation: Activation = "gelu",
         positions: str = "none",
     ) -> None:
         super().__init__()
