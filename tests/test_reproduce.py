@@ -104,7 +104,7 @@ def test_reproduce_bad_input_is_one_line(argv: list[str], message: str, capsys) 
 # -- the world tables: run plans and cost measurement (the training path is the runner's, tested above) --
 def test_world_kid_plan_chains_pretraining_and_tests_the_finetuned_model(tmp_path: Path) -> None:
     from lightning_film.reproduce.world import PRESETS, kid_runs
-    from lightning_film.reproduce.world_report import KID_ROWS
+    from lightning_film.reproduce.world_rows import KID_ROWS
 
     preset = PRESETS["world-kid"]["quick"]
     runs = kid_runs(preset, REPO / "configs/world", (0, 1), [("model.dim", "16")])

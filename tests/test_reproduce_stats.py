@@ -199,7 +199,8 @@ def test_the_run_plan_names_each_row_its_seeds_and_steps() -> None:
 
 def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped() -> None:
     from lightning_film.reproduce.world import PRESETS, analyse_recipe, recipe_runs
-    from lightning_film.reproduce.world_report import RECIPE_ROWS, render_recipe
+    from lightning_film.reproduce.world_report import render_recipe
+    from lightning_film.reproduce.world_rows import RECIPE_ROWS
 
     preset = PRESETS["world-recipe"]["quick"]
     runs = recipe_runs(preset, REPO / "configs/world", (0, 1, 2), [("model.dim", "64")])
@@ -251,7 +252,8 @@ def test_rows_picks_rows_and_brings_their_pretraining_along(tmp_path: Path) -> N
 
 
 def test_an_ordering_beside_a_reference_says_which_neighbouring_gaps_the_seeds_establish() -> None:
-    from lightning_film.reproduce.world_report import NANOWM, _orderings
+    from lightning_film.reproduce.world_report import _orderings
+    from lightning_film.reproduce.world_rows import NANOWM
 
     # film beats adaln by 2 dB on every seed; adaln, additive and cross_attention differ by seed noise
     psnr = {

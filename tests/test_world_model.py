@@ -234,6 +234,26 @@ def test_init_from_starts_where_the_pretrained_model_was(tmp_path: Path, pre_con
         assert report["missing"] == [] and report["ignored"] == []
 
 
+def test_the_checkpoints_activation_wins(tmp_path: Path) -> None:
+    """A checkpoint trained with tanh GELU (or written before the activation was recorded) loads
+    with it, also through init_from, whatever the new model's default (exact GELU) says."""
+    pre, path = pretrained(tmp_path, activation="gelu_tanh")
+    x, t, ctx, a = inputs(5)
+    loaded = WorldModel.load_from_checkpoint(path)
+    assert loaded.hparams.activation == "gelu_tanh"
+    torch.testing.assert_close(loaded(x, t, ctx, a), pre(x, t, ctx, a), rtol=0, atol=0)
+    fine = model(condition="none")
+    assert fine.net.transformer.blocks[0].mlp.act.approximate == "none"
+    fine.initialize_from(path)
+    assert fine.hparams.activation == "gelu_tanh"
+    torch.testing.assert_close(fine(x, t, ctx, a), pre(x, t, ctx, a), rtol=0, atol=0)
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["hyper_parameters"]["activation"]  # as written before the argument existed
+    old = model(condition="none")
+    old.on_load_checkpoint(checkpoint)
+    assert old.net.transformer.blocks[0].mlp.act.approximate == "tanh"
+
+
 def test_init_from_names_every_mismatched_tensor(tmp_path: Path) -> None:
     _, path = pretrained(tmp_path)
     with pytest.raises(
