@@ -1,5 +1,7 @@
-"""Evaluation metrics beyond torchmetrics' own: KID feature extractors and cached real features."""
+"""Evaluation metrics beyond torchmetrics' own: bits per byte per source, KID feature extractors and
+cached real features."""
 
+from lightning_film.metrics.bits_per_byte import BitsPerByte, source_log_names
 from lightning_film.metrics.kid import (
     KID_FEATURES,
     FeatureExtractor,
@@ -15,6 +17,7 @@ from lightning_film.metrics.kid import (
 )
 
 __all__ = [
+    "BitsPerByte",
     "KID_FEATURES",
     "FeatureExtractor",
     "InceptionFeatures",
@@ -26,4 +29,5 @@ __all__ = [
     "kid_metric",
     "list_kid_features",
     "real_features",
+    "source_log_names",
 ]

@@ -38,9 +38,7 @@ S sources, V = 256 byte values.
 from __future__ import annotations
 
 import math
-import re
 import warnings
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -48,12 +46,12 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
-from lightning_film.data.accumulator import StreamingAccumulator
 from lightning_film.data.nibbles import build_nibble_scheme
+from lightning_film.data.stream import ByteStream
 from lightning_film.errors import check_ints
+from lightning_film.metrics.bits_per_byte import BitsPerByte, source_log_names
 from lightning_film.models.activation import adopt_checkpoint_activation
 from lightning_film.models.byte_net import NET_MODULES, ByteNet
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
@@ -69,91 +67,6 @@ from lightning_film.registry import Spec
 __all__ = ["BitsPerByte", "ByteLM", "ByteNet", "ByteStream", "source_log_names"]
 
 _LN2 = math.log(2.0)
-
-
-class BitsPerByte(Metric):
-    """Exact bits per byte over a split, in total and per source (sums of nats and of targets)."""
-
-    full_state_update = False
-
-    def __init__(self, num_sources: int) -> None:
-        super().__init__()
-        self.add_state("nats", torch.zeros(num_sources, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(num_sources, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, nll: Tensor, mask: Tensor, source: Tensor) -> None:
-        """nll: (B, N) nats, mask: (B, N) bool real targets, source: (B,) source ids."""
-        self.nats.index_add_(0, source, (nll * mask).sum(1).to(self.nats.dtype))
-        self.count.index_add_(0, source, mask.sum(1).to(self.count.dtype))
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        """(bpb over all sources (), bpb per source (S,)); NaN for a source without targets."""
-        total = self.nats.sum() / self.count.sum().clamp_min(1) / _LN2
-        return total, self.nats / self.count / _LN2
-
-
-def source_log_names(sources: list[str]) -> list[str]:
-    """Metric-safe names for sources: a corpus name as is, a path by its file name (deduplicated)."""
-    names: list[str] = []
-    for spec in sources:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).name or spec).strip("_") or "source"
-        base, k = name, 1
-        while name in names:
-            k += 1
-            name = f"{base}_{k}"
-        names.append(name)
-    return names
-
-
-class ByteStream:
-    """A growing byte document with its nibbles and ``acc``, computed as the DataModule does.
-
-    Feeding bytes in any chunks gives the values of the whole stream
-    (:class:`~lightning_film.data.accumulator.StreamingAccumulator`).
-    """
-
-    def __init__(self, scheme: Spec, table: Tensor) -> None:
-        self._acc = StreamingAccumulator(build_nibble_scheme(scheme), table.cpu())
-        self._parts: list[tuple[Tensor, Tensor, Tensor]] = []
-
-    def extend(self, data: bytes | bytearray | Tensor) -> None:
-        """Append raw bytes (any values, valid UTF-8 or not)."""
-        chunk = (
-            torch.as_tensor(data, dtype=torch.uint8)
-            if isinstance(data, Tensor)
-            else (
-                torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) else torch.zeros(0, dtype=torch.uint8)
-            )
-        )
-        if chunk.numel():
-            nibbles, acc = self._acc(chunk)
-            self._parts = [self._cat(self._parts + [(chunk, nibbles, acc)])]
-
-    @staticmethod
-    def _cat(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
-        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
-
-    def __len__(self) -> int:
-        return int(self._parts[0][0].numel()) if self._parts else 0
-
-    @property
-    def bytes(self) -> Tensor:
-        """(L,) uint8."""
-        return self._parts[0][0] if self._parts else torch.zeros(0, dtype=torch.uint8)
-
-    @property
-    def nibbles(self) -> Tensor:
-        """(L,) uint8, 0..15."""
-        return self._parts[0][1] if self._parts else torch.zeros(0, dtype=torch.uint8)
-
-    @property
-    def acc(self) -> Tensor:
-        """(L,) uint8."""
-        return self._parts[0][2] if self._parts else torch.zeros(0, dtype=torch.uint8)
-
-    def window(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The last ``n`` bytes, nibbles and acc as long (1, <= n) model inputs."""
-        return tuple(t[-n:].long().unsqueeze(0) for t in (self.bytes, self.nibbles, self.acc))  # type: ignore[return-value]
 
 
 class ByteLM(LightningModule):
