@@ -10,10 +10,10 @@ this benchmark imports no CLI.
 Per seed, three models train in one process on the same batches of Shakespeare (the held-out
 windows are the ByteDataModule's test split): ours ``byte`` and ``nibble_acc`` (``ByteLM`` from
 ``configs/byte/byte.yaml``) and litgpt's ``GPT`` at the same width, depth, heads, MLP width and
-context (vocab 256; RMSNorm, GELU MLP (exact or tanh, as our `activation`) with biases, sequential residual, as ours; its own
-rotary positions and its pretraining script's weight init). Same optimizer and schedule for all
-(:func:`~lightning_film.models.optim.warmup_cosine_adamw`: AdamW, decay on matrices but embeddings,
-warmup then cosine), gradient clipping at 1.0, fp32. The steps are interleaved, the order rotating
+context (vocab 256; RMSNorm, GELU MLP (exact or tanh, as our ``activation``) with biases,
+sequential residual, as ours; its own rotary positions and its pretraining script's weight init).
+Same optimizer and schedule for all (:func:`~lightning_film.models.optim.warmup_cosine_adamw`:
+AdamW, decay on matrices but embeddings, warmup then cosine), gradient clipping at 1.0, fp32. The steps are interleaved, the order rotating
 per step, so every step of one model has a same-step partner of the others: tokens/s ratios are
 per step (median, IQR). Test bits per byte per model; the bpb gap paired by seed.
 

@@ -185,3 +185,21 @@ def test_compile_lines_give_the_break_even_step() -> None:
     assert "took **20 s**" in lines and "earned back after **2,000 steps**" in lines  # 20 s / 10 ms
     assert "took **40 s**" in lines and "never earned back" in lines  # slower than eager
     assert "took **40 s**" in "".join(_compile_lines({"rows": rows, "compile_s": 40.0}))  # older results
+
+
+def test_the_x_transformers_target_reads_the_shipped_default_in_both_precisions() -> None:
+    from benchmarks.performance.report import _targets
+
+    def step(ratios: dict[str, float]) -> dict:
+        rows = [{"model": "ours/rmsnorm", "utilisation": 0.5}, {"model": "ours/rmsnorm bf16", "utilisation": 0.9}]
+        vs = {k: {"median": v} for k, v in ratios.items()}
+        return {"step": {"byte": {"ours_over_x_transformers": vs, "rows": rows, "peak": {"flops_per_s": 1e9}}}}
+
+    def verdicts(res: dict) -> str:
+        return "\n".join(str(row) for row in _targets(res))
+
+    met = verdicts(step({"layernorm": 0.9, "rmsnorm": 1.2, "rmsnorm, both bf16 autocast": 1.1}))
+    assert "**missed**" not in met.split("matmul peak")[0]  # layernorm is not the shipped default
+    assert "50% (ours/rmsnorm)" in met  # the bf16 row is not a utilisation of the fp32 peak
+    assert "**missed**" in verdicts(step({"rmsnorm": 1.2, "rmsnorm, both bf16 autocast": 0.99})).split("matmul")[0]
+    assert "**missed**" in verdicts(step({"rmsnorm": 1.01})).split("matmul")[0]

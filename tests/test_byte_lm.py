@@ -261,18 +261,24 @@ def test_the_checkpoints_activation_wins(tmp_path: Path, sources: list[str]) -> 
     assert acts(old) == {"tanh"}
 
 
-def test_gpt2_init_follows_nanogpt_and_keeps_the_conditioners_identity() -> None:
+@pytest.mark.parametrize(
+    ("init", "std", "attn_out", "mlp_out"),
+    [
+        ("gpt2", 0.02, 0.02 / math.sqrt(2 * 2), 0.02 / math.sqrt(2 * 2)),  # nanoGPT's
+        ("neox", math.sqrt(2 / (5 * 64)), 1 / math.sqrt(64) / 2, math.sqrt(2 / (5 * 64))),  # litgpt's pretraining
+    ],
+)
+def test_named_inits_set_their_stds_and_keep_the_conditioners_identity(init, std, attn_out, mlp_out) -> None:
     torch.manual_seed(0)
-    model = ByteLM(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film", init="gpt2")
+    model = ByteLM(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film", init=init)
     net = model.net
-    residual = 0.02 / math.sqrt(2 * 2)
     for block in net.transformer.blocks:
-        for layer, std in [(block.attn.qkv, 0.02), (block.attn.proj, residual), (block.mlp.fc1, 0.02)]:
-            assert abs(layer.weight.std().item() - std) < 0.15 * std and not layer.bias.any()
-        assert abs(block.mlp.fc2.weight.std().item() - residual) < 0.15 * residual
+        for layer, want in [(block.attn.qkv, std), (block.attn.proj, attn_out), (block.mlp.fc1, std)]:
+            assert abs(layer.weight.std().item() - want) < 0.15 * want and not layer.bias.any()
+        assert abs(block.mlp.fc2.weight.std().item() - mlp_out) < 0.15 * mlp_out
         for cond in (block.cond1, block.cond2):  # FiLM's projection is still zero: identity at init
             assert all(not p.any() for p in cond.parameters())
-    assert abs(net.embed.byte.weight.std().item() - 0.02) < 0.003 and not net.head.bias.any()
+    assert abs(net.embed.byte.weight.std().item() - std) < 0.15 * std and not net.head.bias.any()
     torch.manual_seed(0)
     default = ByteLM(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film")
     assert default.net.transformer.blocks[0].attn.proj.bias.any()  # PyTorch's layer init, as before

@@ -262,15 +262,11 @@ def step_section(s: Settings, shapes: list[Shape]) -> dict[str, Any]:
         fns = {name: train_step_fn(m, call, target) for name, (m, call) in cases.items()}
         flops = {name: _step_flops(m, call, target) for name, (m, call) in cases.items() if name not in compiled}
         # the same two models trained under bf16 autocast (fresh copies: their own optimizer state)
-        for name, build in (("ours/rmsnorm", build_transformer), ("x_transformers/rmsnorm", _x_transformers_decoder)):
-            model = build(shape, "none", "rmsnorm") if build is build_transformer else build(shape, "rmsnorm")
-            call = (
-                functools.partial(model, x, Conditioning())
-                if build is build_transformer
-                else functools.partial(model, x)
-            )
-            cases[f"{name} bf16"] = (model, call)
-            fns[f"{name} bf16"] = train_step_fn(model, call, target, bf16=True)
+        ours16, theirs16 = build_transformer(shape, "none", "rmsnorm"), _x_transformers_decoder(shape, "rmsnorm")
+        cases["ours/rmsnorm bf16"] = (ours16, functools.partial(ours16, x, Conditioning()))
+        cases["x_transformers/rmsnorm bf16"] = (theirs16, functools.partial(theirs16, x))
+        for name in ("ours/rmsnorm", "x_transformers/rmsnorm"):
+            fns[f"{name} bf16"] = train_step_fn(*cases[f"{name} bf16"], target, bf16=True)
             flops[f"{name} bf16"] = flops[name]
         compile_s, compile_error = {}, None
         for name in compiled:

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_film.checkpoints import nest_keys, read_checkpoint
-from lightning_film.models.activation import adopt_checkpoint_activation
+from lightning_film.models.checkpoint_activation import adopt_checkpoint_activation
 
 if TYPE_CHECKING:
     from lightning_film.models.world_model import WorldModel
@@ -70,9 +70,11 @@ def init_from(model: WorldModel, path: str | Path) -> dict[str, list[str]]:
         "actions_from_null": [],
     }
     model.load_state_dict({k: state[k] for k in copied}, strict=False)
-    if isinstance(checkpoint.get("hyper_parameters"), dict):  # a Lightning checkpoint says its activation
+    source_hp = checkpoint.get("hyper_parameters")
+    if isinstance(source_hp, dict):  # a Lightning checkpoint: it says its activation (a plain state_dict does not)
         adopt_checkpoint_activation(model, checkpoint)
-    source_hp = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    else:
+        source_hp = {}
     if source_hp.get("condition") == "none" and model.hparams.condition == "action":
         with torch.no_grad():
             weight = model.net.action_embed.weight  # (A + 1, Dc)

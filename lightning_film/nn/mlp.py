@@ -67,7 +67,7 @@ class _GeluTanh(nn.GELU):
 
 
 #: MLP activations by name: the exact (erf) GELU (the default: PyTorch's and x-transformers'), and
-#: DiT's tanh approximation, which costs 5-10% of a training step more on this CPU (benchmarks/results)
+#: DiT's tanh approximation, which costs 5-12% of a training step more on this CPU (benchmarks/results/performance-step)
 ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": _GeluTanh}
 Activation = Literal["gelu", "gelu_tanh"]
 
