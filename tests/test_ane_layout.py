@@ -131,8 +131,19 @@ def test_world_model_equals_its_ane_layout(normalizer: str, conditioner: str) ->
             "block_conditioner": {"name": "adaln", "hidden_dim": 5},
         },
         {"depth": 1, "num_heads": 4, "mlp_ratio": 2.0},
+        {"positions": "rotary", "init": "neox"},
+        {"positions": "rotary", "variant": "nibble_acc", "dim": 30, "num_heads": 2},
     ],
-    ids=["byte", "nibble", "nibble_acc_sum", "tied_no_positions", "mlp_projections", "four_heads"],
+    ids=[
+        "byte",
+        "nibble",
+        "nibble_acc_sum",
+        "tied_no_positions",
+        "mlp_projections",
+        "four_heads",
+        "rotary",
+        "rotary_odd_head_dim",
+    ],
 )
 def test_byte_lm_variants_equal_their_ane_layout(options: dict) -> None:
     model = byte_lm(**options)

@@ -284,12 +284,37 @@ def test_rotary_scores_depend_on_relative_positions_only():
     assert rotary(q.bfloat16(), 5).dtype == torch.bfloat16
 
 
-def test_rotary_byte_model_is_refused_by_the_ane_layout_with_one_line():
-    from lightning_film.export.ane_layout import to_ane_layout
-    from lightning_film.export.steps import ExportError
+def test_rotary_in_the_ane_layout_rotates_queries_and_keys_as_the_default_layout_does():
+    """The channels-first attention's RoPE equals rotary() head by head (odd head width: its last channel stays)."""
+    from lightning_film.nn.attention import rotary, rotary_angles
+    from lightning_film.nn.channels_first import Attention, Conv1x1
 
-    with pytest.raises(ExportError, match=r"rotary positions \(at transformer.blocks.0.attn\) have no channels-first"):
-        to_ane_layout(_byte_model(positions="rotary"))
+    torch.manual_seed(0)
+    for dim, heads in ((16, 2), (15, 3)):
+        dh, length = dim // heads, 6
+        lin = nn.Linear(dim, dim)
+        conv = Conv1x1(lin)
+        attn = Attention(conv, conv, conv, conv, heads, rotary_angles(0, length, dh))
+        x = torch.randn(2, dim, 1, 5)  # (B, D, 1, S), S < L
+        heads_first = x.squeeze(2).transpose(1, 2).reshape(2, 5, heads, dh).transpose(1, 2)  # (B, H, S, Dh)
+        expected = rotary(heads_first, 0).transpose(1, 2).reshape(2, 5, dim).transpose(1, 2)[:, :, None]
+        torch.testing.assert_close(attn._rotated(x), expected, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match="rotary positions for 7 tokens, but the tables cover 6"):
+            attn._rotated(torch.randn(1, dim, 1, 7))
+
+
+def test_rotary_without_a_seq_len_is_refused_by_the_ane_layout_with_one_line():
+    from lightning_film.export.steps import ExportError
+    from lightning_film.nn.attention import SelfAttention
+    from lightning_film.nn.channels_first import ChannelsFirst
+
+    class Converter(ChannelsFirst):
+        def error(self, message: str) -> Exception:
+            return ExportError(message)
+
+    attn = SelfAttention(16, 2, causal=True, positions="rotary")
+    with pytest.raises(ExportError, match=r"rotary positions \(at <root>\) need the network's seq_len"):
+        Converter(attn).convert(attn)
 
 
 def test_cache_refuses_what_it_cannot_follow():

@@ -15,19 +15,27 @@ from torch import nn
 from lightning_film.errors import check_int
 from lightning_film.nn.channels_first import Attention, ChannelsFirst
 
-__all__ = ["SelfAttention", "CrossAttention", "KVCache", "check_heads", "rotary"]
+__all__ = ["SelfAttention", "CrossAttention", "KVCache", "check_heads", "rotary", "rotary_angles"]
 
 #: RoPE's base (RoFormer, litgpt's default)
 ROTARY_BASE = 10000.0
+
+
+def rotary_angles(
+    start: int, length: int, head_dim: int, device: torch.device | str | None = None, base: float = ROTARY_BASE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (S, Dh // 2), fp32, of the rotary angles at positions ``start .. start + S - 1``."""
+    half = head_dim // 2
+    freqs = base ** (-torch.arange(half, dtype=torch.float32, device=device) / half)  # (Dh / 2,)
+    angles = torch.arange(start, start + length, dtype=torch.float32, device=device)[:, None] * freqs
+    return angles.cos(), angles.sin()
 
 
 def rotary(x: torch.Tensor, start: int, base: float = ROTARY_BASE) -> torch.Tensor:
     """Rotary positions (RoPE, litgpt's non-interleaved halves): x (B, H, S, Dh) at positions
     ``start .. start + S - 1`` -> same shape and dtype. The angles are computed in fp32."""
     half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)  # (Dh / 2,)
-    angles = torch.arange(start, start + x.shape[-2], dtype=torch.float32, device=x.device)[:, None] * freqs
-    cos, sin = angles.cos(), angles.sin()  # (S, Dh / 2)
+    cos, sin = rotary_angles(start, x.shape[-2], x.shape[-1], x.device, base)  # (S, Dh / 2)
     x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :].float()], dim=-1)
     return rotated.to(x.dtype)
@@ -123,12 +131,15 @@ class SelfAttention(nn.Module):
 
     def channels_first(self, cf: ChannelsFirst) -> Attention:
         """Head by head on (B, D, 1, S), q, k, v from the rows of ``qkv`` (the causal mask is the stack's)."""
-        if self.positions == "rotary":
-            raise cf.error(
-                f"layout 'ane': rotary positions (at {cf.where(self)}) have no channels-first form yet; "
-                f"export this model with layout 'default'"
-            )
-        return cf.attention(self.qkv, self.qkv, self.qkv, self.proj, self.num_heads, self.proj.out_features)
+        rope = None
+        if self.positions == "rotary":  # positions 0 .. L - 1 of the longest window the network takes
+            if cf.max_positions is None:
+                raise cf.error(
+                    f"layout 'ane': rotary positions (at {cf.where(self)}) need the network's seq_len (the longest "
+                    f"window) for their tables; {type(cf.root).__name__} has none: export with layout 'default'"
+                )
+            rope = rotary_angles(0, cf.max_positions, self.proj.out_features // self.num_heads)
+        return cf.attention(self.qkv, self.qkv, self.qkv, self.proj, self.num_heads, self.proj.out_features, rope)
 
     def _cached(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, cache: KVCache

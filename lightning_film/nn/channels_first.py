@@ -156,18 +156,61 @@ def attend(q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | None 
     return torch.cat(heads, dim=1)  # (B, D, 1, S)
 
 
+def _swap_halves(x: Tensor, num_heads: int) -> Tensor:
+    """(B, D, 1, S) -> (B, D, 1, S): each head's channels [x1, x2, rest] as [-x2, x1, rest] (RoPE's rotate-half)."""
+    dh = x.shape[1] // num_heads
+    half = dh // 2
+    parts = []
+    for head in x.split(dh, 1):
+        parts += [-head[:, half : 2 * half], head[:, :half], head[:, 2 * half :]]
+    return torch.cat(parts, dim=1)
+
+
+def _rope_table(values: Tensor, num_heads: int, head_dim: int, rest: float) -> Tensor:
+    """(L, Dh // 2) cos or sin -> (1, D, 1, L): both halves of every head, ``rest`` on an odd head's last channel."""
+    length, half = values.shape
+    head = torch.cat([values.T, values.T, torch.full((head_dim - 2 * half, length), rest)])  # (Dh, L)
+    return head.repeat(num_heads, 1)[None, :, None, :]
+
+
 class Attention(nn.Module):
     """Multi-head attention on (B, D, 1, S), projections as 1x1 convolutions; keys and values from
-    ``context`` (B, Dc, 1, M) when given (cross-attention), else from x."""
+    ``context`` (B, Dc, 1, M) when given (cross-attention), else from x. ``rope``: the rotary angles'
+    cos and sin (L, Dh // 2) at positions 0 .. L - 1, applied to queries and keys (self-attention,
+    S <= L), as :func:`lightning_film.nn.attention.rotary` does."""
 
-    def __init__(self, q: Conv1x1, k: Conv1x1, v: Conv1x1, proj: Conv1x1, num_heads: int) -> None:
+    def __init__(
+        self,
+        q: Conv1x1,
+        k: Conv1x1,
+        v: Conv1x1,
+        proj: Conv1x1,
+        num_heads: int,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.q, self.k, self.v, self.proj, self.num_heads = q, k, v, proj, num_heads
+        cos = sin = None
+        if rope is not None:
+            dh = q.out_channels // num_heads
+            cos, sin = _rope_table(rope[0], num_heads, dh, 1.0), _rope_table(rope[1], num_heads, dh, 0.0)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (1, D, 1, L)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _rotated(self, x: Tensor) -> Tensor:
+        """RoPE on (B, D, 1, S) queries or keys at positions 0 .. S - 1."""
+        s = x.shape[3]
+        if s > self.rope_cos.shape[3]:
+            raise ValueError(f"rotary positions for {s} tokens, but the tables cover {self.rope_cos.shape[3]}")
+        return x * self.rope_cos[..., :s] + _swap_halves(x, self.num_heads) * self.rope_sin[..., :s]
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x (B, D, 1, S), mask (1, M, 1, S) additive or None -> (B, D, 1, S)."""
         src = x if context is None else context
-        return self.proj(attend(self.q(x), self.k(src), self.v(src), self.num_heads, mask))
+        q, k = self.q(x), self.k(src)  # (B, D, 1, S), (B, D, 1, M)
+        if self.rope_cos is not None:
+            q, k = self._rotated(q), self._rotated(k)
+        return self.proj(attend(q, k, self.v(src), self.num_heads, mask))
 
 
 # -- conditioners -------------------------------------------------------------------------------------------
@@ -280,7 +323,11 @@ class ChannelsFirst:
     """
 
     def __init__(self, root: nn.Module, roles: dict[str, str] | None = None, min_eps: float | None = None) -> None:
+        self.root = root
         self.names = {id(m): name or "<root>" for name, m in root.named_modules()}
+        #: the longest sequence the network takes (its ``seq_len``), which rotary tables cover; None if it has none
+        seq_len = getattr(root, "seq_len", None)
+        self.max_positions = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else None
         self.roles, self.min_eps = roles or {}, min_eps
         self.raised: dict[float, int] = {}
 
@@ -337,13 +384,23 @@ class ChannelsFirst:
             return self.min_eps
         return eps
 
-    def attention(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, proj: nn.Linear, num_heads: int, d: int) -> Attention:
-        """An :class:`Attention` from q, k, v (the first, second, third D rows of their Linears) and proj."""
+    def attention(
+        self,
+        q: nn.Linear,
+        k: nn.Linear,
+        v: nn.Linear,
+        proj: nn.Linear,
+        num_heads: int,
+        d: int,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> Attention:
+        """An :class:`Attention` from q, k, v (the first, second, third D rows of their Linears) and proj
+        (``rope``: rotary cos and sin (L, Dh // 2), see :class:`Attention`)."""
         scale = (d // num_heads) ** -0.5
         qc = self.conv(q, slice(0, d), scale)
         kc = self.conv(k, slice(d if k is q else 0, 2 * d if k is q else d))
         vc = self.conv(v, slice(2 * d if v is q else d, 3 * d if v is q else 2 * d))
-        return Attention(qc, kc, vc, self.conv(proj), num_heads)
+        return Attention(qc, kc, vc, self.conv(proj), num_heads, rope)
 
 
 def _norm(cf: ChannelsFirst, norm: nn.Module) -> nn.Module:
