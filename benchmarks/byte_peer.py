@@ -41,7 +41,7 @@ from lightning_film.io import write_atomic
 from lightning_film.measure import load_average, machine_info, spread
 from lightning_film.models.optim import warmup_cosine_adamw
 from lightning_film.reproduce.byte import build_variant, config_parts
-from lightning_film.reproduce.report import commit, parse_override
+from lightning_film.reproduce.report import add_override_option, commit
 from lightning_film.reproduce.stats import fmt_ci, fmt_p, paired
 
 PROG = "python -m benchmarks.byte_peer"
@@ -269,14 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sources", nargs="+", default=["shakespeare"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/byte-peer"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=parse_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for our models, e.g. model.positions=none (repeatable); the peer follows the "
+    add_override_option(
+        parser,
+        "a config override for our models, e.g. model.positions=none (repeatable); the peer follows the "
         "width, depth, heads and MLP ratio",
     )
     args = parser.parse_args(argv)

@@ -21,22 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.world_probe_data import world_data
 from lightning_film.data.world import WorldDataModule
 from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
-
-#: the world test's data (configs/world/base.yaml's data section)
-DATA = dict(
-    world="bounce_room",
-    episodes=256,
-    episode_length=64,
-    frame_size=32,
-    context_frames=2,
-    val_episodes=16,
-    test_episodes=16,
-    batch_size=64,
-    seed=0,
-    max_eval_windows=512,
-)
 
 
 def held_out(dm: WorldDataModule, stage: str, count: int) -> dict[str, torch.Tensor]:
@@ -83,9 +70,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    dm = WorldDataModule(**{**DATA, "max_eval_windows": a.count})
-    dm.prepare_data()
-    dm.setup("test")
+    dm = world_data(a.count)  # the world configs' data: the test scores 512 windows
     dm.setup("validate")
     test, val = held_out(dm, "test", a.count), held_out(dm, "validate", a.count)
     truth = test["target"]

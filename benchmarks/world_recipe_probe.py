@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from world_probe_data import stack, world_data
 
-from lightning_film.data.world import WorldDataModule
 from lightning_film.models.world_model import WorldModel, to_uint8, to_unit
 
 p = argparse.ArgumentParser()
@@ -45,28 +45,7 @@ p.add_argument("--sample_steps", type=int, default=20)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
-dm = WorldDataModule(
-    world="bounce_room",
-    episodes=256,
-    episode_length=64,
-    frame_size=32,
-    context_frames=2,
-    val_episodes=16,
-    test_episodes=16,
-    batch_size=32,
-    seed=0,
-    max_eval_windows=512,
-)
-dm.prepare_data()
-dm.setup("fit")
-dm.setup("test")
-
-
-def stack(ds, idx):
-    items = [ds[int(i)] for i in idx]
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
+dm = world_data()
 tr = dm.windows("train")
 te = dm.windows("test")
 rng = np.random.default_rng(a.seed)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from world_probe_data import stack, world_data
 
 from lightning_film.data.environments import agent_matches
-from lightning_film.data.world import WorldDataModule
 from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
 from lightning_film.models.world_eval import datamodule_world
 from lightning_film.models.world_model import WorldModel
@@ -41,27 +41,7 @@ p.add_argument("--eval_n", type=int, default=256)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
-dm = WorldDataModule(
-    world="bounce_room",
-    episodes=256,
-    episode_length=64,
-    frame_size=32,
-    context_frames=2,
-    val_episodes=16,
-    test_episodes=16,
-    split_seed=0,
-    batch_size=32,
-)
-dm.prepare_data()
-dm.setup("fit")
-dm.setup("test")
-
-
-def stack(ds, idx):
-    items = [ds[int(i)] for i in idx]
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
+dm = world_data()
 tr = dm.windows("train")
 te = dm.windows("test")
 train_all = stack(tr, np.arange(len(tr)))

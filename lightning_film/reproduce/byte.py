@@ -29,7 +29,7 @@ import torch
 
 from lightning_film.measure import interleaved, paired_ratios, repeat_times, spread
 from lightning_film.reproduce.byte_report import BASELINE, analyse, cost_notes, render_markdown, render_png, summarize
-from lightning_film.reproduce.report import config_tree, init_args, override_args, parse_override
+from lightning_film.reproduce.report import add_override_option, config_tree, init_args, override_args
 from lightning_film.reproduce.runner import Run
 from lightning_film.reproduce.table import Plan, Table
 
@@ -159,15 +159,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=CONFIG, help="the ByteLM config all variants start from")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=parse_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for every run, e.g. model.dim=64 (repeatable)",
-    )
+    add_override_option(parser, "a config override for every run, e.g. model.dim=64 (repeatable)")
 
 
 def _plan(args: argparse.Namespace) -> Plan:

@@ -43,7 +43,7 @@ from lightning_film.reproduce.quant_report import render_markdown, render_png
 from lightning_film.reproduce.quant_runs import PRESETS, Budget, Preset, build_runs, check_qat_starts
 from lightning_film.reproduce.quant_specs import COREML, GROUP, MODELS, QAT_WEIGHTS, REFERENCE, SPECS, VARIANTS
 from lightning_film.reproduce.quant_summary import analyse, summarize
-from lightning_film.reproduce.report import config_tree, init_args, parse_override
+from lightning_film.reproduce.report import add_override_option, config_tree, init_args
 from lightning_film.reproduce.runner import Run
 from lightning_film.reproduce.table import Plan, Table
 
@@ -57,23 +57,13 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{model}-config", type=Path, default=SPECS[model].config, help=f"the {model} model's config")
     p.add_argument("--max-steps", type=int, help="override both models' training steps per run")
     p.add_argument("--qat-steps", type=int, help="override both models' QAT steps (0: no QAT arm)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=parse_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for every run of both models, e.g. trainer.limit_val_batches=2",
-    )
+    add_override_option(p, "a config override for every run of both models, e.g. trainer.limit_val_batches=2")
     for model in MODELS:
-        p.add_argument(
-            f"--{model}-set",
-            action="append",
-            type=parse_override,
-            default=[],
-            metavar="KEY=VALUE",
-            help=f"a config override for the {model} model's runs only, e.g. model.dim=64",
+        add_override_option(
+            p,
+            f"a config override for the {model} model's runs only, e.g. model.dim=64",
+            flag=f"--{model}-set",
+            dest=f"{model}_set",
         )
     p.add_argument("--coreml", nargs="+", choices=COREML, default=list(COREML), help="Core ML compressions")
     p.add_argument("--threads", type=int, help="torch threads for this process's scoring and timing (default torch's)")

@@ -27,6 +27,7 @@ __all__ = [
     "header",
     "make_folder",
     "mean_std",
+    "add_override_option",
     "override_args",
     "parse_override",
     "report_basics",
@@ -40,6 +41,15 @@ def parse_override(text: str) -> tuple[str, str]:
     if not sep or not key or key.startswith("-"):
         raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. model.dim=64), got {text!r}")
     return key, value
+
+
+def add_override_option(
+    parser: argparse.ArgumentParser, help: str, flag: str = "--set", dest: str = "overrides"
+) -> None:
+    """A repeatable ``flag KEY=VALUE`` option collecting (key, value) pairs in ``dest`` (default: none)."""
+    parser.add_argument(
+        flag, dest=dest, action="append", type=parse_override, default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def override_args(overrides: list[tuple[str, str]]) -> list[str]:

@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lightning_film.reproduce.report import config_tree, mean_std, parse_override
+from lightning_film.reproduce.report import add_override_option, config_tree, mean_std
 from lightning_film.reproduce.runner import Run
 from lightning_film.reproduce.table import Plan, Table
 from lightning_film.reproduce.world_measure import copy_baseline, model_args, model_costs
@@ -88,15 +88,7 @@ CONFIGS = Path("configs/world")
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of the world configs")
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run (and pretraining's)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=parse_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for every run, e.g. model.dim=64 (repeatable)",
-    )
+    add_override_option(parser, "a config override for every run, e.g. model.dim=64 (repeatable)")
     parser.add_argument(
         "--jobs",
         type=int,
