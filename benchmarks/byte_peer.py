@@ -206,7 +206,7 @@ def render(report: dict) -> str:
         "# Byte model against litgpt's GPT (a byte model at equal width, depth, heads and context)",
         "",
         f"- Command: `{report['command']}`",
-        f"- Date: {report['date']}; commit {report['commit']}; litgpt {m.get('litgpt')}",
+        f"- Date: {report['date']}; seeds trained at commit {', '.join(report['commit'])}; litgpt {m.get('litgpt')}",
         f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         f"load average {_load(report['load_average_at_start'])} at start, {_load(report['load_average_at_end'])} at end "
         "(1 / 5 / 15 min); "
@@ -262,6 +262,14 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def resume(path: Path, settings: dict) -> dict:
+    """The stored report at ``path`` if it was made with exactly ``settings``, else a fresh one."""
+    report = json.loads(path.read_text()) if path.exists() else {}
+    if {k: report.get(k) for k in settings} != settings:
+        return {**settings, "seeds": {}}
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
@@ -284,22 +292,23 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / "byte_peer.json"
     settings = {"config": str(args.config), "steps": args.steps, "sources": args.sources}
     settings["overrides"] = [f"{k}={v}" for k, v in args.overrides]
-    report = json.loads(path.read_text()) if path.exists() else {}
-    if {k: report.get(k, [] if k == "overrides" else None) for k in settings} != settings:
-        report = {**settings, "seeds": {}}  # other settings: start over
+    # The resolved arguments, not the config's path, decide whether a stored seed still counts: an edited
+    # config must not re-render runs of the old one under a new commit.
+    settings |= json.loads(json.dumps({"model_args": model_args, "data_args": data_args}))
+    report = resume(path, settings)
     report.setdefault("load_average_at_start", load_average())
     started = time.time()
     for seed in args.seeds:
         if str(seed) in report["seeds"]:
             continue
         print(f"seed {seed}: training {', '.join([*OURS, PEER])} for {args.steps} steps, interleaved", flush=True)
-        report["seeds"][str(seed)] = run_seed(model_args, data_args, seed, args.steps, clip=1.0)
+        report["seeds"][str(seed)] = {**run_seed(model_args, data_args, seed, args.steps, clip=1.0), "commit": commit()}
         args.out.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(report, indent=1) + "\n")
     report |= {
         "command": " ".join([PROG, *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit(),
+        "commit": sorted({s.get("commit", "unknown") for s in report["seeds"].values()}),
         "machine": machine_info(("litgpt",)),
         "load_average_at_end": load_average(),
         "wall_s_this_call": time.time() - started,

@@ -149,7 +149,7 @@ def _peer_report(byte_bpb: list[float], peer_bpb: list[float], ratio: float) -> 
     return {
         "command": "python -m benchmarks.byte_peer",
         "date": "today",
-        "commit": "abc",
+        "commit": ["abc"],
         "machine": machine,
         "load_average_at_start": [1.0, 1.0, 1.0],
         "load_average_at_end": None,
@@ -173,6 +173,18 @@ def test_byte_peer_says_whether_the_goal_is_met() -> None:
     assert "not established different from" in tied_and_faster and "1.200x litgpt's" in tied_and_faster
     assert "speed goal is met" in tied_and_faster
     assert "untested (one seed) against" in byte_peer.render(_peer_report([2.5], [2.4], ratio=1.0))
+
+
+def test_byte_peer_keeps_stored_seeds_only_for_the_same_resolved_arguments(tmp_path: Path) -> None:
+    from benchmarks import byte_peer
+
+    settings = {"config": "c.yaml", "steps": 4, "model_args": {"positions": "rotary"}}
+    path = tmp_path / "byte_peer.json"
+    path.write_text(json.dumps({**settings, "seeds": {"0": {"commit": "abc"}}}))
+    assert byte_peer.resume(path, settings)["seeds"] == {"0": {"commit": "abc"}}
+    # Same config path, edited content: the stored seed was trained with other arguments.
+    edited = {**settings, "model_args": {"positions": "learned"}}
+    assert byte_peer.resume(path, edited) == {**edited, "seeds": {}}
 
 
 def test_compile_lines_give_the_break_even_step() -> None:
