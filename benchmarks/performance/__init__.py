@@ -53,7 +53,7 @@ PROG = "python -m benchmarks.performance"
 
 def run(settings: Settings, out: Path, command: str) -> dict[str, Any]:
     """Run the chosen sections, write the report files into ``out``; returns the JSON content."""
-    from benchmarks.performance import allocator, inference, precision, report, training
+    from benchmarks.performance import allocator, inference, plots, precision, report, training
 
     began = time.perf_counter()
     result: dict[str, Any] = {
@@ -92,7 +92,7 @@ def run(settings: Settings, out: Path, command: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "performance.json", json.dumps(result, indent=1, default=str) + "\n")
     write_atomic(out / "performance.md", report.render_markdown(result))
-    for name, data in report.render_pngs(result).items():
+    for name, data in plots.render_pngs(result).items():
         write_atomic(out / name, data)
     return result
 
