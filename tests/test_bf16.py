@@ -26,28 +26,12 @@ from lightning_film.nn import attention
 from lightning_film.nn.attention import CrossAttention, SelfAttention
 from lightning_film.nn.diffusion import Diffusion, Flow, drawn_on
 from lightning_film.nn.norms import DyT, LayerNorm, RMSNorm
+from tests.helpers import tiny
 
 BF16 = torch.bfloat16
-FRAME, K, A = 16, 2, 5
-WORLD = {
-    "frame_size": FRAME,
-    "context_frames": K,
-    "num_actions": A,
-    "patch_size": 4,
-    "dim": 32,
-    "depth": 1,
-    "num_heads": 2,
-    "sample_steps": 2,
-    "kid_feature": "tiny",
-    "warmup_steps": 1,
-    "kid_subset_size": 4,
-    "kid_subsets": 3,
-    "max_eval_samples": 8,
-    "rollout_steps": 2,
-    "rollout_windows": 2,
-    "grid_windows": 2,
-}
-BYTE = {"dim": 16, "depth": 1, "num_heads": 2, "seq_len": 16, "nibble_dim": 8, "acc_dim": 4, "warmup_steps": 1}
+FRAME, K, A = tiny.FRAME, tiny.CONTEXT, tiny.ACTIONS
+WORLD = {**tiny.WORLD, "rollout_steps": 2, "rollout_windows": 2}
+BYTE = tiny.BYTE
 
 
 def autocast():

@@ -17,11 +17,12 @@ from lightning_film.data.accumulator import accumulate
 from lightning_film.data.bytes import ByteDataModule
 from lightning_film.models import ByteLM
 from lightning_film.nn.embedding import VARIANTS
+from tests.helpers import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Whereas recognition of the inherent dignity — «Ὅλοι οἱ ἄνθρωποι» 人人生而自由 😀 12 \t".encode() * 20
-SEQ = 16
-TINY = {"dim": 16, "depth": 1, "num_heads": 2, "seq_len": SEQ, "nibble_dim": 8, "acc_dim": 4, "warmup_steps": 1}
+TINY = tiny.BYTE
+SEQ = TINY["seq_len"]
 
 
 @pytest.fixture

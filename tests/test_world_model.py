@@ -20,26 +20,11 @@ from lightning_film import list_conditioners, list_normalizers
 from lightning_film.errors import UsageError
 from lightning_film.models import WorldModel
 from lightning_film.models.world_model import sincos_2d, to_uint8, to_unit
+from tests.helpers import tiny
 
 REPO = Path(__file__).resolve().parents[1]
-FRAME, K, A = 16, 2, 5
-TINY = {
-    "frame_size": FRAME,
-    "context_frames": K,
-    "num_actions": A,
-    "patch_size": 4,
-    "dim": 32,
-    "depth": 1,
-    "num_heads": 2,
-    "sample_steps": 2,
-    "kid_feature": "tiny",
-    "warmup_steps": 1,
-    "kid_subset_size": 4,
-    "kid_subsets": 3,
-    "max_eval_samples": 8,
-    "rollout_steps": 3,
-    "grid_windows": 2,
-}
+FRAME, K, A = tiny.FRAME, tiny.CONTEXT, tiny.ACTIONS
+TINY = tiny.WORLD
 PAIRS = [(n, c) for n in list_normalizers() for c in list_conditioners()]
 
 
