@@ -243,14 +243,30 @@ def _load(values: list[float] | None) -> str:
     return "unknown" if values is None else " / ".join(f"{v:.1f}" for v in values)
 
 
+#: relative logit difference below which ours and the peer count as one network (fp32 rounding is ~1e-6)
+SAME_FUNCTION_TOLERANCE = 1e-4
+
+
+def _commits(commit: str | list[str]) -> str:
+    """A report's commits: one per seed since each seed records its own, one string in older reports."""
+    return commit if isinstance(commit, str) else ", ".join(commit)
+
+
 def _same_function_line(check: dict | None) -> list[str]:
     if check is None:
         return []
+    matched = check["max_abs_logit_diff_eps_matched"]
+    same = matched <= SAME_FUNCTION_TOLERANCE * check["max_abs_logit"]
+    verdict = (
+        "So a bpb gap comes from training (the random initial draw, the eps), not from the architecture."
+        if same
+        else "**The two are different networks** at equal weights: a bpb gap may be the architecture."
+    )
     return [
-        f"- Same network: ours `byte` loaded with the peer's weights gives the peer's logits to "
-        f"{check['max_abs_logit_diff_eps_matched']:.1e} with the peer's RMSNorm eps set to ours ({check['ours_eps']:g}), and to "
-        f"{check['max_abs_logit_diff']:.1e} with litgpt's own eps as trained here (largest logit {check['max_abs_logit']:.2f}). "
-        "So a bpb gap comes from training (the random initial draw, the eps), not from the architecture.",
+        f"- Same network? Ours `byte` loaded with the peer's weights gives the peer's logits to "
+        f"{matched:.1e} with the peer's RMSNorm eps set to ours ({check['ours_eps']:g}), and to "
+        f"{check['max_abs_logit_diff']:.1e} with litgpt's own eps as trained here (largest logit "
+        f"{check['max_abs_logit']:.2f}). {verdict}",
         "",
     ]
 
@@ -261,7 +277,7 @@ def render(report: dict) -> str:
         "# Byte model against litgpt's GPT (a byte model at equal width, depth, heads and context)",
         "",
         f"- Command: `{report['command']}`",
-        f"- Date: {report['date']}; seeds trained at commit {', '.join(report['commit'])}; litgpt {m.get('litgpt')}",
+        f"- Date: {report['date']}; seeds trained at commit {_commits(report['commit'])}; litgpt {m.get('litgpt')}",
         f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         f"load average {_load(report['load_average_at_start'])} at start, {_load(report['load_average_at_end'])} at end "
         "(1 / 5 / 15 min); "

@@ -174,8 +174,15 @@ def test_byte_peer_says_whether_the_goal_is_met() -> None:
     assert "speed goal is met" in tied_and_faster
     assert "untested (one seed) against" in byte_peer.render(_peer_report([2.5], [2.4], ratio=1.0))
     check = {"max_abs_logit_diff": 5e-3, "max_abs_logit_diff_eps_matched": 2e-6, "max_abs_logit": 3.0, "ours_eps": 1e-6}
-    assert "peer's logits to 2.0e-06 with the peer's RMSNorm eps set to ours (1e-06)" in byte_peer.render(
-        {**_peer_report([2.5], [2.4], ratio=1.0), "same_function": check}
+    same = byte_peer.render({**_peer_report([2.5], [2.4], ratio=1.0), "same_function": check})
+    assert "peer's logits to 2.0e-06 with the peer's RMSNorm eps set to ours (1e-06)" in same
+    assert "not from the architecture" in same
+    apart = byte_peer.render(
+        {**_peer_report([2.5], [2.4], ratio=1.0), "same_function": {**check, "max_abs_logit_diff_eps_matched": 0.3}}
+    )
+    assert "different networks" in apart and "not from the architecture" not in apart
+    assert "seeds trained at commit abc;" in byte_peer.render(
+        {**_peer_report([2.5], [2.4], ratio=1.0), "commit": "abc"}
     )
 
 
