@@ -12,13 +12,13 @@ import tempfile
 import torch
 
 from lightning_film.export.coreml import export_coreml
-from lightning_film.models import ByteLM, WorldModel
+from lightning_film.models import ByteLM, ByteNet, WorldDenoiser, WorldModel
 
 out = {}
 torch.manual_seed(0)
-byte = ByteLM(dim=64, depth=2, num_heads=2, seq_len=32, variant="nibble_acc", block_conditioner="film")
+byte = ByteLM(ByteNet(dim=64, depth=2, num_heads=2, seq_len=32, variant="nibble_acc", block_conditioner="film"))
 byte.rare_table_known.fill_(True)
-world = WorldModel(frame_size=16, dim=64, depth=2, num_heads=2, patch_size=4, kid_feature="tiny")
+world = WorldModel(WorldDenoiser(frame_size=16, dim=64, depth=2, num_heads=2, patch_size=4), kid_feature="tiny")
 for name, m in (("byte", byte), ("world", world)):
     for layout in ("default", "ane"):
         with tempfile.TemporaryDirectory() as d:

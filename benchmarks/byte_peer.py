@@ -68,23 +68,24 @@ def peer_model(model_args: dict, seq_len: int) -> nn.Module:
     except ImportError as err:
         raise SystemExit(f"{PROG}: litgpt is not importable here ({err}); {SETUP}") from None
 
-    dim, depth = model_args["dim"], model_args["depth"]
+    net = model_args["net"]  # ByteNet's arguments
+    dim, depth = net["dim"], net["depth"]
     config = Config(
         name="byte",
         block_size=seq_len,
         vocab_size=256,
         padded_vocab_size=256,
         n_layer=depth,
-        n_head=model_args["num_heads"],
+        n_head=net["num_heads"],
         n_embd=dim,
-        intermediate_size=int(model_args["mlp_ratio"] * dim),
+        intermediate_size=int(net["mlp_ratio"] * dim),
         rotary_percentage=1.0,
         parallel_residual=False,
         bias=True,
         lm_head_bias=True,
         norm_class_name="RMSNorm",
         mlp_class_name="GptNeoxMLP",
-        gelu_approximate="tanh" if model_args.get("activation", "gelu") == "gelu_tanh" else "none",  # ours
+        gelu_approximate="tanh" if net.get("activation", "gelu") == "gelu_tanh" else "none",  # ours
     )
     model = GPT(config)
     initialize_weights(L.Fabric(accelerator="cpu", devices=1), model, n_layer=depth, n_embd=dim)
@@ -104,6 +105,16 @@ _NAMES = (
 )
 
 
+def peer_weights(peer: nn.Module) -> dict[str, Tensor]:
+    """The peer's state_dict under our ``byte`` model's names (every peer weight has a place in ours)."""
+    weights = {}
+    for name, value in peer.state_dict().items():
+        for theirs, mine in _NAMES:
+            name = name.replace(theirs, mine)
+        weights[name] = value.clone()
+    return weights
+
+
 def same_function(model_args: dict, seq_len: int) -> dict[str, float]:
     """Ours (``byte``) given the peer's weights, against the peer, on random bytes: the largest
     logit difference as built, and with the peer's norm eps set to ours. Near 0: the two are one
@@ -112,12 +123,7 @@ def same_function(model_args: dict, seq_len: int) -> dict[str, float]:
 
     torch.manual_seed(0)
     ours, peer = build_variant(model_args, "byte").eval(), peer_model(model_args, seq_len).eval()
-    weights = {}
-    for name, value in peer.state_dict().items():
-        for theirs, mine in _NAMES:
-            name = name.replace(theirs, mine)
-        weights[name] = value
-    ours.load_state_dict({**ours.state_dict(), **weights})  # strict: every peer weight has a place in ours
+    ours.load_state_dict({**ours.state_dict(), **peer_weights(peer)})  # strict: every peer weight has a place
     x = torch.randint(0, 256, (2, seq_len), generator=torch.Generator().manual_seed(0))
     matched = copy.deepcopy(peer)
     (eps,) = {m.eps for m in ours.modules() if hasattr(m, "eps")}  # ours has one norm kind here
@@ -134,11 +140,14 @@ def same_function(model_args: dict, seq_len: int) -> dict[str, float]:
         }
 
 
-def build(model_args: dict, seq_len: int, seed: int, steps: int) -> dict[str, dict]:
-    """name -> {"module", "nll" (batch -> (B, N) nats), "optimizer", "scheduler"}."""
+def build(
+    model_args: dict, seq_len: int, seed: int, steps: int, variants: tuple[str, ...] = OURS, start: str = "own"
+) -> dict[str, dict]:
+    """name -> {"module", "nll" (batch -> (B, N) nats), "optimizer", "scheduler"}; ``start="peer"``: ours
+    ``byte`` starts from the peer's initial weights (the same draw), not its own."""
     args = {**model_args, "max_lr_steps": steps}
     out: dict[str, dict] = {}
-    for variant in OURS:
+    for variant in variants:
         torch.manual_seed(seed)
         model = build_variant(args, variant)
         opt = model.configure_optimizers()  # the model's own, with max_lr_steps it needs no Trainer
@@ -156,6 +165,9 @@ def build(model_args: dict, seq_len: int, seed: int, steps: int) -> dict[str, di
     hp = (ours.lr, ours.weight_decay, ours.warmup_steps, steps, ours.min_lr_ratio)
     optimizer, scheduler = warmup_cosine_adamw(peer, no_decay, *hp, betas=(0.9, 0.95))
     out[PEER] = {"module": peer, "nll": peer_nll, "optimizer": optimizer, "scheduler": scheduler}
+    if start == "peer":
+        ours = out["byte"]["module"]
+        ours.load_state_dict({**ours.state_dict(), **peer_weights(peer)})  # in place: the optimizer keeps its tensors
     return out
 
 
@@ -187,14 +199,22 @@ def test_bpb(model: dict, loader) -> float:
     return nats / count / math.log(2)
 
 
-def run_seed(model_args: dict, data_args: dict, seed: int, steps: int, clip: float) -> dict:
+def run_seed(
+    model_args: dict,
+    data_args: dict,
+    seed: int,
+    steps: int,
+    clip: float,
+    variants: tuple[str, ...] = OURS,
+    start: str = "own",
+) -> dict:
     from lightning_film.data.bytes import ByteDataModule
 
     dm = ByteDataModule(**{**data_args, "seed": seed})
     dm.setup("fit")
     dm.setup("test")
-    models = build(model_args, dm.seq_len, seed, steps)
-    for name in OURS:
+    models = build(model_args, dm.seq_len, seed, steps, variants, start)
+    for name in variants:
         models[name]["module"].rare_table.copy_(dm.rare_table)
     names = list(models)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -207,7 +227,8 @@ def run_seed(model_args: dict, data_args: dict, seed: int, steps: int, clip: flo
             batches = iter(dm.train_dataloader())
             continue
         tokens = int(batch["mask"].numel())
-        for name in names[step % 3 :] + names[: step % 3]:  # rotate who goes first
+        turn = step % len(names)
+        for name in names[turn:] + names[:turn]:  # rotate who goes first
             times[name].append(train_step(models[name], batch, clip))
         step += 1
     timed = {n: t[WARMUP_STEPS_SKIPPED:] for n, t in times.items()}
@@ -227,7 +248,8 @@ def run_seed(model_args: dict, data_args: dict, seed: int, steps: int, clip: flo
 def summarize(report: dict) -> dict:
     seeds = report["seeds"]
     rows = {}
-    for name in [*OURS, PEER]:
+    variants = report.get("variants", OURS)  # older reports trained both
+    for name in [*variants, PEER]:
         ratios = [r for s in seeds.values() for r in s["models"][name]["tokens_per_s_vs_peer"]]
         rows[name] = {
             "params": next(iter(seeds.values()))["models"][name]["params"],
@@ -235,7 +257,7 @@ def summarize(report: dict) -> dict:
             "tokens_per_s": statistics.median(s["models"][name]["tokens_per_s"] for s in seeds.values()),
             "vs_peer": spread(ratios),
         }
-    gaps = {name: paired(rows[name]["test_bpb"], rows[PEER]["test_bpb"]) for name in OURS}
+    gaps = {name: paired(rows[name]["test_bpb"], rows[PEER]["test_bpb"]) for name in variants}
     return {"rows": rows, "gaps": gaps}
 
 
@@ -287,6 +309,11 @@ def render(report: dict) -> str:
         f"{report.get('overrides') or 'none'}; batch "
         f"{report['batch_size']} x {report['seq_len']} bytes; AdamW lr {report['lr']}, warmup then cosine; "
         "clip 1.0; fp32",
+        *(
+            ["- Start: ours `byte` from the peer's initial weights (the same draw, each seed), not its own"]
+            if report.get("start") == "peer"
+            else []
+        ),
         "",
         "| model | params | test bpb (Shakespeare) | train tokens/s | tokens/s vs litgpt (per step) |",
         "|---|---:|---:|---:|---:|",
@@ -313,6 +340,8 @@ def render(report: dict) -> str:
     for name, gap in s["gaps"].items():
         ci = "–" if gap["half"] is None else f"[{gap['low']:+.4f}, {gap['high']:+.4f}]"
         lines.append(f"| {name} | {gap['n']} | {gap['diff']:+.4f} | {ci} | {fmt_p(gap['p'])} | {gap['verdict']} |")
+    if "byte" not in s["gaps"]:
+        return "\n".join([*lines, ""])
     byte = s["gaps"]["byte"]
     speed = s["rows"]["byte"]["vs_peer"]["median"]
     if byte["verdict"] == "established":
@@ -349,9 +378,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sources", nargs="+", default=["shakespeare"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/byte-peer"))
+    parser.add_argument("--variants", nargs="+", choices=OURS, default=list(OURS), help="our models to train")
+    parser.add_argument(
+        "--start",
+        choices=("own", "peer"),
+        default="own",
+        help="peer: ours `byte` starts from the peer's initial weights (the same draw), to tell the draw from the step",
+    )
     add_override_option(
         parser,
-        "a config override for our models, e.g. model.positions=none (repeatable); the peer follows the "
+        "a config override for our models, e.g. model.net.positions=none (repeatable); the peer follows the "
         "width, depth, heads and MLP ratio",
     )
     args = parser.parse_args(argv)
@@ -362,7 +398,10 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args = config_parts(args.config, args.overrides)
     data_args = {**data_args, "sources": args.sources}
     path = args.out / "byte_peer.json"
+    if args.start == "peer" and "byte" not in args.variants:
+        parser.error("--start peer gives the peer's weights to ours `byte`: include byte in --variants")
     settings = {"config": str(args.config), "steps": args.steps, "sources": args.sources}
+    settings |= {"variants": args.variants, "start": args.start}
     settings["overrides"] = [f"{k}={v}" for k, v in args.overrides]
     # The resolved arguments, not the config's path, decide whether a stored seed still counts: an edited
     # config must not re-render runs of the old one under a new commit.
@@ -373,8 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         if str(seed) in report["seeds"]:
             continue
-        print(f"seed {seed}: training {', '.join([*OURS, PEER])} for {args.steps} steps, interleaved", flush=True)
-        report["seeds"][str(seed)] = {**run_seed(model_args, data_args, seed, args.steps, clip=1.0), "commit": commit()}
+        print(
+            f"seed {seed}: training {', '.join([*args.variants, PEER])} for {args.steps} steps, interleaved", flush=True
+        )
+        result = run_seed(model_args, data_args, seed, args.steps, 1.0, tuple(args.variants), args.start)
+        report["seeds"][str(seed)] = {**result, "commit": commit()}
         args.out.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(report, indent=1) + "\n")
     report |= {

@@ -66,12 +66,12 @@ def _trainer(root: Path, steps: int, timer: _Timer):
 def byte_lm(root: Path, steps: int, warmup: int) -> tuple[float, float]:
     """(tokens/s, final loss) of ByteLM (nibble_acc, dim 256, depth 4, 256 bytes, batch 32)."""
     from lightning_film.data.bytes import ByteDataModule
-    from lightning_film.models import ByteLM
+    from lightning_film.models import ByteLM, ByteNet
 
     text = root / "text.txt"
     text.write_bytes(b"To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 4000)
     dm = ByteDataModule([str(text)], seq_len=256, batch_size=32, split_blocks=10, val_fraction=0.1, test_fraction=0.1)
-    model = ByteLM(dim=256, depth=4, num_heads=4, seq_len=256, warmup_steps=2)
+    model = ByteLM(ByteNet(dim=256, depth=4, num_heads=4, seq_len=256), warmup_steps=2)
     timer = _Timer(warmup)
     trainer = _trainer(root / "byte", steps, timer)
     trainer.fit(model, dm)
@@ -81,15 +81,14 @@ def byte_lm(root: Path, steps: int, warmup: int) -> tuple[float, float]:
 def world_model(root: Path, steps: int, warmup: int) -> tuple[float, float]:
     """(samples/s, final loss) of WorldModel (32 x 32 frames, dim 256, depth 4, batch 64)."""
     from lightning_film.data.world import WorldDataModule
-    from lightning_film.models import WorldModel
+    from lightning_film.models import WorldDenoiser, WorldModel
 
     os.environ["LIGHTNING_FILM_CACHE"] = str(root / "cache")  # the recorded episodes go there
     dm = WorldDataModule(
         episodes=40, episode_length=16, frame_size=32, context_frames=2, val_episodes=2, test_episodes=2, batch_size=64
     )
-    model = WorldModel(
-        frame_size=32, context_frames=2, dim=256, depth=4, num_heads=4, kid_feature="tiny", warmup_steps=2
-    )
+    net = WorldDenoiser(frame_size=32, context_frames=2, dim=256, depth=4, num_heads=4)
+    model = WorldModel(net, kid_feature="tiny", warmup_steps=2)
     timer = _Timer(warmup)
     trainer = _trainer(root / "world", steps, timer)
     trainer.fit(model, dm)

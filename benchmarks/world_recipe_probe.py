@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from world_probe_data import stack, world_data
 
-from lightning_film.models.world_model import WorldModel, to_uint8, to_unit
+from lightning_film.models.world_model import WorldDenoiser, WorldModel, to_uint8, to_unit
 
 p = argparse.ArgumentParser()
 p.add_argument("--name", required=True)
@@ -53,15 +53,18 @@ train_all = stack(tr, np.arange(len(tr)))
 test_idx = np.linspace(0, len(te) - 1, a.eval_n).round().astype(int)
 test = stack(te, test_idx)
 objective = "flow" if a.pred == "flow" else "diffusion"
-m = WorldModel(
+net = WorldDenoiser(
     conditioner={"name": a.cond, "hidden_dim": a.cond_hidden} if a.cond_hidden else a.cond,
     normalizer=a.norm,
     dim=a.dim,
     depth=a.depth,
     patch_size=a.patch,
+    combine=a.combine,
+)
+m = WorldModel(
+    net,
     objective=objective,
     prediction=None if objective == "flow" else ("v" if a.pred in ("x0", "reg") else a.pred),
-    combine=a.combine,
     kid_feature="tiny",
     seed=a.seed,
 )

@@ -23,7 +23,7 @@ from lightning_film.data.environments import agent_matches
 from lightning_film.metrics.kid import build_kid_feature, compute_kid, kid_metric, real_features
 from lightning_film.models.world_eval import datamodule_world
 from lightning_film.models.world_model import WorldModel
-from lightning_film.models.world_net import to_uint8, to_unit
+from lightning_film.models.world_net import WorldDenoiser, to_uint8, to_unit
 from lightning_film.nn.diffusion import cosine_alpha_bar
 
 p = argparse.ArgumentParser()
@@ -46,7 +46,7 @@ tr = dm.windows("train")
 te = dm.windows("test")
 train_all = stack(tr, np.arange(len(tr)))
 test = stack(te, np.arange(a.eval_n))
-m = WorldModel(patch_size=a.patch, dim=a.dim, noise_shift=1.0, kid_feature="tiny", seed=a.seed)
+m = WorldModel(WorldDenoiser(patch_size=a.patch, dim=a.dim), noise_shift=1.0, kid_feature="tiny", seed=a.seed)
 T = 1000
 ab_plain = cosine_alpha_bar(T)
 lam_plain = torch.logit(ab_plain)  # decreasing in t

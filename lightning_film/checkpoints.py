@@ -50,6 +50,9 @@ __all__ = [
     "loaded_class",
     "nest_checkpoint",
     "nest_keys",
+    "nest_network_arguments",
+    "network",
+    "network_class",
     "read_checkpoint",
     "trusted_hyper_parameters",
 ]
@@ -231,6 +234,8 @@ def check_weights_fit(module: torch.nn.Module, checkpoint: dict[str, Any], stric
     saved, current = checkpoint.get("hyper_parameters"), getattr(module, "hparams", {})
     differ = []
     if isinstance(saved, Mapping):
+        # the network's arguments one level down (net.dim), where they decide the shapes
+        saved, current = dict(_strings(saved, "")), dict(_strings(dict(current), ""))
         differ = [
             f"{k}={saved[k]!r} there, {current[k]!r} here"
             for k in current
@@ -260,6 +265,48 @@ def nest_checkpoint(checkpoint: dict[str, Any], modules: tuple[str, ...], prefix
     whether any key was renamed. Call it from ``on_load_checkpoint`` (before the weights load)."""
     states = [checkpoint[k] for k in ("state_dict", "current_model_state") if isinstance(checkpoint.get(k), dict)]
     return any([nest_keys(state, modules, prefix) for state in states])
+
+
+def network_class(model_class: type) -> type | None:
+    """The network class a LightningModule class takes as ``net`` (its annotation), or None."""
+    import typing
+
+    init = getattr(model_class, "__init__", None)
+    try:
+        hint = typing.get_type_hints(init).get("net") if init is not None else None
+    except (NameError, TypeError):
+        return None
+    return hint if isinstance(hint, type) and issubclass(hint, torch.nn.Module) else None
+
+
+def network(net: Any, cls: type[torch.nn.Module], who: str) -> Any:
+    """``net`` as a ``cls``: itself, or built from a mapping of ``cls``'s arguments (how a checkpoint
+    stores it, ``hparams.net``); anything else, or an argument ``cls`` does not take, a ValueError."""
+    import inspect
+
+    if isinstance(net, cls):
+        return net
+    if not isinstance(net, Mapping):
+        raise ValueError(f"{who}: net must be a {cls.__name__} or a mapping of its arguments; got {type(net).__name__}")
+    takes = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(net) - set(takes))
+    if unknown:
+        raise ValueError(f"{who}: net has no argument {', '.join(unknown)}; {cls.__name__} takes: {', '.join(takes)}")
+    return cls(**net)
+
+
+def nest_network_arguments(hparams: dict[str, Any], model_class: type) -> list[str]:
+    """A checkpoint written before the network was ``net`` holds the network's arguments flat
+    (``dim``, ``depth``, ...): move them, in place, under ``hparams["net"]``; returns their names."""
+    import inspect
+
+    net_class = network_class(model_class)
+    if net_class is None or not isinstance(hparams, dict) or "net" in hparams:
+        return []
+    flat = [p for p in inspect.signature(net_class).parameters if p != "self" and p in hparams]
+    if flat:
+        hparams["net"] = {name: hparams.pop(name) for name in flat}
+    return flat
 
 
 def load_model(path: str | os.PathLike[str], model_class: str | None = None) -> Any:
@@ -301,8 +348,10 @@ def load_model(path: str | os.PathLike[str], model_class: str | None = None) -> 
     if model_class:
         check_model_class(checkpoint, path, cls, "--model")
     takes = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-    trusted_hyper_parameters(checkpoint, path, accepted=takes)
-    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    moved = nest_network_arguments(checkpoint.get("hyper_parameters"), cls)  # as the class's loader does
+    hparams = trusted_hyper_parameters(checkpoint, path, accepted=takes)
+    given = {"net": hparams["net"]} if moved else {}  # Lightning reads the file again
+    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **given).eval()
 
 
 def last_checkpoint(trainer: Any, subcommand: str) -> str | None:

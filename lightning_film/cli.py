@@ -49,6 +49,7 @@ from lightning_film.checkpoints import (
     check_model_class,
     last_checkpoint,
     loaded_class,
+    nest_network_arguments,
     read_checkpoint,
     trusted_hyper_parameters,
 )
@@ -148,8 +149,8 @@ class FilmCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--imports", type=list[str] | str, default=[], help=IMPORTS_HELP)
         # said once, under data; a model and data class that both take one get the data's value
-        for name in SHARED_SETTINGS:
-            parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}")
+        for name, at in SHARED_SETTINGS.items():
+            parser.link_arguments(f"data.init_args.{name}", "model.init_args." + at.replace("net.", "net.init_args."))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._cli_model_keys = _cli_model_keys(args)
@@ -202,18 +203,23 @@ class FilmCLI(LightningCLI):
         check_model_class(checkpoint, ckpt_path, class_path, "this run's model")
         given = model.get("init_args")
         given = given.as_dict() if hasattr(given, "as_dict") else {}
+        if isinstance(given.get("net"), dict):  # as the checkpoint holds it: the arguments alone
+            given["net"] = given["net"].get("init_args", given["net"])
         cls = loaded_class(class_path)
         takes = list(inspect.signature(cls).parameters) if cls is not None else None
+        if cls is not None:
+            nest_network_arguments(checkpoint.get("hyper_parameters"), cls)
         hparams = trusted_hyper_parameters(checkpoint, ckpt_path, given, takes)
         # Lightning lets the checkpoint overwrite everything; an option typed on this command line
         # (--model.sample_steps 50 at test time) is the user's latest word, so it wins
-        kept = sorted(k for k in getattr(self, "_cli_model_keys", ()) if k in hparams and hparams[k] != given.get(k))
+        keys = getattr(self, "_cli_model_keys", ())
+        kept = sorted(k for k in keys if _get(hparams, k, _MISSING) not in (_MISSING, _get(given, k)))
         for key in kept:
-            del hparams[key]
+            _pop(hparams, key)
         if kept:
             rank_zero_info(
                 f"{PROG}: model settings from checkpoint {str(ckpt_path)!r}, except from the command line: "
-                + ", ".join(f"{k}={given.get(k)!r}" for k in kept)
+                + ", ".join(f"{k}={_get(given, k)!r}" for k in kept)
             )
         if hparams:
             # the class stays the user's: the checkpoint only fills in its settings
@@ -234,15 +240,36 @@ class FilmCLI(LightningCLI):
         return kwargs
 
 
+_MISSING = object()
+
+
+def _get(settings: dict, key: str, default: Any = None) -> Any:
+    """``settings[key]``, ``key`` dotted one level at most (``net.dim``)."""
+    first, _, rest = key.partition(".")
+    value = settings.get(first, default)
+    return (value.get(rest, default) if isinstance(value, dict) else default) if rest else value
+
+
+def _pop(settings: dict, key: str) -> None:
+    first, _, rest = key.partition(".")
+    if rest and isinstance(settings.get(first), dict):
+        settings[first].pop(rest, None)
+    elif not rest:
+        settings.pop(first, None)
+
+
 def _cli_model_keys(args: Any) -> set[str]:
-    """The model settings named on the command line: ``--model.X`` / ``--model.init_args.X`` (``=v`` or not)."""
+    """The model settings named on the command line: ``--model.X`` / ``--model.init_args.X`` (``=v`` or not),
+    the network's as ``net.X``."""
     keys = set()
     for arg in args if isinstance(args, (list, tuple)) else ():
         if isinstance(arg, str) and arg.startswith("--model."):
             name = arg[len("--model.") :].split("=", 1)[0]
             name = name[len("init_args.") :] if name.startswith("init_args.") else name
             if name and name not in ("help", "class_path"):
-                keys.add(name.split(".", 1)[0])
+                first, _, rest = name.partition(".")
+                rest = rest[len("init_args.") :] if rest.startswith("init_args.") else rest
+                keys.add(f"net.{rest.split('.', 1)[0]}" if first == "net" and rest else first)
     return keys
 
 

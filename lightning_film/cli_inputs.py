@@ -13,9 +13,14 @@ from lightning_film.io import folder_problem, yaml_problem
 
 __all__ = ["SHARED_SETTINGS", "check_config", "check_paths", "check_shared_settings", "config_model_keys"]
 
-#: settings a model and its data must agree on: given once, under ``data``; the CLI links them to
-#: the model (``FilmCLI.add_arguments_to_parser``) when the data class takes them
-SHARED_SETTINGS = ("frame_size", "context_frames", "seq_len", "nibble_scheme")
+#: settings a model and its data must agree on -> where the model takes them: given once, under
+#: ``data``; the CLI links them to the model (``FilmCLI.add_arguments_to_parser``) when the data class takes them
+SHARED_SETTINGS = {
+    "frame_size": "net.frame_size",
+    "context_frames": "net.context_frames",
+    "seq_len": "net.seq_len",
+    "nibble_scheme": "nibble_scheme",
+}
 
 
 def check_paths(args: list[str]) -> None:
@@ -45,7 +50,8 @@ def check_paths(args: list[str]) -> None:
 
 
 def config_model_keys(args: list[str]) -> set[str]:
-    """The model settings the ``--config`` files name (``model.init_args.X`` or ``model.X``)."""
+    """The model settings the ``--config`` files name (``model.init_args.X`` or ``model.X``; the
+    network's as ``net.X``)."""
     import yaml
 
     keys: set[str] = set()
@@ -61,8 +67,11 @@ def config_model_keys(args: list[str]) -> set[str]:
             continue
         if isinstance(model, dict):
             init = model.get("init_args")
-            keys |= set(init) if isinstance(init, dict) else set()
-            keys |= {k for k in model if k not in ("class_path", "init_args", "dict_kwargs")}
+            given = {**(init if isinstance(init, dict) else {}), **model}
+            keys |= {k for k in given if k not in ("class_path", "init_args", "dict_kwargs")}
+            net = given.get("net")
+            net = net.get("init_args", net) if isinstance(net, dict) else None
+            keys |= {f"net.{k}" for k in net if k != "class_path"} if isinstance(net, dict) else set()
     return keys
 
 
@@ -74,12 +83,12 @@ def check_shared_settings(config: Any, given: set[str]) -> None:
     data = section.get("data") if section is not None else None
     init = data.get("init_args") if hasattr(data, "get") else None
     taken = set(vars(init)) if init is not None and hasattr(init, "__dict__") else set()
-    clash = [name for name in SHARED_SETTINGS if name in given and name in taken]
+    clash = [name for name, at in SHARED_SETTINGS.items() if at in given and name in taken]
     if clash:
-        moved = ", ".join(f"model.{n} -> data.{n}" for n in clash)
+        moved = ", ".join(f"model.{SHARED_SETTINGS[n]} -> data.{n}" for n in clash)
         raise UsageError(
-            f"{', '.join(f'model.{n}' for n in clash)}: the model takes these from its data (the two must agree, so "
-            f"each is set once, under data); move them: {moved}"
+            f"{', '.join(f'model.{SHARED_SETTINGS[n]}' for n in clash)}: the model takes these from its data (the two "
+            f"must agree, so each is set once, under data); move them: {moved}"
         )
 
 

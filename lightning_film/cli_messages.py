@@ -145,12 +145,17 @@ def _not_accepted(option: str, owner: str | None) -> str:
     """``'dimm' is not accepted by ByteLM (did you mean 'dim'?); accepted: dim, depth, ...``."""
     if owner is None:
         return f"{option!r} is not accepted"
+    from lightning_film.checkpoints import network_class
+
     module, _, name = owner.rpartition(".")
     try:
-        params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        cls = getattr(importlib.import_module(module), name)
+        params = list(inspect.signature(cls).parameters)
     except (ImportError, AttributeError, ValueError, TypeError):
         return f"{option!r} is not accepted by {name}"
     params = [p for p in params if p not in ("self", "args", "kwargs")]
-    close = difflib.get_close_matches(option, params, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    net = network_class(cls)  # the network's own arguments go under net: model.net.dim
+    owned = [p for p in inspect.signature(net).parameters if p != "self"] if net is not None else []
+    close = difflib.get_close_matches(option, params + owned, n=1)
+    hint = f" (did you mean {('net.' if close[0] not in params else '') + close[0]!r}?)" if close else ""
     return f"{option!r} is not accepted by {name}{hint}; accepted: {', '.join(params)}"

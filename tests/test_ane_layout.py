@@ -32,6 +32,7 @@ from lightning_film.nn.conditioners import Conditioner
 from lightning_film.nn.embedding import modulating_conditioners
 from lightning_film.nn.norms import LayerNorm, RMSNorm
 from lightning_film.registry import CONDITIONERS, NORMALIZERS
+from tests.helpers import tiny
 
 #: max |copy - original| / max(1, max |original|), float32: 1e-5 absolute for outputs of O(1), relative beyond
 TOL = 1e-5
@@ -63,12 +64,12 @@ def perturbed(model: nn.Module) -> nn.Module:
 
 def byte_lm(**kwargs) -> ByteLM:
     torch.manual_seed(0)
-    return perturbed(ByteLM(**{**BYTE, **kwargs}))
+    return perturbed(tiny.byte_lm(**{**BYTE, **kwargs}))
 
 
 def world_model(**kwargs) -> WorldModel:
     torch.manual_seed(0)
-    return perturbed(WorldModel(**{**WORLD, **kwargs}))
+    return perturbed(tiny.world_model(**{**WORLD, **kwargs}))
 
 
 def max_diff(
@@ -332,7 +333,7 @@ def test_export_command_converts_the_ane_layout_to_convolutions(tmp_path: Path, 
         limit_val_batches=0,
         default_root_dir=tmp_path,
     )
-    model = ByteLM(**{**BYTE, "depth": 1, "embed_conditioner": {"name": "film", "zero_init": False}})
+    model = tiny.byte_lm(**{**BYTE, "depth": 1, "embed_conditioner": {"name": "film", "zero_init": False}})
     trainer.fit(model, ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)

@@ -30,6 +30,7 @@ import torch
 from lightning_film.cli import main
 from lightning_film.data.record import CACHE_ENV, record
 from lightning_film.errors import UsageError
+from tests.helpers import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -44,11 +45,11 @@ BYTE_TINY = {
     "trainer.enable_progress_bar": "false",
     "trainer.enable_model_summary": "false",
     "trainer.logger": "false",
-    "model.dim": 16,
-    "model.depth": 1,
-    "model.num_heads": 2,
-    "model.nibble_dim": 8,
-    "model.acc_dim": 4,
+    "model.net.dim": 16,
+    "model.net.depth": 1,
+    "model.net.num_heads": 2,
+    "model.net.nibble_dim": 8,
+    "model.net.acc_dim": 4,
     "model.warmup_steps": 1,
     "data.seq_len": 16,
     "data.batch_size": 4,
@@ -64,9 +65,9 @@ WORLD_TINY = {
     "trainer.enable_progress_bar": "false",
     "trainer.enable_model_summary": "false",
     "trainer.logger": "false",
-    "model.dim": 16,
-    "model.depth": 1,
-    "model.num_heads": 2,
+    "model.net.dim": 16,
+    "model.net.depth": 1,
+    "model.net.num_heads": 2,
     "model.sample_steps": 2,
     "model.warmup_steps": 1,
     "model.kid_feature": "tiny",
@@ -298,9 +299,8 @@ def _world_dm(env: Env, **kwargs: Any) -> Any:
 
 
 def _init_from(env: Env, path: str) -> object:
-    from lightning_film.models import WorldModel
 
-    model = WorldModel(frame_size=16, dim=16, depth=1, num_heads=2, kid_feature="tiny")
+    model = tiny.world_model(frame_size=16, dim=16, depth=1, num_heads=2, kid_feature="tiny")
     return model.initialize_from(path)
 
 
@@ -311,20 +311,20 @@ CASES: list[Case] = [
     # -- configs: keys, types, names (fit / test / predict of every config) ----------------------
     Case(
         "byte-dim-not-an-int",
-        lambda e: e.byte("fit", "byte.yaml", "--model.dim", "abc"),
-        ("model.dim", "expected int", "'abc'"),
+        lambda e: e.byte("fit", "byte.yaml", "--model.net.dim", "abc"),
+        ("model.net.dim", "expected int", "'abc'"),
     ),
     Case(
         "byte-misspelled-key",
         lambda e: e.byte("fit", "nibble.yaml", "--model.dimm", "3"),
-        ("'dimm' is not accepted by ByteLM", "did you mean 'dim'", "accepted: dim, depth"),
+        ("'dimm' is not accepted by ByteLM", "did you mean 'net.dim'", "accepted: net, nibble_scheme"),
     ),
     Case(
         "byte-misspelled-key-in-yaml",
         lambda e: e.byte(
             "fit", "nibble_acc.yaml", "--config", e.config("extra.yaml", "model:\n  init_args:\n    nibble_dimm: 8\n")
         ),
-        ("'nibble_dimm' is not accepted by ByteLM", "did you mean 'nibble_dim'"),
+        ("'nibble_dimm' is not accepted by ByteLM", "did you mean 'net.nibble_dim'"),
     ),
     Case(
         "byte-misspelled-section-in-yaml",
@@ -338,17 +338,17 @@ CASES: list[Case] = [
     ),
     Case(
         "byte-misspelled-variant",
-        lambda e: e.byte("test", "nibble.yaml", "--model.variant", "nible"),
-        ("model.variant", "'nible'", "'byte', 'nibble', 'nibble_acc'"),
+        lambda e: e.byte("test", "nibble.yaml", "--model.net.variant", "nible"),
+        ("model.net.variant", "'nible'", "'byte', 'nibble', 'nibble_acc'"),
     ),
     Case(
         "byte-misspelled-normalizer",
-        lambda e: e.byte("fit", "byte.yaml", "--model.normalizer", "rmsnrom"),
+        lambda e: e.byte("fit", "byte.yaml", "--model.net.normalizer", "rmsnrom"),
         ("unknown normalizer 'rmsnrom'", "did you mean 'rmsnorm'", "layernorm"),
     ),
     Case(
         "byte-misspelled-conditioner",
-        lambda e: e.byte("fit", "nibble_acc.yaml", "--model.embed_conditioner", "flim"),
+        lambda e: e.byte("fit", "nibble_acc.yaml", "--model.net.embed_conditioner", "flim"),
         ("unknown conditioner 'flim'", "did you mean 'film'", "adaln_zero"),
     ),
     Case(
@@ -358,8 +358,8 @@ CASES: list[Case] = [
     ),
     Case(
         "world-model-setting-the-data-owns-in-a-config",
-        lambda e: e.world("fit", "filmcond.yaml", "--config", "{model: {init_args: {frame_size: 16}}}"),
-        ("model.frame_size", "set once, under data", "model.frame_size -> data.frame_size"),
+        lambda e: e.world("fit", "filmcond.yaml", "--config", "{model: {init_args: {net: {frame_size: 16}}}}"),
+        ("model.net.frame_size", "set once, under data", "model.net.frame_size -> data.frame_size"),
     ),
     Case(
         "byte-misspelled-data-nibble-scheme",
@@ -501,12 +501,12 @@ CASES: list[Case] = [
     ),
     Case(
         "world-misspelled-conditioner",
-        lambda e: e.world("fit", "flow_clsfg.yaml", "--model.conditioner", "adalnzero"),
+        lambda e: e.world("fit", "flow_clsfg.yaml", "--model.net.conditioner", "adalnzero"),
         ("unknown conditioner 'adalnzero'", "did you mean 'adaln_zero'"),
     ),
     Case(
         "world-misspelled-normalizer",
-        lambda e: e.world("fit", "pretrain.yaml", "--model.normalizer", "layrnorm"),
+        lambda e: e.world("fit", "pretrain.yaml", "--model.net.normalizer", "layrnorm"),
         ("unknown normalizer 'layrnorm'", "did you mean 'layernorm'"),
     ),
     Case(

@@ -186,6 +186,18 @@ def test_byte_peer_says_whether_the_goal_is_met() -> None:
     )
 
 
+def test_byte_peer_renders_a_run_of_byte_alone_from_the_peers_start() -> None:
+    from benchmarks import byte_peer
+
+    report = _peer_report([2.5, 2.6, 2.55], [2.4, 2.5, 2.46], ratio=1.1)
+    for seed in report["seeds"].values():
+        del seed["models"]["nibble_acc"]
+    text = byte_peer.render({**report, "variants": ["byte"], "start": "peer"})
+    assert "Start: ours `byte` from the peer's initial weights" in text
+    assert "nibble_acc" not in text and "| byte | 3 | +0.1000 |" in text
+    assert "Start:" not in byte_peer.render(_peer_report([2.5], [2.4], ratio=1.0))  # older reports: own start
+
+
 def test_byte_peer_keeps_stored_seeds_only_for_the_same_resolved_arguments(tmp_path: Path) -> None:
     from benchmarks import byte_peer
 

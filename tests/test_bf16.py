@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning_film.data.accumulator import StreamingAccumulator, accumulate
 from lightning_film.data.bytes import ByteDataModule
 from lightning_film.metrics import TinyFeatures
-from lightning_film.models import ByteLM, WorldModel
+from lightning_film.models import WorldModel
 from lightning_film.models.byte_lm import BitsPerByte
 from lightning_film.nn import attention
 from lightning_film.nn.attention import CrossAttention, SelfAttention
@@ -49,7 +49,7 @@ def world_batch(b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def perturbed_world(**kwargs) -> WorldModel:
     torch.manual_seed(0)
-    m = WorldModel(**{**WORLD, **kwargs})
+    m = tiny.world_model(**{**WORLD, **kwargs})
     with torch.no_grad():  # off the zero-initialised head, so predictions are not exactly 0
         for p in m.parameters():
             p.add_(0.1 * torch.randn(p.shape))
@@ -93,7 +93,7 @@ def test_the_residual_stream_and_every_normalizer_stay_fp32_in_both_models(norma
     linears: list[torch.dtype] = []
     world = perturbed_world(normalizer=normalizer)
     torch.manual_seed(0)
-    byte = ByteLM(**BYTE, normalizer=normalizer)
+    byte = tiny.byte_lm(**BYTE, normalizer=normalizer)
     byte.rare_table_known.fill_(True)
     for m in (world, byte):
         for mod in m.modules():
@@ -193,7 +193,7 @@ def test_diffusion_levels_and_conversions_are_fp32_for_bf16_inputs() -> None:
 # -- the byte model: loss, counters, accumulator --------------------------------------------------------
 def test_byte_loss_counters_and_accumulator_are_unchanged_by_autocast() -> None:
     torch.manual_seed(0)
-    m = ByteLM(**BYTE)
+    m = tiny.byte_lm(**BYTE)
     m.rare_table_known.fill_(True)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 256, (2, 17), generator=g)
@@ -313,7 +313,7 @@ def test_byte_lm_fits_tests_and_generates_in_bf16_mixed(tmp_path: Path) -> None:
     )
     L.seed_everything(0, verbose=False)
     dm = ByteDataModule([str(src)], seq_len=16, batch_size=8, split_blocks=10, val_fraction=0.1, test_fraction=0.1)
-    m = ByteLM(**BYTE)
+    m = tiny.byte_lm(**BYTE)
     dtypes = autocast_seen(m)
     # the configs clip gradients; Lightning's bf16 plugin would refuse to with our fused AdamW
     grad_norm = GradNorm()
@@ -338,7 +338,7 @@ def test_world_model_fits_and_tests_in_bf16_mixed(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setenv("LIGHTNING_FILM_CACHE", str(tmp_path / "cache"))
     L.seed_everything(0, verbose=False)
-    m = WorldModel(**WORLD)
+    m = tiny.world_model(**WORLD)
     dm = WorldDataModule(
         episodes=10, episode_length=8, frame_size=FRAME, context_frames=K, val_episodes=2, test_episodes=2, batch_size=4
     )

@@ -54,7 +54,7 @@ def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
 
 def fit(tmp_path: Path, sources: list[str], **model_kwargs) -> tuple[ByteLM, ByteDataModule, L.Trainer]:
     L.seed_everything(0, verbose=False)
-    model, dm = ByteLM(**{**TINY, **model_kwargs}), datamodule(sources)
+    model, dm = tiny.byte_lm(**{**TINY, **model_kwargs}), datamodule(sources)
     t = trainer(tmp_path)
     t.fit(model, dm)
     return model, dm, t
@@ -109,8 +109,8 @@ def test_cli_fits_the_byte_configs_by_short_name(tmp_path: Path, sources: list[s
         "trainer.val_check_interval": 2,
         "trainer.enable_progress_bar": "false",
         "trainer.enable_model_summary": "false",
-        "model.dim": 16,
-        "model.depth": 1,
+        "model.net.dim": 16,
+        "model.net.depth": 1,
         "data.seq_len": SEQ,
         "data.batch_size": 4,
         "data.split_blocks": 10,
@@ -175,7 +175,7 @@ def test_checkpoint_carries_the_rare_table(tmp_path: Path, sources: list[str]) -
     assert dm.rare_table.any() and not dm.rare_table.all()
     path = tmp_path / "m.ckpt"
     t.save_checkpoint(path)
-    fresh = ByteLM(**TINY)
+    fresh = tiny.byte_lm(**TINY)
     assert not bool(fresh.rare_table_known) and not fresh.rare_table.any()
     with pytest.raises(RuntimeError, match="no rare-pair table yet"):
         fresh.generate(b"x", 1)
@@ -192,7 +192,7 @@ def test_checkpoint_table_wins_over_the_data(tmp_path: Path, sources: list[str])
     other.setup("test")
     assert not torch.equal(other.rare_table, dm.rare_table)
     with pytest.warns(UserWarning, match="checkpoint's rare-pair table differs.*the checkpoint's wins"):
-        trainer(tmp_path).test(ByteLM(**TINY), other, ckpt_path=path, verbose=False)
+        trainer(tmp_path).test(tiny.byte_lm(**TINY), other, ckpt_path=path, verbose=False)
     assert torch.equal(other.rare_table, dm.rare_table)
     src = other.sources[0]
     doc_start = torch.from_numpy(src.doc_start(0, len(src.data)))
@@ -227,12 +227,47 @@ def test_checkpoints_of_the_layout_before_net_still_load(monkeypatch: pytest.Mon
     # EMA's copy of the weights is renamed too; a checkpoint of the new layout is left as it is
     checkpoint = {"state_dict": dict(old["state_dict"]), "current_model_state": dict(old["state_dict"])}
     said.clear()
-    ByteLM(**TINY, block_conditioner="film").on_load_checkpoint(checkpoint)
+    tiny.byte_lm(**TINY, block_conditioner="film").on_load_checkpoint(checkpoint)
     assert len(said) == 1 and set(checkpoint["current_model_state"]) == set(checkpoint["state_dict"]) == set(
         loaded.state_dict()
     )
-    ByteLM(**TINY, block_conditioner="film").on_load_checkpoint(checkpoint)
+    tiny.byte_lm(**TINY, block_conditioner="film").on_load_checkpoint(checkpoint)
     assert len(said) == 1
+
+
+def test_checkpoints_with_the_networks_arguments_flat_still_load(tmp_path: Path, sources: list[str]) -> None:
+    """Before the network was ``net``, its arguments stood flat beside ``lr`` in the hyper-parameters:
+    such a checkpoint loads through ``load_model`` (export, reproduce) and through ``--ckpt_path``,
+    its network arguments nested under ``net`` (and a ``net`` it already has is left alone)."""
+    from lightning_film.checkpoints import load_model, nest_network_arguments
+
+    old = torch.load(REPO / "tests" / "fixtures" / "byte_lm_before_net.ckpt", weights_only=True)
+    assert "dim" in old["hyper_parameters"] and "net" not in old["hyper_parameters"]
+    cli_written = {
+        **old,
+        "hyper_parameters": {**old["hyper_parameters"], "_class_path": "lightning_film.models.ByteLM"},
+    }
+    path = tmp_path / "flat.ckpt"
+    torch.save(cli_written, path)
+    loaded = load_model(path)
+    assert loaded.net.config["block_conditioner"] == "film" and loaded.hparams.net["dim"] == 16
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*old["fixture_inputs"]), old["fixture_logits"], rtol=0, atol=1e-6)
+    nested = dict(loaded.hparams)
+    assert nest_network_arguments(nested, ByteLM) == [] and nested == dict(loaded.hparams)
+    overrides = {
+        "trainer.default_root_dir": tmp_path / "run",
+        "trainer.limit_val_batches": 2,
+        "trainer.enable_progress_bar": "false",
+        "trainer.logger": "false",
+        "data.seq_len": SEQ,
+        "data.batch_size": 4,
+        "data.split_blocks": 10,
+        "data.sources": "[" + ", ".join(sources) + "]",
+    }
+    args = [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
+    # the config's network (dim 128) gives way to the checkpoint's (dim 16), as for any checkpoint
+    main(["validate", "--config", str(REPO / "configs/byte/nibble_acc.yaml"), "--ckpt_path", str(path), *args])
 
 
 def test_the_checkpoints_activation_wins(tmp_path: Path, sources: list[str]) -> None:
@@ -244,20 +279,20 @@ def test_the_checkpoints_activation_wins(tmp_path: Path, sources: list[str]) -> 
         return {m.act.approximate for m in model.modules() if isinstance(m, MLP)}
 
     model, dm, t = fit(tmp_path, sources, activation="gelu_tanh")
-    assert acts(ByteLM(**TINY)) == {"none"} and acts(model) == {"tanh"}
+    assert acts(tiny.byte_lm(**TINY)) == {"none"} and acts(model) == {"tanh"}
     path = tmp_path / "tanh.ckpt"
     t.save_checkpoint(path)
     loaded = ByteLM.load_from_checkpoint(path)
-    assert acts(loaded) == {"tanh"} and loaded.hparams.activation == "gelu_tanh"
-    fresh = ByteLM(**TINY)  # the config's default, exact GELU: the checkpoint's tanh wins
+    assert acts(loaded) == {"tanh"} and loaded.hparams.net["activation"] == "gelu_tanh"
+    fresh = tiny.byte_lm(**TINY)  # the config's default, exact GELU: the checkpoint's tanh wins
     trainer(tmp_path).test(fresh, dm, ckpt_path=path, verbose=False)
-    assert acts(fresh) == {"tanh"} and fresh.hparams.activation == "gelu_tanh"
+    assert acts(fresh) == {"tanh"} and fresh.hparams.net["activation"] == "gelu_tanh"
     with torch.no_grad():
         ids = next(iter(dm.test_dataloader()))
         torch.testing.assert_close(fresh.nll(ids), model.nll(ids))
     checkpoint = torch.load(path, weights_only=True)
-    del checkpoint["hyper_parameters"]["activation"]  # as written before the argument existed
-    old = ByteLM(**TINY)
+    del checkpoint["hyper_parameters"]["net"]["activation"]  # as written before the argument existed
+    old = tiny.byte_lm(**TINY)
     old.on_load_checkpoint(checkpoint)
     assert acts(old) == {"tanh"}
 
@@ -271,7 +306,7 @@ def test_the_checkpoints_activation_wins(tmp_path: Path, sources: list[str]) -> 
 )
 def test_named_inits_set_their_stds_and_keep_the_conditioners_identity(init, std, attn_out, mlp_out) -> None:
     torch.manual_seed(0)
-    model = ByteLM(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film", init=init)
+    model = tiny.byte_lm(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film", init=init)
     net = model.net
     for block in net.transformer.blocks:
         for layer, want in [(block.attn.qkv, std), (block.attn.proj, attn_out), (block.mlp.fc1, std)]:
@@ -281,7 +316,7 @@ def test_named_inits_set_their_stds_and_keep_the_conditioners_identity(init, std
             assert all(not p.any() for p in cond.parameters())
     assert abs(net.embed.byte.weight.std().item() - std) < 0.15 * std and not net.head.bias.any()
     torch.manual_seed(0)
-    default = ByteLM(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film")
+    default = tiny.byte_lm(dim=64, depth=2, num_heads=2, seq_len=SEQ, block_conditioner="film")
     assert default.net.transformer.blocks[0].attn.proj.bias.any()  # PyTorch's layer init, as before
 
 
@@ -298,9 +333,9 @@ def test_every_spelling_of_no_block_conditioner_leaves_the_blocks_unconditioned(
     assert conditions_nothing(spec) and not conditions_nothing("film") and not conditions_nothing({"name": "film"})
     for variant in ("byte", "nibble_acc"):
         torch.manual_seed(0)
-        model = ByteLM(**TINY, variant=variant, block_conditioner=spec).eval()
+        model = tiny.byte_lm(**TINY, variant=variant, block_conditioner=spec).eval()
         torch.manual_seed(0)
-        plain = ByteLM(**TINY, variant=variant, block_conditioner="none").eval()
+        plain = tiny.byte_lm(**TINY, variant=variant, block_conditioner="none").eval()
         assert not model.net.blocks_conditioned and not to_ane_layout(model).net.blocks_conditioned
         ids = torch.randint(0, 16, (2, SEQ)), torch.randint(0, 16, (2, SEQ)), torch.randint(0, 16, (2, SEQ))
         with torch.no_grad():
@@ -358,27 +393,27 @@ def test_generate_from_invalid_utf8(tmp_path: Path, sources: list[str]) -> None:
 )
 def test_bad_model_arguments_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ByteLM(**{**TINY, **kwargs})
+        tiny.byte_lm(**{**TINY, **kwargs})
 
 
 def test_window_longer_than_the_context(tmp_path: Path, sources: list[str]) -> None:
     with pytest.raises(ValueError, match=r"data seq_len=32 is longer than the model's context max_seq_len=16"):
-        trainer(tmp_path).fit(ByteLM(**TINY), datamodule(sources, seq_len=2 * SEQ))
+        trainer(tmp_path).fit(tiny.byte_lm(**TINY), datamodule(sources, seq_len=2 * SEQ))
     with pytest.raises(ValueError, match=r"N <= seq_len=16, got \(1, 17\)"):
-        ByteLM(**TINY)(torch.zeros(1, SEQ + 1, dtype=torch.long), None, None)
+        tiny.byte_lm(**TINY)(torch.zeros(1, SEQ + 1, dtype=torch.long), None, None)
 
 
 def test_nibble_scheme_must_match_the_data(tmp_path: Path, sources: list[str]) -> None:
     with pytest.raises(ValueError, match="data's nibble_scheme='high_nibble' differs from the model's"):
-        trainer(tmp_path).fit(ByteLM(**TINY), datamodule(sources, nibble_scheme="high_nibble"))
+        trainer(tmp_path).fit(tiny.byte_lm(**TINY), datamodule(sources, nibble_scheme="high_nibble"))
 
 
 def test_missing_ids_name_the_variant() -> None:
     with pytest.raises(ValueError, match="variant='nibble_acc'.*needs nibble_ids.*got nibble_ids=None"):
-        ByteLM(**TINY)(torch.zeros(1, 4, dtype=torch.long))
+        tiny.byte_lm(**TINY)(torch.zeros(1, 4, dtype=torch.long))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert ByteLM(**{**TINY, "variant": "byte"})(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 256)
+        assert tiny.byte_lm(**{**TINY, "variant": "byte"})(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 256)
 
 
 @pytest.mark.parametrize(

@@ -160,7 +160,10 @@ def test_fit_help_leads_to_the_model_options(capsys: pytest.CaptureFixture[str])
     assert any("--model.help ByteLM" in line for line in head)
     with pytest.raises(SystemExit):
         main(["fit", "--model.help", "ByteLM"])
-    assert "--model.depth" in capsys.readouterr().out
+    assert "--model.net.help" in capsys.readouterr().out  # the network's options are one step further
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "ByteLM", "--model.net.help", "ByteNet"])
+    assert "--net.depth" in capsys.readouterr().out
 
 
 def test_a_misspelled_model_option_points_to_the_model_help(

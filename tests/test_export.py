@@ -21,6 +21,7 @@ from lightning_film.data.bytes import ByteDataModule
 from lightning_film.export import ExportError, InferenceStep, TensorSpec, export_coreml, inference_step, report_path
 from lightning_film.export import coreml as coreml_module
 from lightning_film.models import ByteLM
+from tests.helpers import tiny
 
 ct = pytest.importorskip("coremltools")
 
@@ -31,7 +32,7 @@ TINY = {"dim": 32, "depth": 1, "num_heads": 2, "seq_len": SEQ, "nibble_dim": 8, 
 def byte_lm(**kwargs) -> ByteLM:
     """A tiny ByteLM whose weights are all non-zero (zero-initialised FiLM projections stay fp16)."""
     torch.manual_seed(0)
-    model = ByteLM(**{**TINY, **kwargs}).eval()
+    model = tiny.byte_lm(**{**TINY, **kwargs}).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.1)
@@ -61,7 +62,7 @@ def checkpoint(tmp_path: Path) -> Path:
         limit_val_batches=0,
         default_root_dir=tmp_path,
     )
-    model = ByteLM(**{**TINY, "embed_conditioner": {"name": "film", "zero_init": False}})
+    model = tiny.byte_lm(**{**TINY, "embed_conditioner": {"name": "film", "zero_init": False}})
     trainer.fit(model, ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
@@ -147,12 +148,11 @@ def test_core_ml_numerics_match_pytorch(tmp_path: Path) -> None:
 
 
 def test_world_model_exports_one_denoiser_call(tmp_path: Path) -> None:
-    from lightning_film.models import WorldModel
+    from lightning_film.models import WorldDenoiser, WorldModel
 
     torch.manual_seed(0)
-    world = WorldModel(
-        frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2, kid_feature="tiny"
-    ).eval()
+    net = WorldDenoiser(frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2)
+    world = WorldModel(net, kid_feature="tiny").eval()
     with torch.no_grad():
         for p in world.parameters():
             p.normal_(0, 0.1)
@@ -314,7 +314,8 @@ def test_export_steps_call_the_models_own_networks() -> None:
         pass
 
     torch.manual_seed(0)
-    model = Subclassed(**TINY, block_conditioner="film").eval()
+    net, rest = tiny.byte_lm(**TINY, block_conditioner="film").net, {"warmup_steps": TINY["warmup_steps"]}
+    model = Subclassed(net, **rest).eval()
     step = inference_step(model, batch_size=2)
     assert step.module.net is model.net and [s.name for s in step.inputs] == ["byte_ids", "nibble_ids", "acc_ids"]
     ids = step.example()
@@ -370,7 +371,7 @@ def test_callback_exports_at_fit_end_float_and_torchao_quantized(tmp_path: Path)
         default_root_dir=tmp_path,
         callbacks=callbacks,
     )
-    model = ByteLM(**TINY)
+    model = tiny.byte_lm(**TINY)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer.fit(model, ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
     assert json.loads((tmp_path / "export" / "float.json").read_text())["compression"]["label"] == "int4_film"
@@ -389,4 +390,4 @@ def test_callback_exports_at_fit_end_float_and_torchao_quantized(tmp_path: Path)
             logger=False,
             max_steps=1,
             enable_progress_bar=False,
-        ).fit(ByteLM(**TINY), ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))
+        ).fit(tiny.byte_lm(**TINY), ByteDataModule([str(text)], seq_len=SEQ, batch_size=4, split_blocks=10))

@@ -180,7 +180,7 @@ HOSTILE: list[Case] = [
         "c3-last-other-settings",
         lambda e: (
             e.file("run/checkpoints/last.ckpt", e.trained.byte_ckpt.read_bytes()),
-            e.byte("validate", "nibble_acc.yaml", "--ckpt_path", "last", "--model.dim", "24"),
+            e.byte("validate", "nibble_acc.yaml", "--ckpt_path", "last", "--model.net.dim", "24"),
         )[1],
         ("weights do not fit this ByteLM", "dim=16 there, 24 here"),
     ),
@@ -188,7 +188,7 @@ HOSTILE: list[Case] = [
         "c3-last-other-settings-world",
         lambda e: (
             e.file("run/checkpoints/last.ckpt", e.trained.world_ckpt.read_bytes()),
-            e.world("test", "filmcond.yaml", "--ckpt_path", "last", "--model.depth", "2"),
+            e.world("test", "filmcond.yaml", "--ckpt_path", "last", "--model.net.depth", "2"),
         )[1],
         ("weights do not fit this WorldModel", "is missing from the checkpoint", "depth=1 there, 2 here"),
     ),
@@ -325,7 +325,7 @@ HOSTILE: list[Case] = [
     Case(
         "c7-unknown-hparams",
         lambda e: e.byte("test", "byte.yaml", "--ckpt_path", _hparams(e, "h.ckpt", bogus=1)),
-        ("does not take (bogus)", "Accepted: dim"),
+        ("does not take (bogus)", "Accepted: net, nibble_scheme"),
     ),
     Case(
         "c7-list-hparams",

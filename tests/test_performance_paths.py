@@ -20,6 +20,7 @@ from lightning_film.nn.conditioners.base import ProjectedConditioner
 from lightning_film.nn.conditioners.fast import modulate_affine
 from lightning_film.nn.mlp import gelu_tanh
 from lightning_film.nn.norms import _RMSNormFunction, rms_norm_reference
+from tests.helpers import tiny
 
 B, N, D, DC = 3, 7, 16, 8
 
@@ -330,7 +331,7 @@ def test_cache_refuses_what_it_cannot_follow():
 
 def _byte_model(**kwargs) -> ByteLM:
     torch.manual_seed(7)
-    model = ByteLM(dim=32, depth=2, num_heads=2, seq_len=24, nibble_dim=8, acc_dim=4, **kwargs)
+    model = tiny.byte_lm(dim=32, depth=2, num_heads=2, seq_len=24, nibble_dim=8, acc_dim=4, **kwargs)
     model.rare_table[3, 5] = True
     model.rare_table_known.fill_(True)
     with torch.no_grad():  # spread the logits: an untrained model is near a tie everywhere

@@ -34,6 +34,7 @@ from lightning_film.quantization import (
     quantize,
 )
 from lightning_film.quantization import torchao as qt
+from tests.helpers import tiny
 
 torchao = pytest.importorskip("torchao")
 
@@ -81,7 +82,7 @@ def trainer(root: Path, callbacks: list | None = None, **kwargs) -> L.Trainer:
 
 def model(**kwargs) -> ByteLM:
     L.seed_everything(0, verbose=False)
-    return ByteLM(**{**TINY, "block_conditioner": "film", **kwargs})
+    return tiny.byte_lm(**{**TINY, "block_conditioner": "film", **kwargs})
 
 
 def digest(path: Path) -> str:
@@ -391,12 +392,11 @@ def test_plan_is_a_dry_run() -> None:
 
 
 def test_world_model_roles_and_a_quantized_copy() -> None:
-    from lightning_film.models import WorldModel
+    from lightning_film.models import WorldDenoiser, WorldModel
 
     torch.manual_seed(0)
-    world = WorldModel(
-        frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2, kid_feature="tiny"
-    )
+    net = WorldDenoiser(frame_size=16, context_frames=2, num_actions=4, patch_size=4, dim=32, depth=1, num_heads=2)
+    world = WorldModel(net, kid_feature="tiny")
     with torch.no_grad():
         for p in world.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -15,9 +15,9 @@ from lightning_film.reproduce.runner import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.dim=16",
-    "model.depth=1",
-    "model.num_heads=2",
+    "model.net.dim=16",
+    "model.net.depth=1",
+    "model.net.num_heads=2",
     "data.seq_len=16",
     "data.batch_size=4",
     "data.split_blocks=10",
@@ -107,7 +107,7 @@ def test_world_kid_plan_chains_pretraining_and_tests_the_finetuned_model(tmp_pat
     from lightning_film.reproduce.world_rows import KID_ROWS
 
     preset = PRESETS["world-kid"]["quick"]
-    runs = kid_runs(preset, REPO / "configs/world", (0, 1), [("model.dim", "16")])
+    runs = kid_runs(preset, REPO / "configs/world", (0, 1), [("model.net.dim", "16")])
     keys = [r.key for r in runs]
     assert keys[:7] == ["pretrain/seed0", "pretrain_half/seed0", *(f"{r.name}/seed0" for r in KID_ROWS)]
     assert len(runs) == 14 and len(preset.seeds) >= 3
@@ -125,7 +125,7 @@ def test_world_kid_plan_chains_pretraining_and_tests_the_finetuned_model(tmp_pat
     assert steps("pretrain_half/seed1") + steps("world_filmcond_pre_half/seed1") == steps("world_filmcond/seed1")
     assert steps("pretrain/seed1") + steps("world_filmcond_pre/seed1") == 2 * steps("world_filmcond/seed1")
     for run in runs:
-        assert run.config.is_file() and run.args[run.args.index("--model.dim") + 1] == "16"
+        assert run.config.is_file() and run.args[run.args.index("--model.net.dim") + 1] == "16"
 
 
 def test_world_conditioning_covers_every_registered_pair_and_measures_costs() -> None:
@@ -136,7 +136,7 @@ def test_world_conditioning_covers_every_registered_pair_and_measures_costs() ->
     rows = conditioning_rows()
     assert {c for n, c in rows if n == "rmsnorm"} == set(list_conditioners())
     assert ("layernorm", "film") in rows and ("dyt", "film") in rows
-    tiny = {"frame_size": 16, "dim": 16, "depth": 1, "num_heads": 2, "patch_size": 4, "kid_feature": "tiny"}
+    tiny = {"net": {"frame_size": 16, "dim": 16, "depth": 1, "num_heads": 2, "patch_size": 4}, "kid_feature": "tiny"}
     costs = model_costs(tiny, [("rmsnorm", "none"), ("rmsnorm", "film"), ("layernorm", "film")], 1, 1, 2)
     assert costs["rmsnorm + none"]["step_ratio_vs_none"]["median"] == 1.0
     assert costs["rmsnorm + film"]["params"] > costs["rmsnorm + none"]["params"]
@@ -214,3 +214,15 @@ def test_execute_all_runs_jobs_at_a_time_and_keeps_after_first(tmp_path, monkeyp
         runner.execute_all(runs, tmp_path, jobs=0)
     with pytest.raises(ValueError, match=r"run 'b' must come after \['a'\] in the list"):
         runner.execute_all([runner.Run("b", Path("c.yaml"), after=["a"]), runner.Run("a", Path("c.yaml"))], tmp_path)
+
+
+def test_set_names_the_networks_arguments_under_net_as_the_older_commands_did_not() -> None:
+    """``--set model.dim=64`` (the commands of tables made before ``model.net``) means ``model.net.dim``;
+    the model's own settings and the data's stay where they are."""
+    from lightning_film.reproduce.report import parse_override
+
+    assert parse_override("model.dim=64") == ("model.net.dim", "64")
+    assert parse_override("model.activation=gelu_tanh") == ("model.net.activation", "gelu_tanh")
+    assert parse_override("model.net.dim=64") == ("model.net.dim", "64")
+    assert parse_override("model.lr=0.1") == ("model.lr", "0.1")
+    assert parse_override("data.seq_len=64") == ("data.seq_len", "64")

@@ -205,10 +205,10 @@ def test_recipe_table_plans_one_run_per_row_and_seed_and_renders_against_shipped
     from lightning_film.reproduce.world_rows import RECIPE_ROWS
 
     preset = PRESETS["world-recipe"]["quick"]
-    runs = recipe_runs(preset, REPO / "configs/world", (0, 1, 2), [("model.dim", "64")])
+    runs = recipe_runs(preset, REPO / "configs/world", (0, 1, 2), [("model.net.dim", "64")])
     assert len(runs) == 3 * len(RECIPE_ROWS) and runs[0].key == f"{RECIPE_ROWS[0].name}/seed0"
     for run, row in zip(runs[::3], RECIPE_ROWS):  # the row's own arguments come after the budget, so they win
-        assert run.args[-4:] == ["--model.init_from", "null", "--model.dim", "64"]
+        assert run.args[-4:] == ["--model.init_from", "null", "--model.net.dim", "64"]
         assert run.args[len(run.args) - 4 - len(row.args) : len(run.args) - 4] == list(row.args)
     rows = {"shipped": [0.95, 0.97, 0.96], "noise_shift 1": [0.60, 0.62, 0.58]}
     fake = {f"{r}/seed{s}": _run(r, s, 0.02, 19.0, True, acc) for r, accs in rows.items() for s, acc in enumerate(accs)}

@@ -12,6 +12,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_film.models.throughput import WINDOW, TrainThroughput
+from tests.helpers import tiny
 from tests.test_byte_lm import SEQ, TINY, datamodule, sources  # noqa: F401  (sources: a fixture)
 from tests.test_world_model import model as world_model
 from tests.test_world_model import world_data
@@ -42,10 +43,9 @@ def _fit_and_test(tmp_path: Path, model: L.LightningModule, dm: L.LightningDataM
 
 
 def test_the_byte_model_logs_samples_and_tokens_per_second(tmp_path: Path, sources: list[str]) -> None:  # noqa: F811
-    from lightning_film.models import ByteLM
 
     L.seed_everything(0, verbose=False)
-    rated = _fit_and_test(tmp_path, ByteLM(**TINY), datamodule(sources, batch_size=4))
+    rated = _fit_and_test(tmp_path, tiny.byte_lm(**TINY), datamodule(sources, batch_size=4))
     assert len(rated) == 3  # steps WINDOW .. WINDOW + 2: the window is full
     for row in rated:
         samples, tokens = float(row["train/device/samples_per_sec"]), float(row["train/device/items_per_sec"])

@@ -18,7 +18,7 @@ import torch
 
 from lightning_film import list_conditioners, list_normalizers
 from lightning_film.errors import UsageError
-from lightning_film.models import WorldModel
+from lightning_film.models import WorldDenoiser, WorldModel
 from lightning_film.models.world_model import sincos_2d, to_uint8, to_unit
 from tests.helpers import tiny
 
@@ -41,7 +41,7 @@ def make_batch(b: int = 4, seed: int = 0, frame: int = FRAME) -> dict[str, torch
 
 def model(**kwargs) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel(**{**TINY, **kwargs})
+    return tiny.world_model(**{**TINY, **kwargs})
 
 
 def perturb_(m: torch.nn.Module, scale: float = 0.3) -> None:
@@ -225,15 +225,15 @@ def test_the_checkpoints_activation_wins(tmp_path: Path) -> None:
     pre, path = pretrained(tmp_path, activation="gelu_tanh")
     x, t, ctx, a = inputs(5)
     loaded = WorldModel.load_from_checkpoint(path)
-    assert loaded.hparams.activation == "gelu_tanh"
+    assert loaded.hparams.net["activation"] == "gelu_tanh"
     torch.testing.assert_close(loaded(x, t, ctx, a), pre(x, t, ctx, a), rtol=0, atol=0)
     fine = model(condition="none")
     assert fine.net.transformer.blocks[0].mlp.act.approximate == "none"
     fine.initialize_from(path)
-    assert fine.hparams.activation == "gelu_tanh"
+    assert fine.hparams.net["activation"] == "gelu_tanh"
     torch.testing.assert_close(fine(x, t, ctx, a), pre(x, t, ctx, a), rtol=0, atol=0)
     checkpoint = torch.load(path, weights_only=True)
-    del checkpoint["hyper_parameters"]["activation"]  # as written before the argument existed
+    del checkpoint["hyper_parameters"]["net"]["activation"]  # as written before the argument existed
     old = model(condition="none")
     old.on_load_checkpoint(checkpoint)
     assert old.net.transformer.blocks[0].mlp.act.approximate == "tanh"
@@ -551,10 +551,10 @@ def test_world_configs_build_their_row(name: str) -> None:
         == "runs/world/pretrain/checkpoints/last.ckpt"
     )
     data = config["data"]["init_args"]
-    assert not {"frame_size", "context_frames"} & set(args)  # said once, under data (the CLI links them)
-    m = WorldModel(**args, frame_size=data["frame_size"], context_frames=data["context_frames"])
-    hp = m.hparams
-    assert (hp.normalizer, hp.conditioner, hp.objective, hp.guidance_scale) == ROWS[name]
+    assert not {"frame_size", "context_frames"} & set(args["net"])  # said once, under data (the CLI links them)
+    net = WorldDenoiser(**args.pop("net"), frame_size=data["frame_size"], context_frames=data["context_frames"])
+    hp = WorldModel(net, **args).hparams
+    assert (hp.net["normalizer"], hp.net["conditioner"], hp.objective, hp.guidance_scale) == ROWS[name]
     assert hp.condition == ("none" if name == "pretrain" else "action")
     assert (hp.cond_dropout > 0) == (name == "flow_clsfg")
 
@@ -569,9 +569,9 @@ def test_cli_chains_pretraining_and_finetuning(tmp_path: Path, monkeypatch: pyte
         "trainer.limit_val_batches": 1,
         "trainer.enable_progress_bar": "false",
         "trainer.enable_model_summary": "false",
-        "model.dim": 32,
-        "model.depth": 1,
-        "model.num_heads": 2,
+        "model.net.dim": 32,
+        "model.net.depth": 1,
+        "model.net.num_heads": 2,
         "model.sample_steps": 2,
         "model.kid_feature": "tiny",
         "model.max_eval_samples": 8,
@@ -645,9 +645,9 @@ def test_command_line_model_settings_win_over_the_checkpoint(tmp_path: Path, mon
         "trainer.limit_val_batches": 0,
         "trainer.enable_progress_bar": "false",
         "trainer.enable_model_summary": "false",
-        "model.dim": 32,
-        "model.depth": 1,
-        "model.num_heads": 2,
+        "model.net.dim": 32,
+        "model.net.depth": 1,
+        "model.net.num_heads": 2,
         "model.sample_steps": 2,
         "model.kid_feature": "tiny",
         "model.max_eval_samples": 4,

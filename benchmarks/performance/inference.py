@@ -28,11 +28,11 @@ def byte_sampling_section(s: Settings, shape: Shape) -> dict[str, Any]:
     ``sample_bytes`` new bytes stay within the context (``seq_len``), where the cache applies;
     a second pair samples past it, where both re-run the sliding window.
     """
-    from lightning_film.models import ByteLM
+    from lightning_film.models import ByteLM, ByteNet
 
     args = {k: v for k, v in shape.extra.items() if k in ("variant", "nibble_dim", "acc_dim", "mlp_ratio")}
     torch.manual_seed(0)
-    model = ByteLM(**args, dim=shape.dim, depth=shape.depth, num_heads=shape.heads, seq_len=shape.seq)
+    model = ByteLM(ByteNet(**args, dim=shape.dim, depth=shape.depth, num_heads=shape.heads, seq_len=shape.seq))
     model.rare_table_known.fill_(True)  # an all-common table: the timing does not depend on it
     within = min(s.sample_bytes, shape.seq - len(PROMPT))
     beyond = shape.seq + (8 if s.quick else 32)
@@ -70,7 +70,7 @@ def byte_sampling_section(s: Settings, shape: Shape) -> dict[str, Any]:
 
 # -- world model ------------------------------------------------------------------------------------
 def _world_model(shape: Shape, objective: str, sampler: str, guidance: float = 1.0):
-    from lightning_film.models import WorldModel
+    from lightning_film.models import WorldDenoiser, WorldModel
 
     keep = (
         "frame_size",
@@ -86,18 +86,16 @@ def _world_model(shape: Shape, objective: str, sampler: str, guidance: float = 1
         "conditioner",
         "combine",
     )
-    args = {k: v for k, v in shape.extra.items() if k in keep}
-    if objective == "flow":
-        args["prediction"] = None
     torch.manual_seed(0)
-    return WorldModel(**args, objective=objective, sampler=sampler, guidance_scale=guidance, kid_feature="tiny")
+    net = WorldDenoiser(**{k: v for k, v in shape.extra.items() if k in keep})
+    return WorldModel(net, objective=objective, sampler=sampler, guidance_scale=guidance, kid_feature="tiny")
 
 
 def _contexts(model, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Context windows (n, K, C, H, W) uint8 from bounce_room episodes, and actions (n,)."""
     from lightning_film.data.environments import build_world
 
-    hp = model.hparams
+    hp = model.net
     world = build_world("bounce_room", hp.frame_size)
     rng = np.random.default_rng(seed)
     frames = [world.reset(seed)]

@@ -56,7 +56,7 @@ def _world(shape: Shape) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], t
     from benchmarks.performance.inference import _world_model
 
     model = _world_model(shape, "diffusion", "ddim")
-    hp, g = model.hparams, torch.Generator().manual_seed(1)
+    hp, g = model.net, torch.Generator().manual_seed(1)
     size = (shape.batch, hp.channels, hp.frame_size, hp.frame_size)
     batch = {
         "context": torch.randint(0, 256, (shape.batch, hp.context_frames, *size[1:]), generator=g, dtype=torch.uint8),

@@ -344,11 +344,11 @@ def _step_flops(model: nn.Module, call: Callable[[], torch.Tensor], target: torc
 
 # -- 4. scaling of the byte model ---------------------------------------------------------------
 def _byte_lm(shape: Shape, dim: int, seq: int) -> nn.Module:
-    from lightning_film.models import ByteLM
+    from lightning_film.models import ByteLM, ByteNet
 
     args = {k: v for k, v in shape.extra.items() if k in ("variant", "nibble_dim", "acc_dim", "mlp_ratio", "depth")}
     torch.manual_seed(0)
-    return ByteLM(**args, dim=dim, num_heads=max(1, dim // 32), seq_len=seq)
+    return ByteLM(ByteNet(**args, dim=dim, num_heads=max(1, dim // 32), seq_len=seq))
 
 
 def _byte_batch(batch: int, seq: int) -> dict[str, torch.Tensor]:

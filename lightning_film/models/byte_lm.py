@@ -39,62 +39,40 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
+from lightning_film.checkpoints import check_weights_fit, nest_checkpoint, network
 from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.data.stream import ByteStream
 from lightning_film.errors import check_ints
 from lightning_film.metrics.bits_per_byte import BitsPerByte, source_log_names
 from lightning_film.models.byte_net import NET_MODULES, ByteNet
 from lightning_film.models.checkpoint_activation import adopt_checkpoint_activation
+from lightning_film.models.net_module import NetModule
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.print_samples import PrintSamples
 from lightning_film.models.throughput import TrainThroughput
-from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.diffusion import drawn_on
-from lightning_film.nn.embedding import Variant
-from lightning_film.nn.mlp import Activation
 from lightning_film.nn.transformer import TransformerCache
-from lightning_film.registry import Spec
 
 __all__ = ["BitsPerByte", "ByteLM", "ByteNet", "ByteStream", "source_log_names"]
 
 _LN2 = math.log(2.0)
 
 
-class ByteLM(LightningModule):
+class ByteLM(NetModule):
     """Trains and samples :class:`ByteNet` (``self.net``), a causal byte LM with a nibble/acc-modulated
     byte embedding (see the module docstring).
 
     Args:
-        dim: D, the width.
-        depth: transformer blocks.
-        num_heads: attention heads (divides ``dim``).
-        seq_len: the context: the longest window (learned positions cover it).
-        mlp_ratio: MLP width as a multiple of ``dim``.
-        normalizer: a registered normalizer (``lightning-film list normalizers``).
-        activation: the MLPs' GELU, ``"gelu"`` (exact) or ``"gelu_tanh"`` (DiT's approximation); a
-            checkpoint written before this was recorded used ``"gelu_tanh"``, and loads with it.
-        variant: ``"byte"`` (baseline), ``"nibble"`` or ``"nibble_acc"``.
-        embed_conditioner: the modulating conditioner of the embedding (FiLM by default).
-        block_conditioner: ``"none"`` (unconditioned blocks), or a modulating conditioner through
-            which the embedding's per-token nibble/acc signal also conditions every block.
-        combine: how nibble and acc signals become one: ``"concat"`` or ``"sum"``.
+        net: the network (its arguments: :class:`ByteNet`); a checkpoint stores them as a mapping
+            (``hparams.net``), which is built into one here.
         nibble_scheme: the nibble scheme; must be the DataModule's (checked in ``setup``).
-        nibble_dim: d4, the nibble embedding's width.
-        acc_dim: da, the accumulator embedding's width.
-        positions: ``"learned"`` absolute positions, ``"rotary"`` (RoPE in every attention, as litgpt),
-            or ``"none"`` (causal attention alone).
-        tie_embeddings: the head reuses the byte embedding's weights.
-        init: ``"torch"`` (PyTorch's layer defaults), ``"gpt2"`` (nanoGPT's) or ``"neox"`` (litgpt's),
-            see :class:`ByteNet`.
         lr: peak AdamW learning rate.
         weight_decay: AdamW decay of matrices (not of biases, norms, embeddings or positions).
         warmup_steps: linear warmup steps.
@@ -108,23 +86,8 @@ class ByteLM(LightningModule):
 
     def __init__(
         self,
-        dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 4,
-        seq_len: int = 256,
-        mlp_ratio: float = 4.0,
-        normalizer: Spec = "rmsnorm",
-        activation: Activation = "gelu",
-        variant: Variant = "nibble_acc",
-        embed_conditioner: Spec = "film",
-        block_conditioner: Spec = "none",
-        combine: Combine = "concat",
+        net: ByteNet,
         nibble_scheme: str = "utf8",
-        nibble_dim: int = 32,
-        acc_dim: int = 16,
-        positions: Literal["learned", "rotary", "none"] = "learned",
-        tie_embeddings: bool = False,
-        init: Literal["torch", "gpt2", "neox"] = "torch",
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
@@ -135,31 +98,15 @@ class ByteLM(LightningModule):
         top_k: int | None = None,
     ) -> None:
         super().__init__()
-        check_ints("ByteLM", seq_len=(seq_len, 1), warmup_steps=(warmup_steps, 0), max_new_bytes=(max_new_bytes, 0))
+        check_ints("ByteLM", warmup_steps=(warmup_steps, 0), max_new_bytes=(max_new_bytes, 0))
         _check_sampling(temperature, top_k)
         if max_lr_steps is not None:
             check_ints("ByteLM", max_lr_steps=(max_lr_steps, 1))
         check_schedule("ByteLM", lr, weight_decay, min_lr_ratio)
         build_nibble_scheme(nibble_scheme)  # an unknown scheme fails here, naming the registered ones
-        self.save_hyperparameters()
-        self.net = ByteNet(
-            dim,
-            depth,
-            num_heads,
-            seq_len,
-            mlp_ratio,
-            normalizer,
-            activation,
-            variant,
-            embed_conditioner,
-            block_conditioner,
-            combine,
-            nibble_dim,
-            acc_dim,
-            positions,
-            tie_embeddings,
-            init,
-        )
+        self.net: ByteNet = network(net, ByteNet, "ByteLM")
+        self.save_hyperparameters(ignore=["net"])
+        self.hparams["net"] = self.net.config  # plain values: a checkpoint never names the network's code
         self.register_buffer("rare_table", torch.zeros(16, 16, dtype=torch.bool))
         self.register_buffer("rare_table_known", torch.tensor(False))
         self.source_names: list[str] = []
@@ -199,9 +146,9 @@ class ByteLM(LightningModule):
                 f"got {type(dm).__name__ if dm is not None else 'no DataModule'}"
             )
         if hasattr(dm, "connect"):
-            dm.connect(max_seq_len=self.hparams.seq_len)
-        elif getattr(dm, "seq_len", 0) > self.hparams.seq_len:
-            raise ValueError(f"data seq_len={dm.seq_len} is longer than the model's seq_len={self.hparams.seq_len}")
+            dm.connect(max_seq_len=self.net.seq_len)
+        elif getattr(dm, "seq_len", 0) > self.net.seq_len:
+            raise ValueError(f"data seq_len={dm.seq_len} is longer than the model's seq_len={self.net.seq_len}")
         theirs = getattr(dm, "hparams", {}).get("nibble_scheme")
         if theirs is not None and theirs != self.hparams.nibble_scheme:
             raise ValueError(
@@ -336,7 +283,7 @@ class ByteLM(LightningModule):
             raise ValueError("ByteLM.sample: the prompt is empty; give at least one byte (e.g. b'\\n')")
         was_training = self.training
         self.eval()
-        seq_len = self.hparams.seq_len
+        seq_len = self.net.seq_len
         cache = None
         try:
             for _ in range(max_new_bytes):

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_film.errors import check_ints
 from lightning_film.nn import Conditioning, Transformer
 from lightning_film.nn.conditioners.simple import conditions_nothing
 from lightning_film.nn.conditioning import Combine
@@ -85,7 +86,12 @@ class ByteNet(nn.Module):
         tie_embeddings: bool = False,
         init: Literal["torch", "gpt2", "neox"] = "torch",
     ) -> None:
+        # what it was built with, the way LightningModules store it in checkpoints (``hparams.net``)
+        config = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
+        #: the constructor's arguments, plain values: ``ByteNet(**net.config)`` builds it again
+        self.config = config
+        check_ints("ByteLM", seq_len=(seq_len, 1))
         if init not in ("torch", *INITS):
             raise ValueError(f"ByteLM: unknown init {init!r}; accepted: 'torch', 'gpt2', 'neox'")
         if positions not in ("learned", "rotary", "none"):

@@ -19,17 +19,20 @@ def adopt_checkpoint_activation(model: LightningModule, checkpoint: dict[str, An
     """Give ``model.net`` the activation ``checkpoint`` was trained with, if it differs from the
     model's (the weights learned with it; an info line says so); returns that activation.
 
-    A checkpoint without ``hyper_parameters["activation"]`` predates the argument: ``"gelu_tanh"``.
+    The checkpoint's ``hyper_parameters["net"]["activation"]`` (flat ``["activation"]`` in checkpoints
+    written before the network was ``net``); without either it predates the argument: ``"gelu_tanh"``.
     """
     hparams = checkpoint.get("hyper_parameters") or {}
-    trained = hparams.get("activation", BEFORE_RECORDED)
+    net = hparams.get("net") if isinstance(hparams.get("net"), dict) else hparams
+    trained = net.get("activation", BEFORE_RECORDED)
     if trained not in ACTIVATIONS:
         raise ValueError(f"the checkpoint's activation {trained!r} is unknown; accepted: {', '.join(ACTIVATIONS)}")
-    if trained != model.hparams.activation:
+    current = model.net.config["activation"]
+    if trained != current:
         set_activation(model.net, trained)
         rank_zero_info(
             f"{type(model).__name__}: the checkpoint was trained with activation {trained!r}, not this model's "
-            f"{model.hparams.activation!r}; its weights load with {trained!r}"
+            f"{current!r}; its weights load with {trained!r}"
         )
-        model.hparams.activation = trained
+        model.net.config["activation"] = trained  # also hparams.net, the same mapping
     return trained

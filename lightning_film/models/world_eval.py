@@ -280,7 +280,7 @@ class WorldEvaluator(nn.Module):
         self, model: WorldModel, datamodule: Any, share: tuple[int, int]
     ) -> tuple[dict[str, Tensor], np.ndarray] | None:
         """Roll out R frames from evenly spaced starts of the test episodes (this rank's share)."""
-        k, r = model.hparams.context_frames, self.rollout_steps
+        k, r = model.net.context_frames, self.rollout_steps
         if r < 1 or self.rollout_windows < 1 or not callable(getattr(datamodule, "episodes", None)):
             return None
         episodes = datamodule.episodes("test")

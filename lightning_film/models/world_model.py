@@ -30,26 +30,23 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
+from lightning_film.checkpoints import check_weights_fit, nest_checkpoint, network
 from lightning_film.errors import check_ints
 from lightning_film.models.checkpoint_activation import adopt_checkpoint_activation
+from lightning_film.models.net_module import NetModule
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
 from lightning_film.models.world_init import NET_MODULES, init_from
 from lightning_film.models.world_net import WorldDenoiser, sincos_2d, to_uint8, to_unit
 from lightning_film.models.world_render import save_png
-from lightning_film.nn.conditioning import Combine
 from lightning_film.nn.diffusion import ObjectiveName, Prediction, SamplerName, build_objective, check_sampler, drawn_on
-from lightning_film.nn.mlp import Activation
-from lightning_film.registry import Spec
 
 __all__ = ["WorldDenoiser", "WorldModel", "sincos_2d", "to_uint8", "to_unit"]
 
@@ -62,28 +59,14 @@ SEED_MASK = 2**63 - 1
 VAL_SAMPLES = 16
 
 
-class WorldModel(LightningModule):
+class WorldModel(NetModule):
     """Trains, samples and evaluates :class:`WorldDenoiser` (``self.net``), a next-frame denoiser
     conditioned on context frames (per patch), time and action.
 
     Args:
-        frame_size: H = W of the frames (must match the data, checked in ``setup``, as the next three).
-        channels: C, channels per frame.
-        context_frames: K, past frames given.
-        num_actions: A; index A is the null action.
-        patch_size: p, divides ``frame_size``.
-        dim: D, the transformer's width.
-        depth: transformer blocks.
-        num_heads: attention heads (divides ``dim``).
-        mlp_ratio: MLP width as a multiple of ``dim``.
-        cond_dim: Dc of the time and action embeddings (default ``dim``).
-        normalizer: a registered normalizer (``lightning-film list normalizers``), in every block.
-        conditioner: a registered conditioner (``lightning-film list conditioners``), in every block
-            and the final layer.
-        combine: time and action embeddings ``"sum"`` (width Dc) or ``"concat"`` (2 Dc) into
-            the conditioning vector; token-reading conditioners see them as 2 tokens either way.
-        activation: the MLPs' GELU, ``"gelu"`` (exact) or ``"gelu_tanh"`` (DiT's approximation); a
-            checkpoint written before this was recorded used ``"gelu_tanh"``, and loads with it.
+        net: the network (its arguments: :class:`WorldDenoiser`); a checkpoint stores them as a
+            mapping (``hparams.net``), which is built into one here. Its ``frame_size``, ``channels``,
+            ``context_frames`` and ``num_actions`` must match the data (checked in ``setup``).
         condition: ``"action"``, or ``"none"`` (unconditional pretraining: always the null action).
         objective: ``"diffusion"`` or ``"flow"``.
         prediction: diffusion's target, ``"v"`` (default) or ``"eps"``
@@ -115,20 +98,7 @@ class WorldModel(LightningModule):
 
     def __init__(
         self,
-        frame_size: int = 32,
-        channels: int = 3,
-        context_frames: int = 2,
-        num_actions: int = 5,
-        patch_size: int = 4,
-        dim: int = 128,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-        cond_dim: int | None = None,
-        normalizer: Spec = "rmsnorm",
-        conditioner: Spec = "film",
-        combine: Combine = "sum",
-        activation: Activation = "gelu",
+        net: WorldDenoiser,
         condition: Literal["action", "none"] = "action",
         objective: ObjectiveName = "diffusion",
         prediction: Prediction | None = None,
@@ -168,13 +138,13 @@ class WorldModel(LightningModule):
                 f"guidance_scale={guidance_scale!r} do not apply; leave them at 0 and 1"
             )
         check_schedule("WorldModel", lr, weight_decay, min_lr_ratio)
-        self.save_hyperparameters()
+        self.net: WorldDenoiser = network(net, WorldDenoiser, "WorldModel")
+        self.save_hyperparameters(ignore=["net"])
+        self.hparams["net"] = self.net.config  # plain values: a checkpoint never names the network's code
         self.objective = build_objective(objective, prediction, train_timesteps, noise_shift)
         self.sampler = check_sampler(objective, sampler)
         if self.sampler == "ddim" and sample_steps > train_timesteps:
             raise ValueError(f"WorldModel: sample_steps={sample_steps} exceeds train_timesteps={train_timesteps}")
-        net = (frame_size, channels, context_frames, num_actions, patch_size, dim, depth, num_heads, mlp_ratio)
-        self.net = WorldDenoiser(*net, cond_dim, normalizer, conditioner, combine, activation)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_psnr = PeakSignalNoiseRatio(data_range=255.0)
         kid = (kid_feature, kid_subsets, kid_subset_size)
@@ -185,7 +155,7 @@ class WorldModel(LightningModule):
 
     @property
     def null_action(self) -> int:
-        return self.hparams.num_actions
+        return self.net.num_actions
 
     # -- the network ----------------------------------------------------------------------------
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> Tensor:
@@ -253,7 +223,7 @@ class WorldModel(LightningModule):
             raise ValueError(f"WorldModel.sample_next expects uint8 context frames, got {context.dtype}")
         action = self._actions(action.to(self.device), allow_null=True)
         ctx = to_unit(context.to(self.device))  # (B, K, C, H, W)
-        shape = (ctx.shape[0], self.hparams.channels, self.hparams.frame_size, self.hparams.frame_size)
+        shape = (ctx.shape[0], self.net.channels, self.net.frame_size, self.net.frame_size)
         if isinstance(generator, list):
             noise = torch.stack([torch.randn(shape[1:], generator=g, device=drawn_on(g)) for g in generator]).to(
                 self.device
@@ -313,10 +283,10 @@ class WorldModel(LightningModule):
                 )
             for name in DATA_SETTINGS:
                 theirs = getattr(dm, name, None)
-                if theirs is not None and theirs != self.hparams[name]:
+                if theirs is not None and theirs != getattr(self.net, name):
                     raise ValueError(
-                        f"the data's {name}={theirs!r} differs from the model's {name}={self.hparams[name]!r}; "
-                        f"set model.{name} and data.{name} to the same value"
+                        f"the data's {name}={theirs!r} differs from the model's {name}={getattr(self.net, name)!r}; "
+                        f"set model.net.{name} and data.{name} to the same value"
                     )
             self.dataset_key = str(getattr(dm, "dataset_key", None) or type(dm).__name__)
         if self.hparams.init_from and self._initialized_from is None:
@@ -336,7 +306,7 @@ class WorldModel(LightningModule):
 
     def unpack_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """A WorldDataModule batch -> checked (context (B, K, C, H, W), action (B,), target (B, C, H, W))."""
-        hp = self.hparams
+        hp = self.net
         frame = (hp.channels, hp.frame_size, hp.frame_size)
         missing = [k for k in ("context", "action", "target") if k not in batch]
         if missing:

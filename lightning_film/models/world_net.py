@@ -94,7 +94,11 @@ class WorldDenoiser(nn.Module):
         combine: Combine = "sum",
         activation: Activation = "gelu",
     ) -> None:
+        # what it was built with, the way LightningModules store it in checkpoints (``hparams.net``)
+        config = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
+        #: the constructor's arguments, plain values: ``WorldDenoiser(**net.config)`` builds it again
+        self.config = config
         check_ints(
             "WorldDenoiser",
             frame_size=(frame_size, 1),

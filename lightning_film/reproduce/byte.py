@@ -65,7 +65,7 @@ def build_runs(
     for variant in variants:
         for seed in seeds:
             args = [
-                "--model.variant",
+                "--model.net.variant",
                 variant,
                 "--seed_everything",
                 str(seed),
@@ -89,10 +89,11 @@ def config_parts(config: Path, overrides: list[tuple[str, str]]) -> tuple[dict, 
 
 
 def build_variant(model_args: dict, variant: str):
-    from lightning_film.models import ByteLM
+    """``ByteLM`` from a config's model arguments, its network's ``variant`` replaced."""
+    from lightning_film.models import ByteLM, ByteNet
 
     torch.manual_seed(0)
-    return ByteLM(**{**model_args, "variant": variant})
+    return ByteLM(**{**model_args, "net": ByteNet(**{**model_args.get("net", {}), "variant": variant})})
 
 
 def model_facts(model_args: dict, variants: tuple[str, ...]) -> dict[str, dict[str, int]]:
@@ -159,7 +160,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=CONFIG, help="the ByteLM config all variants start from")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run")
-    add_override_option(parser, "a config override for every run, e.g. model.dim=64 (repeatable)")
+    add_override_option(parser, "a config override for every run, e.g. model.net.dim=64 (repeatable)")
 
 
 def _plan(args: argparse.Namespace) -> Plan:

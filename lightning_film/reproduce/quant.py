@@ -61,7 +61,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     for model in MODELS:
         add_override_option(
             p,
-            f"a config override for the {model} model's runs only, e.g. model.dim=64",
+            f"a config override for the {model} model's runs only, e.g. model.net.dim=64",
             flag=f"--{model}-set",
             dest=f"{model}_set",
         )

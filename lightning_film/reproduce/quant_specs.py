@@ -64,7 +64,7 @@ SPECS: dict[str, ModelSpec] = {
     "byte": ModelSpec(
         Path("configs/byte/nibble_acc.yaml"),
         "ByteLM",
-        "model.embed_conditioner",
+        "model.net.embed_conditioner",
         ("data.seed",),
         (MetricSpec("test/bpb", "test bpb", True, True, 4),),
         "Byte model (ByteLM nibble_acc: FiLM modulates the byte embedding)",
@@ -72,7 +72,7 @@ SPECS: dict[str, ModelSpec] = {
     "world": ModelSpec(
         Path("configs/world/filmcond.yaml"),
         "WorldModel",
-        "model.conditioner",
+        "model.net.conditioner",
         ("data.seed", "model.seed"),
         (
             MetricSpec("test/loss", "test loss", True, True, 4),

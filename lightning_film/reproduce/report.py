@@ -36,11 +36,23 @@ __all__ = [
 
 
 def parse_override(text: str) -> tuple[str, str]:
-    """``--set model.dim=64`` -> ("model.dim", "64")."""
+    """``--set model.net.dim=64`` -> ("model.net.dim", "64"). A network argument given as ``model.X``
+    (how the commands of tables made before the network was ``model.net`` name it) is ``model.net.X``."""
     key, sep, value = text.partition("=")
     if not sep or not key or key.startswith("-"):
-        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. model.dim=64), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. model.net.dim=64), got {text!r}")
+    section, _, name = key.partition(".")
+    if section == "model" and name in _network_arguments():
+        key = f"model.net.{name}"
     return key, value
+
+
+def _network_arguments() -> set[str]:
+    import inspect
+
+    from lightning_film.models import ByteNet, WorldDenoiser
+
+    return {p for net in (ByteNet, WorldDenoiser) for p in inspect.signature(net).parameters if p != "self"}
 
 
 def add_override_option(
@@ -53,7 +65,7 @@ def add_override_option(
 
 
 def override_args(overrides: list[tuple[str, str]]) -> list[str]:
-    """The overrides as ``lightning-film`` arguments: ``--model.dim 64``."""
+    """The overrides as ``lightning-film`` arguments: ``--model.net.dim 64``."""
     return [a for key, value in overrides for a in (f"--{key}", value)]
 
 

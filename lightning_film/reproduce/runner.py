@@ -57,7 +57,7 @@ class Run:
     Attributes:
         key: unique name inside the table, also its folder (``"nibble_acc/seed0"``).
         config: the YAML config given to ``lightning-film``.
-        args: extra command-line arguments for both ``fit`` and ``test`` (``--model.variant byte``).
+        args: extra command-line arguments for both ``fit`` and ``test`` (``--model.net.variant byte``).
         fit_args: arguments for ``fit`` only (``--model.init_from ...``).
         test_args: arguments for ``test`` only.
         labels: what the run is, copied into its result (variant, seed, ...).

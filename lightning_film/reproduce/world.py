@@ -88,7 +88,7 @@ CONFIGS = Path("configs/world")
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of the world configs")
     parser.add_argument("--max-steps", type=int, help="override the preset's steps per run (and pretraining's)")
-    add_override_option(parser, "a config override for every run, e.g. model.dim=64 (repeatable)")
+    add_override_option(parser, "a config override for every run, e.g. model.net.dim=64 (repeatable)")
     parser.add_argument(
         "--jobs",
         type=int,

@@ -29,21 +29,21 @@ def model_costs(
     training-step time (loss, backward, AdamW) against ``rmsnorm + none``, interleaved."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lightning_film.models import WorldModel
+    from lightning_film.models import WorldDenoiser, WorldModel
 
-    hp = {**base_args}
-    k, c, s = hp.get("context_frames", 2), hp.get("channels", 3), hp.get("frame_size", 32)
+    hp, net = {**base_args}, base_args.get("net", {})
+    k, c, s = net.get("context_frames", 2), net.get("channels", 3), net.get("frame_size", 32)
     g = torch.Generator().manual_seed(0)
     batch = {
         "context": torch.randint(0, 256, (batch_size, k, c, s, s), generator=g, dtype=torch.uint8),
-        "action": torch.randint(0, hp.get("num_actions", 5), (batch_size,), generator=g),
+        "action": torch.randint(0, net.get("num_actions", 5), (batch_size,), generator=g),
         "target": torch.randint(0, 256, (batch_size, c, s, s), generator=g, dtype=torch.uint8),
     }
     models, opts, out = {}, {}, {}
     for norm, cond in rows:
         name = f"{norm} + {cond}"
         torch.manual_seed(0)
-        model = WorldModel(**{**hp, "normalizer": norm, "conditioner": cond})
+        model = WorldModel(**{**hp, "net": WorldDenoiser(**{**net, "normalizer": norm, "conditioner": cond})})
         one = {key: v[:1] for key, v in batch.items()}
         context, action, target = model.unpack_batch(one)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:

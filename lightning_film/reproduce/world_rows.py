@@ -109,7 +109,9 @@ RECIPE_ROWS: tuple[RecipeRow, ...] = (
         ("--model.objective", "flow", "--model.prediction", "null", "--model.sampler", "euler"),
     ),
     RecipeRow(
-        "adaln", "adaln: SiLU(c) into the projections, so time and action interact", ("--model.conditioner", "adaln")
+        "adaln",
+        "adaln: SiLU(c) into the projections, so time and action interact",
+        ("--model.net.conditioner", "adaln"),
     ),
 )
 RECIPE_REFERENCE = "shipped"

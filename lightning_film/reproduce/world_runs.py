@@ -106,9 +106,9 @@ def conditioning_runs(
     for norm, cond in conditioning_rows():
         for seed in seeds:
             args = _budget(preset, seed, preset.max_steps) + [
-                "--model.normalizer",
+                "--model.net.normalizer",
                 norm,
-                "--model.conditioner",
+                "--model.net.conditioner",
                 cond,
                 "--model.init_from",
                 "null",

@@ -58,7 +58,7 @@ def byte_config(
     its name (its path), so two configs compare only if they read the same path."""
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question. Ὅλοι οἱ ἄνθρωποι 人人生而自由\n" * 120)
-    model = "{dim: 16, depth: 1, num_heads: 2, nibble_dim: 8, acc_dim: 4, warmup_steps: 2}"
+    model = "{net: {dim: 16, depth: 1, num_heads: 2, nibble_dim: 8, acc_dim: 4}, warmup_steps: 2}"
     data = (
         f'{{sources: ["{text}"], seq_len: 16, batch_size: {batch_size}, split_blocks: 10, '
         f"train_windows_per_epoch: {windows}}}"
@@ -79,7 +79,7 @@ def world_config(
     dropout on) on a small bounce_room recording (made in the test's cache on first use),
     checkpointing every ``every`` steps."""
     model = (
-        "{patch_size: 4, dim: 16, depth: 1, num_heads: 2, sample_steps: 2, kid_feature: tiny, "
+        "{net: {patch_size: 4, dim: 16, depth: 1, num_heads: 2}, sample_steps: 2, kid_feature: tiny, "
         "kid_subset_size: 4, kid_subsets: 2, max_eval_samples: 8, rollout_steps: 2, warmup_steps: 2, "
         "cond_dropout: 0.25}"
     )

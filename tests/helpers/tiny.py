@@ -21,3 +21,27 @@ WORLD = {
     "rollout_steps": 3,
     "grid_windows": 2,
 }
+
+
+def _split(settings: dict, net_class: type) -> tuple[dict, dict]:
+    """(the network's arguments, the LightningModule's) of one flat dict of test settings."""
+    import inspect
+
+    takes = set(inspect.signature(net_class).parameters)
+    return {k: v for k, v in settings.items() if k in takes}, {k: v for k, v in settings.items() if k not in takes}
+
+
+def byte_lm(**settings):
+    """``ByteLM(ByteNet(...), ...)`` from flat settings (tests name a network and a training setting alike)."""
+    from lightning_film.models import ByteLM, ByteNet
+
+    net, rest = _split(settings, ByteNet)
+    return ByteLM(ByteNet(**net), **rest)
+
+
+def world_model(**settings):
+    """``WorldModel(WorldDenoiser(...), ...)`` from flat settings."""
+    from lightning_film.models import WorldDenoiser, WorldModel
+
+    net, rest = _split(settings, WorldDenoiser)
+    return WorldModel(WorldDenoiser(**net), **rest)

@@ -1,0 +1,28 @@
+"""``NetModule``: the LightningModule base of both models, each a training loop around a plain network
+given as its ``net`` argument (``ByteLM(ByteNet(...))``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning.pytorch import LightningModule
+
+from lightning_film.checkpoints import nest_network_arguments, read_checkpoint
+
+__all__ = ["NetModule"]
+
+
+class NetModule(LightningModule):
+    """A LightningModule whose ``__init__`` takes its network as ``net`` (annotated with the network's
+    class) and stores the network's arguments as ``hparams.net``."""
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's, and a checkpoint written before the network was ``net`` (its arguments flat
+        beside ``lr``) loads too: they are handed over nested, as ``net``."""
+        if "net" not in kwargs and isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
+            hparams = read_checkpoint(checkpoint_path).get("hyper_parameters")
+            if nest_network_arguments(hparams, cls):
+                kwargs["net"] = hparams["net"]
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
