@@ -1,7 +1,8 @@
 """``ByteLM``: a causal byte-level language model whose byte embedding is nibble/acc-modulated.
 
-The network is :class:`~lightning_film.models.byte_net.ByteNet` (``model.net``), a plain
-``nn.Module`` that export and quantization take:
+The network is :class:`~lightning_film.models.byte_net.ByteNet`, given as ``net`` (``ByteLM(ByteNet(...))``;
+``model.init_args.net`` in a config) and held as ``model.net``, a plain ``nn.Module`` that export
+and quantization take:
 
     x = DualModulatedEmbedding(bytes, nibbles, acc) + pos      # (B, N, D)
     h = Transformer(x, Conditioning(per_token=c))              # (B, N, D), causal
@@ -9,9 +10,9 @@ The network is :class:`~lightning_film.models.byte_net.ByteNet` (``model.net``),
 
 this module adds the data hooks, the loss and bits-per-byte metrics, the optimizer and sampling.
 Checkpoints written before the network became ``model.net`` (keys ``embed.*``, ``transformer.*``,
-``head.*``, ``pos``) are converted when loaded, with one info line.
+``head.*``, ``pos``; its arguments flat beside ``lr``) are converted when loaded, with one info line.
 
-Variants (``variant``): ``byte`` (plain byte embedding, the baseline), ``nibble`` and
+Variants (``net.variant``): ``byte`` (plain byte embedding, the baseline), ``nibble`` and
 ``nibble_acc`` (see :mod:`lightning_film.nn.embedding`). ``block_conditioner`` optionally lets the
 same per-token signal c condition every block too (``"none"``: unconditioned blocks).
 

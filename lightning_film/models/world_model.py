@@ -1,7 +1,8 @@
 """``WorldModel``: training, sampling and evaluation of a next-frame world model.
 
-The network is :class:`~lightning_film.models.world_net.WorldDenoiser` (``model.net``), a plain
-``nn.Module`` that export, quantization and evaluation all take; this module adds the objective
+The network is :class:`~lightning_film.models.world_net.WorldDenoiser`, given as ``net``
+(``WorldModel(WorldDenoiser(...))``; ``model.init_args.net`` in a config) and held as ``model.net``, a
+plain ``nn.Module`` that export, quantization and evaluation all take; this module adds the objective
 (``diffusion`` or ``flow``, :mod:`lightning_film.nn.diffusion`) and its sampler, the loss,
 pretrain -> finetune, the optimizer and logging. Frames are uint8 on the way in and out,
 [-1, 1] inside.
