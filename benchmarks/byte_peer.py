@@ -140,19 +140,24 @@ def same_function(model_args: dict, seq_len: int) -> dict[str, float]:
         }
 
 
+def our_models(model_args: dict, seed: int, steps: int, variants: tuple[str, ...] = OURS) -> dict[str, dict]:
+    """Our variants as :func:`build` returns them, each drawn from ``seed`` (the peer's seed too)."""
+    args = {**model_args, "max_lr_steps": steps}
+    out: dict[str, dict] = {}
+    for variant in variants:
+        model = build_variant(args, variant, seed)
+        opt = model.configure_optimizers()  # the model's own, with max_lr_steps it needs no Trainer
+        out[variant] = {"module": model, "nll": model.nll, "optimizer": opt["optimizer"]}
+        out[variant]["scheduler"] = opt["lr_scheduler"]["scheduler"]
+    return out
+
+
 def build(
     model_args: dict, seq_len: int, seed: int, steps: int, variants: tuple[str, ...] = OURS, start: str = "own"
 ) -> dict[str, dict]:
     """name -> {"module", "nll" (batch -> (B, N) nats), "optimizer", "scheduler"}; ``start="peer"``: ours
     ``byte`` starts from the peer's initial weights (the same draw), not its own."""
-    args = {**model_args, "max_lr_steps": steps}
-    out: dict[str, dict] = {}
-    for variant in variants:
-        torch.manual_seed(seed)
-        model = build_variant(args, variant)
-        opt = model.configure_optimizers()  # the model's own, with max_lr_steps it needs no Trainer
-        out[variant] = {"module": model, "nll": model.nll, "optimizer": opt["optimizer"]}
-        out[variant]["scheduler"] = opt["lr_scheduler"]["scheduler"]
+    out = our_models(model_args, seed, steps, variants)
     torch.manual_seed(seed)
     peer = peer_model(model_args, seq_len)
 

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import lightning_film
 
 # benchmarks/ lives beside tests/ at the repository root and is not installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from benchmarks import overhead  # noqa: E402
 
 TINY = [
@@ -196,6 +198,21 @@ def test_byte_peer_renders_a_run_of_byte_alone_from_the_peers_start() -> None:
     assert "Start: ours `byte` from the peer's initial weights" in text
     assert "nibble_acc" not in text and "| byte | 3 | +0.0967 |" in text
     assert "Start:" not in byte_peer.render(_peer_report([2.5], [2.4], ratio=1.0))  # older reports: own start
+
+
+def test_byte_peer_draws_our_initial_weights_from_each_seed() -> None:
+    """Each seed trains ours from its own draw, as the peer: until this test, every seed of ours started
+    from seed 0's weights (build_variant re-seeded), so the paired table compared one draw of ours
+    against five of the peer's."""
+    from benchmarks import byte_peer
+    from lightning_film.reproduce.byte import config_parts
+
+    model_args, _ = config_parts(ROOT / "configs/byte/byte.yaml", [("model.net.dim", "16"), ("model.net.depth", "1")])
+
+    def first(seed: int) -> torch.Tensor:
+        return byte_peer.our_models(model_args, seed, 4, ("byte",))["byte"]["module"].net.head.weight
+
+    assert torch.equal(first(3), first(3)) and not torch.equal(first(3), first(4))
 
 
 def test_byte_peer_keeps_stored_seeds_only_for_the_same_resolved_arguments(tmp_path: Path) -> None:

@@ -88,11 +88,12 @@ def config_parts(config: Path, overrides: list[tuple[str, str]]) -> tuple[dict, 
     return init_args(tree, "model", "ByteLM", config), init_args(tree, "data", "ByteDataModule", config)
 
 
-def build_variant(model_args: dict, variant: str):
-    """``ByteLM`` from a config's model arguments, its network's ``variant`` replaced."""
+def build_variant(model_args: dict, variant: str, seed: int = 0):
+    """``ByteLM`` from a config's model arguments, its network's ``variant`` replaced, its weights
+    drawn from ``seed``."""
     from lightning_film.models import ByteLM, ByteNet
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return ByteLM(**{**model_args, "net": ByteNet(**{**model_args.get("net", {}), "variant": variant})})
 
 
