@@ -265,7 +265,11 @@ def _step(sec: dict[str, Any] | None) -> list[str]:
         out += _compile_lines(s)
         if s.get("compile_error"):
             out += ["", f"`torch.compile` failed here, so its row is missing: `{s['compile_error']}`"]
-        out += ["", "Where the time goes, ours vs x-transformers, rmsnorm (thread CPU ms per step, one thread):", ""]
+        out += [
+            "",
+            "Where the time goes, ours vs x-transformers, rmsnorm, fp32 and under bf16 autocast (thread CPU ms per step, one thread):",
+            "",
+        ]
         out += _profile_table(s["profile"])
     return out
 

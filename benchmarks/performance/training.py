@@ -318,9 +318,11 @@ def step_section(s: Settings, shapes: list[Shape]) -> dict[str, Any]:
                 "ours/rmsnorm"
             ]["ratio"]
         profiles = {}
-        for name in ("ours/rmsnorm", "x_transformers/rmsnorm"):
-            m, call = cases[name]
-            profiles[name] = op_profile(train_step_fn(m, call, target), 1 if s.quick else 2)
+        for bf16 in (False, True):  # under autocast the casts are ops of their own
+            for name in ("ours/rmsnorm", "x_transformers/rmsnorm"):
+                m, call = cases[name]
+                step = train_step_fn(m, call, target, bf16=bf16)
+                profiles[f"{name} bf16" if bf16 else name] = op_profile(step, 1 if s.quick else 2)
         out[shape.name] = {
             "shape": vars(shape),
             "rows": rows,
