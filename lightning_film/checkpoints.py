@@ -51,7 +51,6 @@ __all__ = [
     "nest_checkpoint",
     "nest_keys",
     "nest_network_arguments",
-    "network",
     "network_class",
     "read_checkpoint",
     "trusted_hyper_parameters",
@@ -277,22 +276,6 @@ def network_class(model_class: type) -> type | None:
     except (NameError, TypeError):
         return None
     return hint if isinstance(hint, type) and issubclass(hint, torch.nn.Module) else None
-
-
-def network(net: Any, cls: type[torch.nn.Module], who: str) -> Any:
-    """``net`` as a ``cls``: itself, or built from a mapping of ``cls``'s arguments (how a checkpoint
-    stores it, ``hparams.net``); anything else, or an argument ``cls`` does not take, a ValueError."""
-    import inspect
-
-    if isinstance(net, cls):
-        return net
-    if not isinstance(net, Mapping):
-        raise ValueError(f"{who}: net must be a {cls.__name__} or a mapping of its arguments; got {type(net).__name__}")
-    takes = [p for p in inspect.signature(cls).parameters if p != "self"]
-    unknown = sorted(set(net) - set(takes))
-    if unknown:
-        raise ValueError(f"{who}: net has no argument {', '.join(unknown)}; {cls.__name__} takes: {', '.join(takes)}")
-    return cls(**net)
 
 
 def nest_network_arguments(hparams: dict[str, Any], model_class: type) -> list[str]:

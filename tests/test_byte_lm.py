@@ -396,6 +396,17 @@ def test_bad_model_arguments_are_named(kwargs: dict, message: str) -> None:
         tiny.byte_lm(**{**TINY, **kwargs})
 
 
+def test_a_net_that_is_neither_a_bytenet_nor_its_arguments_is_named() -> None:
+    """``net`` is a ByteNet or a mapping of its arguments (how ``hparams.net`` stores it: a checkpoint
+    with another mapping is refused in one line naming the argument and what ByteNet takes)."""
+    with pytest.raises(ValueError, match=r"ByteLM: net must be a ByteNet or a mapping of its arguments; got int"):
+        ByteLM(42)
+    with pytest.raises(ValueError, match=r"ByteLM: net has no argument dimm; ByteNet takes: dim, depth, num_heads"):
+        ByteLM({"dimm": 16})
+    model = ByteLM({"dim": 16, "depth": 1, "num_heads": 2, "seq_len": 8})
+    assert model.net.config["dim"] == 16 and model.hparams.net is model.net.config
+
+
 def test_window_longer_than_the_context(tmp_path: Path, sources: list[str]) -> None:
     with pytest.raises(ValueError, match=r"data seq_len=32 is longer than the model's context max_seq_len=16"):
         trainer(tmp_path).fit(tiny.byte_lm(**TINY), datamodule(sources, seq_len=2 * SEQ))

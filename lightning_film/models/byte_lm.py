@@ -47,14 +47,14 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_film.checkpoints import check_weights_fit, nest_checkpoint, network
+from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
 from lightning_film.data.nibbles import build_nibble_scheme
 from lightning_film.data.stream import ByteStream
 from lightning_film.errors import check_ints
 from lightning_film.metrics.bits_per_byte import BitsPerByte, source_log_names
 from lightning_film.models.byte_net import NET_MODULES, ByteNet
 from lightning_film.models.checkpoint_activation import adopt_checkpoint_activation
-from lightning_film.models.net_module import NetModule
+from lightning_film.models.net_module import NetModule, network
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.print_samples import PrintSamples
 from lightning_film.models.throughput import TrainThroughput

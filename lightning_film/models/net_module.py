@@ -3,14 +3,17 @@ given as its ``net`` argument (``ByteLM(ByteNet(...))``)."""
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch import LightningModule
+from torch import nn
 
 from lightning_film.checkpoints import nest_network_arguments, read_checkpoint
 
-__all__ = ["NetModule"]
+__all__ = ["NetModule", "network"]
 
 
 class NetModule(LightningModule):
@@ -26,3 +29,17 @@ class NetModule(LightningModule):
             if nest_network_arguments(hparams, cls):
                 kwargs["net"] = hparams["net"]
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+
+def network(net: Any, cls: type[nn.Module], who: str) -> Any:
+    """``net`` as a ``cls``: itself, or built from a mapping of ``cls``'s arguments (how a checkpoint
+    stores it, ``hparams.net``); anything else, or an argument ``cls`` does not take, a ValueError."""
+    if isinstance(net, cls):
+        return net
+    if not isinstance(net, Mapping):
+        raise ValueError(f"{who}: net must be a {cls.__name__} or a mapping of its arguments; got {type(net).__name__}")
+    takes = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(net) - set(takes))
+    if unknown:
+        raise ValueError(f"{who}: net has no argument {', '.join(unknown)}; {cls.__name__} takes: {', '.join(takes)}")
+    return cls(**net)

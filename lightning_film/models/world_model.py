@@ -37,10 +37,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from lightning_film.checkpoints import check_weights_fit, nest_checkpoint, network
+from lightning_film.checkpoints import check_weights_fit, nest_checkpoint
 from lightning_film.errors import check_ints
 from lightning_film.models.checkpoint_activation import adopt_checkpoint_activation
-from lightning_film.models.net_module import NetModule
+from lightning_film.models.net_module import NetModule, network
 from lightning_film.models.optim import adamw_warmup_cosine, check_schedule, clip_gradients
 from lightning_film.models.throughput import TrainThroughput
 from lightning_film.models.world_eval import WorldEvaluator, datamodule_world
