@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_film.io import write_atomic
-from lightning_film.measure import load_average, machine_info, spread
+from lightning_film.measure import cpu_model, load_average, machine_info, spread
 from lightning_film.models.optim import warmup_cosine_adamw
 from lightning_film.reproduce.byte import build_variant, config_parts
 from lightning_film.reproduce.report import add_override_option, commit
@@ -298,6 +298,17 @@ def _same_function_line(check: dict | None) -> list[str]:
     ]
 
 
+def _cpus(seeds: dict[str, dict]) -> str:
+    """Which CPU trained which seeds, where seeds were added on another machine (each seed's
+    tokens/s ratio is measured within its own run, so they pool; absolute tokens/s do not)."""
+    by_cpu: dict[str, list[int]] = {}
+    for key, seed in seeds.items():
+        by_cpu.setdefault(seed.get("cpu", "not recorded"), []).append(int(key))
+    if len(by_cpu) < 2:
+        return ""
+    return "; seeds by CPU: " + ", ".join(f"{cpu} {sorted(keys)}" for cpu, keys in by_cpu.items())
+
+
 def render(report: dict) -> str:
     s, m = summarize(report), report["machine"]
     lines = [
@@ -308,7 +319,7 @@ def render(report: dict) -> str:
         f"- Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         f"load average {_load(report['load_average_at_start'])} at start, {_load(report['load_average_at_end'])} at end "
         "(1 / 5 / 15 min); "
-        "**CPU timings**",
+        "**CPU timings**" + _cpus(report["seeds"]),
         f"- Budget: {report['steps']} steps per model and seed, seeds {sorted(int(k) for k in report['seeds'])}; "
         f"model and data from `{report['config']}` with sources {report['sources']}, overrides "
         f"{report.get('overrides') or 'none'}; batch "
@@ -421,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
             f"seed {seed}: training {', '.join([*args.variants, PEER])} for {args.steps} steps, interleaved", flush=True
         )
         result = run_seed(model_args, data_args, seed, args.steps, 1.0, tuple(args.variants), args.start)
-        report["seeds"][str(seed)] = {**result, "commit": commit()}
+        report["seeds"][str(seed)] = {**result, "commit": commit(), "cpu": cpu_model()}
         args.out.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(report, indent=1) + "\n")
     report |= {

@@ -7,7 +7,8 @@
 Model and data are chosen by ``class_path`` (LightningCLI's subclass mode), so any
 LightningModule / LightningDataModule importable from the working directory works.
 Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` (not the logger's version_N/),
-so ``--ckpt_path last`` finds the last run's ``last.ckpt``.
+so ``--ckpt_path last`` finds the last run's ``last.ckpt``. An unset ``trainer.precision`` is
+``bf16-mixed`` where the chip has bf16 units, else ``32-true`` (:mod:`lightning_film.precision`).
 
 Our own commands live in :data:`EXTRA_COMMANDS` (one entry each: name -> (help, function))
 and are dispatched *before* LightningCLI, whose ``subcommands()`` only covers Trainer
@@ -62,6 +63,7 @@ from lightning_film.cli_inputs import (
 )
 from lightning_film.cli_messages import DEBUG_ENV, PROG, HelpFormatter, QuietParser, subcommand_description
 from lightning_film.errors import CommandParser, UsageError
+from lightning_film.precision import default_precision
 from lightning_film.quiet import quiet_library_notices
 from lightning_film.registry import Registry, RegistryError
 from lightning_film.user_modules import IMPORTS_HELP, import_user_modules
@@ -164,6 +166,13 @@ class FilmCLI(LightningCLI):
         section = self.config.get(self.subcommand) if self.subcommand else self.config
         configs = [Path(str(c)).parent for c in (section.get("config") or []) if c is not None]
         import_user_modules(section.get("imports"), search=configs)
+        if "trainer" in section and section.get("trainer.precision") is None:
+            precision, why = default_precision(section.get("trainer.accelerator"))
+            section["trainer.precision"] = precision  # so the run's config.yaml says what it ran with
+            if precision != "32-true":  # Lightning's own default needs no word
+                rank_zero_info(
+                    f"{PROG}: trainer.precision {precision}: {why} (--trainer.precision 32-true turns it off)"
+                )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # every trainer.* value has passed jsonargparse's type check by now, so what Trainer's own

@@ -69,3 +69,14 @@ def _registries_as_they_were():
     for registry, entries in before.values():
         registry._entries.clear()
         registry._entries.update(entries)
+
+
+@pytest.fixture(autouse=True)
+def _no_bf16_units(monkeypatch: pytest.MonkeyPatch):
+    """The command picks bf16-mixed where the chip has bf16 units (``lightning_film.precision``);
+    in-process tests see a chip without them, so their numbers do not depend on the machine. The
+    precision tests put units back themselves."""
+    from lightning_film import precision
+
+    monkeypatch.setattr(precision, "_cpu_bf16_units", lambda: None)
+    monkeypatch.setattr(precision, "_cuda_bf16_units", lambda: None)

@@ -255,3 +255,29 @@ def test_the_x_transformers_target_reads_the_shipped_default_in_both_precisions(
     assert "50% (ours/rmsnorm)" in met  # the bf16 row is not a utilisation of the fp32 peak
     assert "**missed**" in verdicts(step({"rmsnorm": 1.2, "rmsnorm, both bf16 autocast": 0.99})).split("matmul")[0]
     assert "**missed**" in verdicts(step({"rmsnorm": 1.01})).split("matmul")[0]
+
+
+def test_the_rmsnorm_target_reads_the_model_step_in_both_precisions() -> None:
+    from benchmarks.performance.report import _targets
+
+    def verdict(fp32: tuple[float, float], bf16: tuple[float, float]) -> str:
+        ratios = {"fp32": fp32, "bf16 autocast": bf16}
+        rms = {k: {"median": m, "q1": q1, "q3": m + 0.01} for k, (m, q1) in ratios.items()}
+        step = {
+            "ours_over_x_transformers": {"rmsnorm": {"median": 1.1}},
+            "rows": [{"model": "ours/rmsnorm", "utilisation": 0.5}],
+        }
+        res = {"step": {"byte": {**step, "rmsnorm_over_layernorm": rms, "peak": {"flops_per_s": 1e9}}}}
+        (row,) = [r for r in _targets(res) if "rmsnorm model step" in r]
+        return row
+
+    assert "| met |" in verdict((0.99, 0.97), (1.0, 0.98)) and "fp32: 0.990x" in verdict((0.99, 0.97), (1.0, 0.98))
+    assert "**missed** (1 within the IQR)" in verdict((0.99, 0.97), (1.01, 0.99))  # bf16 decides: the worst
+    assert verdict((0.99, 0.97), (1.05, 1.02)).endswith("**missed** |")
+
+
+def test_byte_peer_names_the_cpus_when_seeds_come_from_two_machines() -> None:
+    from benchmarks.byte_peer import _cpus
+
+    assert _cpus({"0": {"cpu": "Intel"}, "1": {"cpu": "Intel"}}) == ""  # one machine: the Machine line says it
+    assert _cpus({"0": {}, "1": {}, "5": {"cpu": "Intel"}}) == "; seeds by CPU: not recorded [0, 1], Intel [5]"

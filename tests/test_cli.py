@@ -116,6 +116,55 @@ def test_validate_test_predict_run_on_a_checkpoint(
     assert "val/bpb" in out and "test/bpb" in out and "test/bpb_other_class" in out
 
 
+# -- the precision an unset trainer.precision gets ----------------------------------------------
+@pytest.mark.parametrize(
+    ("units", "given", "expected"),
+    [
+        ("AVX512-BF16", [], "bf16-mixed"),
+        ("AVX512-BF16", ["--trainer.precision", "32-true"], "32-true"),
+        (None, [], "32-true"),
+    ],
+)
+def test_unset_precision_is_bf16_mixed_only_where_the_cpu_has_bf16_units(
+    tiny_cli_args: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, units, given, expected
+) -> None:
+    from lightning_film import precision
+    from lightning_film.cli import run_lightning_cli
+
+    monkeypatch.setattr(precision, "_cpu_bf16_units", lambda: units)
+    with caplog.at_level("INFO"):
+        cli = run_lightning_cli(["fit", *tiny_cli_args, "--trainer.max_steps", "1", *given])
+    assert cli.trainer.precision == expected
+    said = [r.getMessage() for r in caplog.records if "trainer.precision" in r.getMessage()]
+    assert said == (
+        [
+            "lightning-film: trainer.precision bf16-mixed: this chip has AVX512-BF16 "
+            "(--trainer.precision 32-true turns it off)"
+        ]
+        if expected == "bf16-mixed" and not given
+        else []
+    )
+    saved = next(tmp for tmp in Path(cli.trainer.log_dir).glob("config.yaml"))
+    assert f"precision: {expected}" in saved.read_text()  # the run's config.yaml says what it ran with
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda", "expected"),
+    [("auto", False, "cpu"), ("cpu", True, "cpu"), ("auto", True, "cuda"), ("gpu", True, "cuda"), ("tpu", False, None)],
+)
+def test_bf16_units_are_looked_for_on_the_chip_the_run_will_use(
+    monkeypatch: pytest.MonkeyPatch, accelerator: str, cuda: bool, expected: str | None
+) -> None:
+    from lightning_film import precision
+
+    monkeypatch.setattr(precision, "_cpu_bf16_units", lambda: "cpu")
+    monkeypatch.setattr(precision, "_cuda_bf16_units", lambda: "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert precision.bf16_units(accelerator) == expected
+    assert precision.default_precision(accelerator)[0] == ("32-true" if expected is None else "bf16-mixed")
+    assert precision.bf16_units(object()) is None  # an Accelerator instance: not ours to guess
+
+
 # -- errors --------------------------------------------------------------------------------------
 def test_unknown_conditioner_is_one_message(tiny_cli_args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     err = _fail(["fit", *tiny_cli_args, "--model.conditioner", "flim"], capsys)

@@ -217,13 +217,20 @@ def test_int4_film_quantizes_per_role_and_leaves_the_original_alone() -> None:
 
 
 # -- PTQ ------------------------------------------------------------------------------------------------
-def test_ptq_logs_quantized_metrics_beside_float_ones_and_changes_no_checkpoint(tmp_path: Path, sources) -> None:
+#: bf16-mixed is what lightning-film trains in where the chip has bf16 units
+PRECISIONS = pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+
+
+@PRECISIONS
+def test_ptq_logs_quantized_metrics_beside_float_ones_and_changes_no_checkpoint(
+    tmp_path: Path, sources, precision: str
+) -> None:
     saved = {}
     for run, callbacks in (
         ("plain", []),
         ("ptq", [QuantizationCallback("ptq", "int8"), QuantizationCallback("ptq", "int4_film")]),
     ):
-        m, t = model(), trainer(tmp_path / run, callbacks)
+        m, t = model(), trainer(tmp_path / run, callbacks, precision=precision)
         t.fit(m, datamodule(sources))
         path = tmp_path / f"{run}.ckpt"
         t.save_checkpoint(path)
@@ -309,11 +316,12 @@ def test_a_model_without_the_roles_is_an_error(tmp_path: Path, sources) -> None:
 
 
 # -- QAT ------------------------------------------------------------------------------------------------
-def test_qat_trains_fake_quantized_from_a_step_then_converts(tmp_path: Path, sources) -> None:
+@PRECISIONS
+def test_qat_trains_fake_quantized_from_a_step_then_converts(tmp_path: Path, sources, precision: str) -> None:
     callback, probe = QuantizationCallback("qat", "int4_film", group_size=8, start_step=2), _Probe()
     save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
     m, dm = model(), datamodule(sources)
-    t = trainer(tmp_path, [callback, probe, save], enable_checkpointing=True)
+    t = trainer(tmp_path, [callback, probe, save], enable_checkpointing=True, precision=precision)
     t.fit(m, dm)  # ByteLM's forward takes three tensors: they pass through untouched
     assert probe.prepared == {0: False, 1: False, 2: True, 3: True}
     assert not is_prepared(m)  # the training model is plain again, with the QAT-trained weights
@@ -330,7 +338,8 @@ def test_qat_trains_fake_quantized_from_a_step_then_converts(tmp_path: Path, sou
         "prepared": True,
         "prepared_at_step": 2,
     }
-    result = trainer(tmp_path, [callback]).test(m, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt", verbose=False)[0]
+    tester = trainer(tmp_path, [callback], precision=precision)
+    result = tester.test(m, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt", verbose=False)[0]
     assert math.isfinite(result["test/bpb"]) and math.isfinite(result["test/bpb_int4_film"])
 
 

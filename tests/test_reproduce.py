@@ -70,6 +70,9 @@ def test_byte_table_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
     md = (tmp_path / "out/results.md").read_text()
     assert "| nibble_acc | 1 |" in md and "lightning-film reproduce byte" in md
     assert (tmp_path / "out/val_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # fp32 as every committed table, also on a machine whose bf16 units would make it the default
+    (saved,) = (tmp_path / "runs/quick/byte/seed0/fit").glob("version_*/config.yaml")
+    assert "precision: 32-true" in saved.read_text()
 
     # finished runs are read, not redone
     main(table(tmp_path, source))
@@ -214,6 +217,17 @@ def test_execute_all_runs_jobs_at_a_time_and_keeps_after_first(tmp_path, monkeyp
         runner.execute_all(runs, tmp_path, jobs=0)
     with pytest.raises(ValueError, match=r"run 'b' must come after \['a'\] in the list"):
         runner.execute_all([runner.Run("b", Path("c.yaml"), after=["a"]), runner.Run("a", Path("c.yaml"))], tmp_path)
+
+
+def test_table_runs_train_in_fp32_unless_their_set_names_a_precision(tmp_path: Path) -> None:
+    from lightning_film.reproduce import runner
+
+    command = runner._command(
+        "fit", runner.Run("a", Path("c.yaml"), ["--trainer.precision", "bf16-mixed"]), tmp_path, []
+    )
+    given = [command[i + 1] for i, arg in enumerate(command) if arg == "--trainer.precision"]
+    assert given == ["32-true", "bf16-mixed"]  # the last one given wins: --set trainer.precision=...
+    assert runner._command("test", runner.Run("b", Path("c.yaml")), tmp_path, []).count("32-true") == 1
 
 
 def test_set_names_the_networks_arguments_under_net_as_the_older_commands_did_not() -> None:

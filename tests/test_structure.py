@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lightning_film"
 
 #: each top-level module or subpackage -> its layer; a module imports only from its own layer or lower
-LAYERS = dict.fromkeys(["errors", "io", "quiet", "user_modules", "registry"], 0)
+LAYERS = dict.fromkeys(["errors", "io", "quiet", "user_modules", "registry", "precision"], 0)
 LAYERS |= {"checkpoints": 1} | dict.fromkeys(["<root>", "measure", "nn", "data", "metrics"], 2)
 LAYERS |= {"quantization": 3, "models": 4, "export": 5, "callbacks": 6, "reproduce": 7}
 LAYERS |= {"cli_messages": 8, "cli_inputs": 8, "cli": 9}

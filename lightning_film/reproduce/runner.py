@@ -87,6 +87,10 @@ def _command(stage: str, run: Run, directory: Path, extra: Sequence[str]) -> lis
         stage,
         "--config",
         str(run.config),
+        # a table's numbers must not depend on the machine's bf16 units (lightning_film.precision):
+        # fp32, as every committed table was trained, unless the table's --set names another
+        "--trainer.precision",
+        "32-true",
         *run.args,
         *extra,
         "--trainer.default_root_dir",
