@@ -15,7 +15,7 @@ DIST_VARS = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MA
 def _write_config(
     config: Path, max_steps: int, every: int, val: bool, model: tuple[str, str], data: tuple[str, str]
 ) -> Path:
-    """A config file: a short CPU trainer checkpointing every ``every`` steps (validating once at
+    """A config file: a short fp32 CPU trainer checkpointing every ``every`` steps (validating once at
     the end if ``val``), then ``model`` and ``data`` as (class_path, inline init_args)."""
     validation = f"val_check_interval: {max_steps}\n  check_val_every_n_epoch: null" if val else "limit_val_batches: 0"
     config.write_text(
@@ -24,6 +24,7 @@ seed_everything: 3
 trainer:
   accelerator: cpu
   devices: 1
+  precision: 32-true  # not the machine's pick (lightning_film.precision): these tests compare numbers
   max_steps: {max_steps}
   {validation}
   log_every_n_steps: 1
