@@ -440,10 +440,13 @@ def _precision(sec: dict[str, Any] | None) -> list[str]:
         "",
         "## 7. bf16 mixed precision",
         "",
-        'What `--trainer.precision bf16-mixed` runs: `torch.autocast("cpu", torch.bfloat16)` around the step, '
-        "weights and optimizer state in fp32, normalizer statistics, losses and the diffusion arithmetic in fp32 "
-        "(`tests/test_bf16.py`). Each model's step (forward, loss, backward, fused AdamW) at its config's shape, "
-        "fp32 and bf16 on identical copies, interleaved. Speed only: quality at equal steps is not measured here.",
+        "What `--trainer.precision bf16-mixed` runs (`lightning-film`'s default where the chip has bf16 units): "
+        '`torch.autocast("cpu", torch.bfloat16)` around the step, weights and optimizer state in fp32, attention '
+        "on the CPU, normalizer statistics, losses and the diffusion arithmetic in fp32 (`tests/test_bf16.py`). "
+        "Each model's step (forward, loss, backward, fused AdamW) at its config's shape, fp32 and bf16 on identical "
+        "copies, interleaved. Speed only; quality at equal steps, paired by seed, is trained by the tables: "
+        "`benchmarks/results/byte/quick-bf16/paired.md` and "
+        "`benchmarks/results/world/world-conditioning/quick-bf16/paired.md`.",
         "",
         f"Matmul rates: fp32 {g['matmul fp32']:.0f} GFLOP/s, bf16 {g['matmul bf16']:.0f} GFLOP/s.",
         "",
